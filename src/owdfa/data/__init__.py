@@ -1,0 +1,1 @@
+"""Data: benchmark sources, indexing, protocols, splits, the face cache and training views."""

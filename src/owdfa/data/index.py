@@ -1,0 +1,80 @@
+"""Sorted, recursive listing of a class-folder tree into an index table.
+
+Layout (OWDFA-40's and the synthetic benchmark's): `<root>/<label>_<Family>_<Method>/.../<image>`.
+The label is the integer before the first underscore (several folders may share one, as the two
+real folders of OWDFA-40 do); the image's parent folder, relative to the class folder, is its
+group (the source video or identity), used later for leakage-free splits.
+Paths are sorted so the table, and every split drawn from it, is identical on every machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from owdfa.errors import DataError
+from owdfa.io import atomic_write_text
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+_CLASS_FOLDER = re.compile(r"^(\d+)_(.+)$")
+INDEX_COLUMNS = ("path", "label", "class_name", "group")
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    path: str
+    label: int
+    class_name: str
+    group: str
+
+
+def _skip(part: str) -> bool:
+    return part.startswith(".") or part == "__MACOSX"
+
+
+def build_index(root: Path) -> tuple[list[IndexRow], list[str]]:
+    """Index every image under root's class folders; also return the names of skipped folders."""
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    rows: list[IndexRow] = []
+    skipped: list[str] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _skip(p.name)):
+        match = _CLASS_FOLDER.match(folder.name)
+        if not match:
+            skipped.append(folder.name)
+            continue
+        label = int(match.group(1))
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if any(_skip(part) for part in rel.parts) or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if not path.is_file():
+                continue
+            group = rel.parent.as_posix() if rel.parent.as_posix() != "." else ""
+            rows.append(IndexRow(path.relative_to(root).as_posix(), label, folder.name, f"{folder.name}/{group}"))
+    if not rows:
+        raise DataError(f"{root}: no images found in '<label>_<Family>_<Method>' class folders")
+    rows.sort(key=lambda r: r.path)
+    return rows, skipped
+
+
+def write_index(rows: list[IndexRow], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(INDEX_COLUMNS)
+    for row in rows:
+        writer.writerow((row.path, row.label, row.class_name, row.group))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_index(path: Path) -> list[IndexRow]:
+    if not path.is_file():
+        raise DataError(f"{path}: index not found (run the index stage first)")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != INDEX_COLUMNS:
+            raise DataError(f"{path}: not an index table (columns {reader.fieldnames})")
+        return [IndexRow(r["path"], int(r["label"]), r["class_name"], r["group"]) for r in reader]

@@ -1,0 +1,26 @@
+"""DVC stage `align`: decode every indexed image once into the face cache data/faces (params: align)."""
+
+import argparse
+from pathlib import Path
+
+from owdfa.config import Section
+from owdfa.data.align import align
+from owdfa.io import atomic_write_json
+from owdfa.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    summary = align(Section.from_file("align", args.params), args.raw, args.index, args.out)
+    atomic_write_json(args.summary, summary)
+    print(f"align: {summary['images']} images cached, {summary['skipped']} skipped -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,27 @@
+"""DVC stage `evaluate@<protocol>-<method>-<seed>`: test-split metrics of one run (params: evaluate)."""
+
+import argparse
+from pathlib import Path
+
+from owdfa.config import Section
+from owdfa.pipeline import evaluate
+from owdfa.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--faces", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and run.json")
+    parser.add_argument("--predictions", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    m = evaluate(
+        Section.from_file("evaluate", args.params), args.model, args.split, args.faces, args.out, args.predictions
+    )
+    print(f"evaluate: all_acc {m['all_acc']}, known_acc {m['known_acc']}, novel_acc {m['novel_acc']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
