@@ -140,6 +140,30 @@ def train(
     return card
 
 
+def kmeans_k_estimate(
+    model,
+    manifest: pd.DataFrame,
+    images: np.ndarray,
+    num_known: int,
+    max_factor: float,
+    batch_size: int,
+    device,
+    seed: int,
+) -> int:
+    """GCD's SS-k-means K estimate on the model's features of the *training* images.
+
+    Labelled and validation images carry their (known) labels; unlabelled ones carry -1. The test
+    split is not used, so the estimate cannot see held-out labels.
+    """
+    from owdfa.methods.kmeans_k import estimate_k
+
+    train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
+    _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device)
+    labels = np.where(train["split"].to_numpy() == "unlabelled", -1, train["target"].to_numpy(np.int64))
+    k_max = max(num_known + 1, int(round(max_factor * num_known)))
+    return int(estimate_k(feats, labels, num_known, k_max, seed=seed)["k_hat"])
+
+
 def _clean(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 6)
 
@@ -148,9 +172,12 @@ def evaluate(
     section: Section, model_dir: Path, split_dir: Path, faces_dir: Path, out_dir: Path, predictions_path: Path
 ) -> dict[str, Any]:
     """Score the model on the held-out test split; writes metrics.json, run.json and predictions."""
-    section.check_unknown(("checkpoint", "batch_size", "device"))
+    section.check_unknown(("checkpoint", "batch_size", "device", "kmeans_k", "kmeans_max_factor", "seed"))
     checkpoint = section.str("checkpoint", choices=("last", "val_best"))
     batch_size = section.int("batch_size", min=1)
+    run_kmeans_k = section.bool("kmeans_k")
+    max_factor = section.float("kmeans_max_factor", min=1.0)
+    seed = section.int("seed", min=0)
     device = pick_device(section.str("device", choices=("auto", "cpu", "cuda")))
     manifest, classes = read_split(split_dir)
     _, images = read_faces(faces_dir)
@@ -166,6 +193,9 @@ def evaluate(
     metrics: dict[str, Any] = evaluate_predictions(targets, pred, num_known)
     k_hat, k_true = int(card["num_active"]), int(classes["num_classes"])
     metrics.update(k_hat=k_hat, k_true=k_true, k_error=k_error(k_hat, k_true))
+    if run_kmeans_k:
+        k_est = kmeans_k_estimate(model, manifest, images, num_known, max_factor, batch_size, device, seed)
+        metrics.update(k_hat_sskmeans=k_est, k_error_sskmeans=k_error(k_est, k_true))
     metrics = {k: _clean(v) for k, v in sorted(metrics.items())}
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     confidence = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)

@@ -71,6 +71,17 @@ def _cell(mean: float | None, std: float | None, n: int, percent: bool = True) -
     return f"{mean * scale:.1f} ± {std * scale:.1f}" if n > 1 else f"{mean * scale:.1f}"
 
 
+def _legend(runs_dir: Path, protocol: str, methods: list[str], seed: int) -> list[str]:
+    """What each method name in the tables means: its loss and settings from params.yaml."""
+    lines = ["## Methods", "", "| Method | loss | settings (train.methods.<name> in params.yaml) |", "|---|---|---|"]
+    for method in methods:
+        _, run = _load(runs_dir, run_key(protocol, method, seed))
+        settings = run.get("method_params") or {}
+        text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "loss")
+        lines.append(f"| {method} | {run.get('loss')} | {text} |")
+    return [*lines, ""]
+
+
 def build_report(
     runs_dir: Path, protocols: list[str], methods: list[str], seeds: list[int], out_dir: Path
 ) -> dict[str, Any]:

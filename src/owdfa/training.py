@@ -148,7 +148,7 @@ def run_training(
     data: TrainData,
     method: Method,
     *,
-    num_prototypes: int,
+    num_prototypes: int | None = None,
     seed: int,
     init_state: dict[str, torch.Tensor] | None = None,
     live_dir: Path | None = None,
@@ -158,10 +158,13 @@ def run_training(
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    model = build_model(config.backbone, num_prototypes, pretrained=config.pretrained, dropout=config.dropout)
+    if num_prototypes is None:
+        num_prototypes = method.num_prototypes(data.num_known, data.num_classes)
+    model = build_model(
+        config.backbone, num_prototypes, pretrained=config.pretrained, dropout=config.dropout, **method.model_options()
+    )
     if init_state is not None:
-        missing = model.load_state_dict(init_state, strict=False)
-        del missing
+        model.load_state_dict(init_state, strict=False)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -185,7 +188,9 @@ def run_training(
         model.train()
         method.on_epoch_start(epoch)
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
+        bar = tqdm(
+            range(steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}", unit="step", leave=False, disable=None
+        )
         for _ in bar:
             is_lab = torch.rand(config.batch_size, generator=gen) < share
             lab_pick = torch.randint(n_lab, (config.batch_size,), generator=gen)
@@ -243,6 +248,7 @@ def run_training(
         )
     if live is not None:
         live.end()
+    method.finalise(model)
     return TrainResult(
         model=model.cpu(), history=history, best_val_state=best_state, best_val_epoch=best_epoch, device=str(device)
     )

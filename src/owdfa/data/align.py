@@ -53,7 +53,7 @@ def align(section: Section, raw: Path, index_path: Path, out: Path) -> dict:
     images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
     kept: list[int] = []
     failures: Counter[str] = Counter()
-    for i, row in enumerate(tqdm(rows, desc="align: decoding", unit="img")):
+    for i, row in enumerate(tqdm(rows, desc="align: decoding", unit="img", disable=None)):
         path = raw / row.path
         try:
             images[len(kept)] = load_rgb(path, size)

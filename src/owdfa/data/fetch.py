@@ -53,7 +53,7 @@ def fetch(section: Section, out: Path, workers: int | None = None) -> dict:
         )
     config = synthetic_config(section.section("synthetic"))
     total = sum(images_for(config, m) for m in METHODS)
-    with atomic_directory(out) as tmp, tqdm(total=total, desc="fetch: generating", unit="img") as bar:
+    with atomic_directory(out) as tmp, tqdm(total=total, desc="fetch: generating", unit="img", disable=None) as bar:
         count = write_benchmark(config, tmp, workers=workers, progress=bar.update)
         summary = {
             "source": "synthetic",

@@ -1,9 +1,13 @@
-"""The method interface and the registry of methods.
+"""The method interface and the registry of loss objects.
 
 A method is a loss object: given one step's weak/strong outputs it returns the loss and its
 named terms; epoch hooks let a method keep statistics (ACR thresholds) or edit the classifier
 (DPP). The training loop never looks inside, so CAL, CPL and the baselines share it.
 Labels of unlabelled rows never reach a method: the loop passes -1 for them.
+
+Runs name *variants* (`train.methods.<variant>` in params.yaml), each choosing a loss class with
+`loss:` and setting every hyper-parameter of it, so ablations are just more variants
+(`cal_no_acr: {loss: cal, acr: false, ...}`) and `dvc exp run -S` reaches every switch.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from owdfa.methods import losses
 @dataclass
 class StepInput:
     logits_weak: torch.Tensor
-    logits_strong: torch.Tensor
+    logits_strong: torch.Tensor | None
     features_weak: torch.Tensor
-    features_strong: torch.Tensor
+    features_strong: torch.Tensor | None
     targets: torch.Tensor  # -1 for unlabelled rows
     epoch: int
     num_epochs: int
     num_known: int
+    patches_weak: torch.Tensor | None = None  # B x 9 x D, only for methods asking for patch features
 
     @property
     def labelled(self) -> torch.Tensor:
@@ -39,9 +44,18 @@ class Method:
 
     name: ClassVar[str] = ""
     uses_unlabelled: ClassVar[bool] = True
+    uses_strong_view: ClassVar[bool] = True
 
     def step_loss(self, step: StepInput) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def model_options(self) -> dict[str, bool]:
+        """Model parts this method needs (`ffe`, `patch_features`)."""
+        return {}
+
+    def num_prototypes(self, num_known: int, num_classes: int) -> int:
+        """Classifier rows to start with: the true class count when K is known."""
+        return num_classes
 
     def on_epoch_start(self, epoch: int) -> None:
         """Reset per-epoch statistics (none by default)."""
@@ -49,6 +63,39 @@ class Method:
     def on_epoch_end(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> dict[str, float]:
         """Update the model or thresholds after an epoch; return values to log."""
         return {}
+
+    def finalise(self, model: torch.nn.Module) -> None:
+        """Last chance to adjust the model before it is saved (no-op by default)."""
+
+    def state(self) -> dict[str, Any]:
+        """Values worth recording in the model card (thresholds, estimated K, ...)."""
+        return {}
+
+    @classmethod
+    def from_section(cls, section: Section) -> Method:
+        """Every field must be given and typed right; unknown keys are typos."""
+        names = [f.name for f in fields(cls)] if hasattr(cls, "__dataclass_fields__") else []
+        section.check_unknown([*names, "loss"])
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls) if names else ():
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            if kind == "float":
+                # Temperatures divide logits: zero would be a division by zero, not a setting.
+                kwargs[f.name] = section.float(f.name, min=1e-6 if f.name.endswith("temp") else 0.0)
+            elif kind == "int":
+                kwargs[f.name] = section.int(f.name, min=0)
+            elif kind == "bool":
+                kwargs[f.name] = section.bool(f.name)
+            elif kind == "str":
+                kwargs[f.name] = section.str(f.name)
+            else:
+                kwargs[f.name] = section.raw(f.name)
+        method = cls(**kwargs)
+        method.validate(section)
+        return method
+
+    def validate(self, section: Section) -> None:
+        """Cross-field checks, raising ConfigError naming the key (none by default)."""
 
 
 @dataclass
@@ -60,8 +107,10 @@ class Supervised(Method):
 
     def step_loss(self, step: StepInput) -> tuple[torch.Tensor, dict[str, float]]:
         mask = step.labelled
-        logits = torch.cat([step.logits_weak[mask], step.logits_strong[mask]])
-        ce = losses.supervised_ce(logits, step.targets[mask].repeat(2))
+        parts = [step.logits_weak[mask]]
+        if step.logits_strong is not None:
+            parts.append(step.logits_strong[mask])
+        ce = losses.supervised_ce(torch.cat(parts), step.targets[mask].repeat(len(parts)))
         return ce, {"ce": float(ce.detach())}
 
 
@@ -91,25 +140,25 @@ class Baseline(Method):
         return total, {"ce": float(ce.detach()), "entropy_reg": float(reg.detach()), "distill": float(distill.detach())}
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Supervised, Baseline)}
+def _registry() -> dict[str, type[Method]]:
+    classes: list[type[Method]] = [Baseline]
+    for module_name, class_name in (("owdfa.methods.cal", "CAL"), ("owdfa.methods.cpl", "CPL")):
+        try:
+            module = __import__(module_name, fromlist=[class_name])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        classes.append(getattr(module, class_name))
+    return {c.name: c for c in classes}
 
 
-def build_method(name: str, section: Section | None) -> Method:
-    """Instantiate a method from its params subsection (every field must be given, none unknown)."""
-    if name not in METHODS:
-        raise ConfigError("run.methods", f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    names = [f.name for f in fields(cls)]
-    if not names:
-        return cls()
-    if section is None:
-        raise ConfigError(f"train.methods.{name}", "missing section")
-    section.check_unknown(names)
-    kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.type in ("float", float):
-            # Temperatures divide logits: zero would be a division by zero, not a setting.
-            kwargs[f.name] = section.float(f.name, min=1e-6 if f.name.endswith("temp") else 0.0)
-        else:
-            kwargs[f.name] = section.raw(f.name)
-    return cls(**kwargs)
+def build_method(variant: str, methods: Section) -> Method:
+    """Instantiate the run variant `variant` from `train.methods.<variant>`."""
+    if not methods.has(variant):
+        known = ", ".join(sorted(methods.keys()))
+        raise ConfigError("run.methods", f"unknown method {variant!r}; train.methods defines {known}")
+    section = methods.section(variant)
+    registry = _registry()
+    loss = section.str("loss", choices=sorted(registry))
+    return registry[loss].from_section(section)

@@ -1,0 +1,322 @@
+"""Bad params end in one line that names the dotted key: Section getters and every stage's reader."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+
+from owdfa.config import Section, load_params
+from owdfa.data.fetch import fetch, synthetic_config
+from owdfa.data.split import split_config
+from owdfa.errors import ConfigError, OwdfaError
+from owdfa.methods import build_method
+from owdfa.methods.base import Baseline
+from owdfa.training import train_config
+
+SYNTHETIC = {
+    "seed": 2025,
+    "image_size": 32,
+    "identities": 10,
+    "real_images": 4,
+    "images_per_method": 2,
+    "fingerprint_strength": 1.0,
+    "jpeg_quality": [80, 95],
+    "sensor_noise": [0.004, 0.012],
+}
+SPLIT = {
+    "seed": 1,
+    "budgets": {"real": 10, "known": 5, "novel": 4},
+    "test_fraction": 0.2,
+    "labelled_fraction": 0.75,
+    "val_fraction": 0.1,
+    "allow_short_classes": False,
+}
+TRAIN = {
+    "backbone": "test_resnet",
+    "pretrained": False,
+    "dropout": 0.2,
+    "epochs": 2,
+    "batch_size": 8,
+    "lr": 0.002,
+    "weight_decay": 0.0001,
+    "lr_step": 6,
+    "lr_gamma": 0.1,
+    "labelled_share": 0.5,
+    "augment": {"flip_prob": 0.5, "crop_prob": 0.2, "crop_scale": [0.5, 1.0], "jitter_prob": 0.2, "jitter": 0.4},
+    "eval_batch_size": 16,
+    "threads": 0,
+    "device": "cpu",
+}
+BASELINE = {"entropy_weight": 1.0, "distill_weight": 0.2, "teacher_temp": 0.1, "student_temp": 1.0}
+
+
+def expect_error(key: str, func, *args, **kwargs) -> ConfigError:
+    """Call func, expecting a one-line ConfigError that names `key`."""
+    with pytest.raises(ConfigError, match=re.escape(key)) as info:
+        func(*args, **kwargs)
+    message = str(info.value)
+    assert key in message
+    assert "\n" not in message
+    assert info.value.key == key
+    assert isinstance(info.value, OwdfaError)
+    return info.value
+
+
+def changed(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of base with the dotted `path` set to value (or removed when value is DELETE)."""
+    data = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+DELETE = object()
+
+
+# --------------------------------------------------------------------------------------------
+# Section
+
+
+def test_section_missing_key():
+    err = expect_error("data.synthetic.seed", Section({}, "data.synthetic").int, "seed")
+    assert "missing key" in str(err)
+    assert Section({}, "data").int("seed", default=3) == 3
+
+
+@pytest.mark.parametrize(
+    ("getter", "value", "problem"),
+    [
+        ("int", "12", "expected an integer"),
+        ("int", 1.5, "expected an integer"),
+        ("int", True, "expected an integer"),
+        ("float", "0.1", "expected a number"),
+        ("float", False, "expected a number"),
+        ("bool", 1, "expected true or false"),
+        ("bool", "yes", "expected true or false"),
+        ("str", 3, "expected a string"),
+        ("optional_str", 3, "expected a string or null"),
+        ("str_list", "a", "expected a list of strings"),
+        ("str_list", ["a", 1], "expected a list of strings"),
+        ("int_pair", [1], "expected a list of two integers"),
+        ("int_pair", [1, 2.5], "expected a list of two integers"),
+        ("float_pair", [1.0, "x"], "expected a list of two numbers"),
+    ],
+)
+def test_section_wrong_type(getter, value, problem):
+    section = Section({"k": value}, "stage.sub")
+    err = expect_error("stage.sub.k", getattr(section, getter), "k")
+    assert problem in str(err)
+
+
+def test_section_ranges_and_choices():
+    section = Section({"n": -1, "x": 2.5, "mode": "fast", "pair": [5, 1], "fpair": [0.0, 9.0]}, "s")
+    assert "must be >= 0" in str(expect_error("s.n", section.int, "n", min=0))
+    assert "must be <= 1" in str(expect_error("s.x", section.float, "x", max=1))
+    assert "choose one of slow, exact" in str(expect_error("s.mode", section.str, "mode", choices=("slow", "exact")))
+    assert "larger than high" in str(expect_error("s.pair", section.int_pair, "pair"))
+    expect_error("s.fpair", section.float_pair, "fpair", max=1.0)
+
+
+def test_section_unknown_key_and_nesting():
+    section = Section({"seed": 1, "budgets": {"real": 1, "knwon": 2}}, "split")
+    expect_error("split.budgets.knwon", section.section("budgets").check_unknown, ("real", "known", "novel"))
+    expect_error("split.seed", Section({"seed": [1]}, "split").section, "seed")  # not a mapping
+    expect_error("data", Section, ["a"], "data")
+
+
+def test_load_params_errors(tmp_path):
+    expect_error(str(tmp_path / "none.yaml"), load_params, tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n")
+    assert "not valid YAML" in str(expect_error(str(bad), load_params, bad))
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    expect_error(str(listed), load_params, listed)
+    good = tmp_path / "params.yaml"
+    good.write_text("split:\n  seed: 3\n")
+    assert Section.from_file("split", good).int("seed") == 3
+    expect_error("train", Section.from_file, "train", good)
+
+
+# --------------------------------------------------------------------------------------------
+# data.synthetic
+
+
+def synthetic(data: dict[str, Any]):
+    return synthetic_config(Section(data, "data.synthetic"))
+
+
+def test_synthetic_config_valid():
+    config = synthetic(SYNTHETIC)
+    assert config.image_size == 32 and config.jpeg_quality == (80, 95) and config.sensor_noise == (0.004, 0.012)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("seed", DELETE, "data.synthetic.seed"),
+        ("image_size", "32", "data.synthetic.image_size"),
+        ("image_size", -32, "data.synthetic.image_size"),
+        ("image_size", 36, "data.synthetic.image_size"),  # not a multiple of 8
+        ("identities", 1, "data.synthetic.identities"),
+        ("images_per_method", -5, "data.synthetic.images_per_method"),
+        ("real_images", 0, "data.synthetic.real_images"),
+        ("fingerprint_strength", -0.5, "data.synthetic.fingerprint_strength"),
+        ("jpeg_quality", [95, 80], "data.synthetic.jpeg_quality"),
+        ("jpeg_quality", [80, 101], "data.synthetic.jpeg_quality"),
+        ("sensor_noise", 0.01, "data.synthetic.sensor_noise"),
+        ("imge_size", 32, "data.synthetic.imge_size"),  # typo
+    ],
+)
+def test_synthetic_config_errors(path, value, key):
+    expect_error(key, synthetic, changed(SYNTHETIC, path, value))
+
+
+# --------------------------------------------------------------------------------------------
+# split
+
+
+def split(data: dict[str, Any]):
+    return split_config(Section(data, "split"))
+
+
+def test_split_config_valid():
+    config = split(SPLIT)
+    assert (config.real_budget, config.known_budget, config.novel_budget) == (10, 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("budgets.known", DELETE, "split.budgets.known"),
+        ("budgets.novel", 0, "split.budgets.novel"),
+        ("budgets.real", -10, "split.budgets.real"),
+        ("budgets.knwon", 3, "split.budgets.knwon"),
+        ("budgets", [10, 5, 4], "split.budgets"),
+        ("test_fraction", 0.95, "split.test_fraction"),
+        ("labelled_fraction", 0, "split.labelled_fraction"),
+        ("val_fraction", "0.1", "split.val_fraction"),
+        ("allow_short_classes", "no", "split.allow_short_classes"),
+        ("seed", -1, "split.seed"),
+        ("sed", 1, "split.sed"),
+    ],
+)
+def test_split_config_errors(path, value, key):
+    expect_error(key, split, changed(SPLIT, path, value))
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def train(data: dict[str, Any], extra: tuple[str, ...] = ()):
+    return train_config(Section(data, "train"), extra)
+
+
+def test_train_config_valid():
+    config = train(TRAIN)
+    assert config.epochs == 2 and config.augment.crop_scale == (0.5, 1.0)
+    assert train({**TRAIN, "methods": {}}, ("methods",)).epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("epochs", DELETE, "train.epochs"),
+        ("epochs", 0, "train.epochs"),
+        ("epochs", 2.5, "train.epochs"),
+        ("batch_size", "64", "train.batch_size"),
+        ("batch_size", 1, "train.batch_size"),
+        ("lr", -0.1, "train.lr"),
+        ("pretrained", "false", "train.pretrained"),
+        ("device", "tpu", "train.device"),
+        ("epoch", 3, "train.epoch"),
+        ("methods", {}, "train.methods"),  # only with extra_keys
+        ("augment.flip_prob", 1.5, "train.augment.flip_prob"),
+        ("augment.crop_scale", [0.0, 1.0], "train.augment.crop_scale"),
+        ("augment.jiter", 0.4, "train.augment.jiter"),
+        ("augment", None, "train.augment"),
+    ],
+)
+def test_train_config_errors(path, value, key):
+    expect_error(key, train, changed(TRAIN, path, value))
+
+
+# --------------------------------------------------------------------------------------------
+# methods
+
+
+def baseline(data: dict[str, Any]):
+    return build_method("baseline", Section({"baseline": {"loss": "baseline", **data}}, "train.methods"))
+
+
+def test_build_method_valid():
+    method = baseline(BASELINE)
+    assert isinstance(method, Baseline)
+    assert (method.entropy_weight, method.distill_weight, method.teacher_temp, method.student_temp) == (
+        1.0,
+        0.2,
+        0.1,
+        1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("teacher_temp", 0, "train.methods.baseline.teacher_temp"),
+        ("teacher_temp", 0.0, "train.methods.baseline.teacher_temp"),
+        ("student_temp", -1.0, "train.methods.baseline.student_temp"),
+        ("entropy_weight", -1.0, "train.methods.baseline.entropy_weight"),
+        ("distill_weight", DELETE, "train.methods.baseline.distill_weight"),
+        ("distill_weight", "0.2", "train.methods.baseline.distill_weight"),
+        ("teacher_tmp", 0.1, "train.methods.baseline.teacher_tmp"),
+    ],
+)
+def test_build_method_errors(path, value, key):
+    expect_error(key, baseline, changed(BASELINE, path, value))
+
+
+def test_build_method_unknown_variant_and_loss():
+    methods = Section({"baseline": {"loss": "baseline", **BASELINE}}, "train.methods")
+    assert "unknown method 'cal2'" in str(expect_error("run.methods", build_method, "cal2", methods))
+    bad_loss = Section({"mine": {"loss": "nope", **BASELINE}}, "train.methods")
+    expect_error("train.methods.mine.loss", build_method, "mine", bad_loss)
+    no_loss = Section({"mine": dict(BASELINE)}, "train.methods")
+    expect_error("train.methods.mine.loss", build_method, "mine", no_loss)
+
+
+# --------------------------------------------------------------------------------------------
+# fetch
+
+
+def test_fetch_hub_is_a_one_line_error(tmp_path):
+    section = Section({"source": "hub", "synthetic": SYNTHETIC}, "data")
+    err = expect_error("data.source", fetch, section, tmp_path / "raw")
+    assert "'hub'" in str(err)
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"source": "folder", "synthetic": SYNTHETIC}, "data.source"),
+        ({"source": "ftp", "synthetic": SYNTHETIC}, "data.source"),
+        ({"synthetic": SYNTHETIC}, "data.source"),
+        ({"source": "synthetic", "synthetic": SYNTHETIC, "sorce": "hub"}, "data.sorce"),
+        ({"source": "synthetic"}, "data.synthetic"),
+        ({"source": "synthetic", "synthetic": {**SYNTHETIC, "image_size": 12}}, "data.synthetic.image_size"),
+    ],
+)
+def test_fetch_errors(tmp_path, data, key):
+    expect_error(key, fetch, Section(data, "data"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

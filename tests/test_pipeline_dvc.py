@@ -1,0 +1,283 @@
+"""End-to-end tests of the DVC pipeline (dvc.yaml + stages/) on a tiny synthetic config.
+
+One module-scoped repro in a temporary git+dvc repo serves every test. The baseline (code, params,
+dvc.lock and the git-tracked reports) is committed after that repro; each test that changes the
+workspace puts it back with `git reset --hard` + `dvc checkout --force`, which is cheap because
+every cached output is in the local dvc cache and every uncached one is in git.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNING = re.compile(r"Running stage '([^']+)'")
+
+PROTOCOLS = ["p1", "p2"]
+RUNS = [f"{p}-baseline-0" for p in PROTOCOLS]
+STAGES = [
+    "fetch",
+    "index",
+    "align",
+    *(f"split@{p}" for p in PROTOCOLS),
+    *(f"pretrain@{p}" for p in PROTOCOLS),
+    *(f"train@{r}" for r in RUNS),
+    *(f"evaluate@{r}" for r in RUNS),
+    "report",
+]
+EVALUATE_STAGES = {f"evaluate@{r}" for r in RUNS}
+
+# Dotted params key -> value: the tiny config (seconds per stage, mostly interpreter start-up).
+TINY_PARAMS: dict[str, Any] = {
+    "data.synthetic.image_size": 32,
+    "data.synthetic.identities": 10,
+    "data.synthetic.real_images": 40,
+    "data.synthetic.images_per_method": 12,
+    "align.image_size": 32,
+    "split.budgets.real": 40,
+    "split.budgets.known": 12,
+    "split.budgets.novel": 10,
+    "pretrain.epochs": 1,
+    "pretrain.batch_size": 16,
+    "train.epochs": 2,
+    "train.lr_step": 1,
+    "train.batch_size": 16,
+    "run.protocols": PROTOCOLS,
+    "run.methods": ["baseline"],
+    "run.seeds": [0],
+}
+
+
+def set_keys(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in place (each parent mapping must already exist); returns `params`."""
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        assert last in node, f"params.yaml has no key {dotted}"
+        node[last] = value
+    return params
+
+
+def dump_params(path: Path, params: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(RUNNING.findall(output))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@dataclass
+class TinyRepo:
+    path: Path
+    env: dict[str, str]
+    run_dvc: Any
+    run_git: Any
+    first_repro: str = ""
+    baseline_params: str = field(default="")
+
+    def dvc(self, *args: str, check: bool = True) -> str:
+        return self.run_dvc(self.path, *args, check=check, env=self.env).stdout
+
+    def dvc_fails(self, *args: str) -> str:
+        proc = self.run_dvc(self.path, *args, check=False, env=self.env)
+        assert proc.returncode != 0, f"dvc {' '.join(args)} should have failed:\n{proc.stdout[-3000:]}"
+        return proc.stdout
+
+    def git(self, *args: str) -> str:
+        return self.run_git(self.path, *args, env=self.env).stdout
+
+    def read(self, rel: str) -> bytes:
+        return (self.path / rel).read_bytes()
+
+    def status(self) -> dict[str, Any]:
+        lines = [line for line in self.dvc("status", "--json").splitlines() if line.startswith("{")]
+        assert lines, "dvc status --json printed no JSON"
+        return json.loads(lines[-1])
+
+    def reset(self) -> None:
+        """Back to the committed baseline: params, dvc.lock, reports from git; data from the dvc cache."""
+        self.git("reset", "-q", "--hard", "HEAD")
+        self.git("clean", "-fdq")
+        self.dvc("checkout", "--force", "-q")
+
+    @contextmanager
+    def params(self, changes: dict[str, Any]) -> Iterator[None]:
+        """Workspace params.yaml with dotted keys changed; the whole workspace is reset afterwards."""
+        params = set_keys(yaml.safe_load(self.baseline_params), changes)
+        dump_params(self.path / "params.yaml", params)
+        try:
+            yield
+        finally:
+            self.reset()
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory, dvc_env, run_dvc, run_git) -> TinyRepo:
+    path = tmp_path_factory.mktemp("tiny-pipeline")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / name, path / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(ROOT / "stages", path / "stages", ignore=ignore)
+    shutil.copytree(ROOT / "src", path / "src", ignore=ignore)
+    (path / ".gitignore").write_text("/data/\n__pycache__/\n")
+
+    params = set_keys(yaml.safe_load((path / "params.yaml").read_text()), TINY_PARAMS)
+    dump_params(path / "params.yaml", params)
+
+    # Stage commands import the copied src/ (the files dvc hashes), not the editable install that
+    # other work may be changing while the tests run.
+    pythonpath = [str(path / "src"), *filter(None, [dvc_env.get("PYTHONPATH")])]
+    env = dict(dvc_env, PYTHONPATH=os.pathsep.join(pythonpath))
+    repo = TinyRepo(path=path, env=env, run_dvc=run_dvc, run_git=run_git)
+    repo.git("init", "-q")
+    repo.dvc("init", "-q")
+    repo.dvc("config", "core.analytics", "false")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "tiny pipeline")
+
+    repo.first_repro = repo.dvc("repro")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "dvc repro")
+    repo.baseline_params = (path / "params.yaml").read_text()
+    return repo
+
+
+def test_stage_code_comes_from_the_copy(tiny_repo: TinyRepo) -> None:
+    probe = "import owdfa; print(owdfa.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tiny_repo.path, env=tiny_repo.env, capture_output=True, text=True
+    )
+    assert Path(out.stdout.strip()).is_relative_to(tiny_repo.path / "src"), out.stdout + out.stderr
+
+
+def test_repro_runs_every_stage_and_writes_reports(tiny_repo: TinyRepo) -> None:
+    assert ran_stages(tiny_repo.first_repro) == set(STAGES)
+
+    metrics = flatten(json.loads(tiny_repo.read("reports/metrics.json")))
+    for protocol in PROTOCOLS:
+        for name in ("all_acc", "novel_acc", "known_acc"):
+            key = f"{protocol}.baseline.{name}"
+            assert key in metrics, f"{key} missing from reports/metrics.json: {sorted(metrics)[:20]}"
+            assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+
+    results = tiny_repo.read("reports/results.md").decode()
+    for protocol in PROTOCOLS:
+        assert f"Protocol {protocol}" in results
+
+    for run in RUNS:
+        per_run = json.loads(tiny_repo.read(f"reports/runs/{run}/metrics.json"))
+        assert 0.0 <= per_run["all_acc"] <= 1.0
+        curve = tiny_repo.read(f"reports/train/{run}/plots/metrics/val/acc.tsv").decode().splitlines()
+        assert curve[0].split("\t") == ["step", "acc"]
+        assert len(curve) == 1 + TINY_PARAMS["train.epochs"], curve
+
+    lock = yaml.safe_load(tiny_repo.read("dvc.lock"))
+    assert set(lock["stages"]) == set(STAGES)
+
+
+def test_second_repro_is_a_no_op(tiny_repo: TinyRepo) -> None:
+    out = tiny_repo.dvc("repro")
+    assert ran_stages(out) == set(), out[-3000:]
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in out, out[-3000:]
+    assert "is cached - skipping run" not in out
+    assert tiny_repo.status() == {}
+
+
+def test_forced_rerun_is_bit_identical(tiny_repo: TinyRepo) -> None:
+    files = ["dvc.lock", "reports/metrics.json", "reports/results.md", "reports/runs/p1-baseline-0/metrics.json"]
+    files += ["data/predictions/p1-baseline-0.csv", "reports/train/p1-baseline-0/metrics.json"]
+    before = {f: tiny_repo.read(f) for f in files}
+    forced = ["train@p1-baseline-0", "evaluate@p1-baseline-0", "report"]
+    try:
+        out = tiny_repo.dvc("repro", "--force", "--single-item", *forced)
+        # --force skips the run cache: the commands really ran again.
+        assert ran_stages(out) == set(forced), out[-3000:]
+        for f in files:
+            assert tiny_repo.read(f) == before[f], f"{f} differs after a forced re-run (dvc.lock: model weights)"
+        assert tiny_repo.status() == {}
+    finally:
+        tiny_repo.reset()
+
+
+def test_evaluate_param_reruns_only_evaluate_and_report(tiny_repo: TinyRepo) -> None:
+    # `checkpoint` rather than `batch_size`: a batch size change leaves the metrics identical, so
+    # dvc (rightly) skips `report` too, since its dependency reports/runs did not change.
+    with tiny_repo.params({"evaluate.checkpoint": "val_best"}):
+        out = tiny_repo.dvc("repro")
+        assert ran_stages(out) == EVALUATE_STAGES | {"report"}, out[-3000:]
+        run = json.loads(tiny_repo.read("reports/runs/p1-baseline-0/run.json"))
+        assert run["checkpoint"] == "val_best"
+        assert tiny_repo.status() == {}
+
+
+def test_exp_run_records_metrics(tiny_repo: TinyRepo) -> None:
+    try:
+        out = tiny_repo.dvc("exp", "run", "-S", "train.epochs=1")
+        assert "Ran experiment" in out, out[-3000:]
+        trained = ran_stages(out)
+        assert {f"train@{r}" for r in RUNS} <= trained and "report" in trained, trained
+        assert not trained & {"fetch", "index", "align"}
+        assert yaml.safe_load(tiny_repo.read("params.yaml"))["train"]["epochs"] == 1
+
+        diff = json.loads(tiny_repo.dvc("metrics", "diff", "--all", "--json"))
+        summary = diff["reports/metrics.json"]
+        for key in ("p1.baseline.all_acc", "p2.baseline.novel_acc", "p2.baseline.known_acc"):
+            assert 0.0 <= summary[key]["old"] <= 1.0 and 0.0 <= summary[key]["new"] <= 1.0, summary.get(key)
+
+        show = json.loads(tiny_repo.dvc("exp", "show", "--json"))
+        exps = [r for row in show for e in (row.get("experiments") or []) for r in e["revs"]]
+        assert exps, show
+        data = exps[0]["data"]
+        assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
+        assert "all_acc" in data["metrics"]["reports/metrics.json"]["data"]["p1"]["baseline"]
+    finally:
+        tiny_repo.reset()
+
+
+@pytest.mark.parametrize(
+    ("changes", "target", "expected"),
+    [
+        ({"split.budgets.known": 100000}, "split@p1", "split.budgets.known"),
+        ({"run.protocols": ["p9"]}, "split@p9", "'p9'"),
+        ({"train.epochs": -1}, "train@p1-baseline-0", "train.epochs"),
+        ({"data.source": "hub"}, "fetch", "data.source"),
+    ],
+    ids=["split-budget", "unknown-protocol", "negative-epochs", "hub-source"],
+)
+def test_bad_params_give_one_line_error(tiny_repo: TinyRepo, changes: dict[str, Any], target: str, expected: str):
+    with tiny_repo.params(changes):
+        out = tiny_repo.dvc_fails("repro", target)
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out[-3000:]
+    assert expected in errors[0], errors[0]
+    assert "Traceback" not in out, out[-3000:]
+    assert f"failed to reproduce '{target}'" in out
