@@ -189,11 +189,14 @@ def test_baseline_step_loss_matches_hand_computed_terms():
 
 
 def test_baseline_weights_from_params():
-    section = Section(
-        {"entropy_weight": 2.0, "distill_weight": 0.5, "teacher_temp": 0.1, "student_temp": 1.0},
-        "train.methods.baseline",
-    )
-    method = build_method("baseline", section)
+    params = {
+        "loss": "baseline",
+        "entropy_weight": 2.0,
+        "distill_weight": 0.5,
+        "teacher_temp": 0.1,
+        "student_temp": 1.0,
+    }
+    method = build_method("baseline", Section({"baseline": params}, "train.methods"))
     total, _ = method.step_loss(step())
     assert total.item() == pytest.approx(CE + 2.0 * REG + 0.5 * DISTILL, abs=1e-9)
 

@@ -71,8 +71,9 @@ def load_state(model_dir: Path, checkpoint: str = "last") -> dict[str, torch.Ten
 def load_model(model_dir: Path, checkpoint: str = "last") -> tuple[AttributionModel, dict[str, Any]]:
     card = read_card(model_dir)
     try:
+        options = {k: bool(v) for k, v in card.get("model_options", {}).items() if k in ("ffe", "patch_features")}
         model = build_model(
-            card["backbone"], int(card["num_prototypes"]), pretrained=False, dropout=float(card["dropout"])
+            card["backbone"], int(card["num_prototypes"]), pretrained=False, dropout=float(card["dropout"]), **options
         )
     except KeyError as exc:
         raise DataError(f"{model_dir / CARD_FILE}: model card lacks {exc.args[0]!r}") from None

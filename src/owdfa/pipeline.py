@@ -115,13 +115,12 @@ def train(
 ) -> dict[str, Any]:
     config = train_config(section, extra_keys=("methods",))
     methods = section.section("methods")
-    method = build_method(method_name, methods.section(method_name) if methods.has(method_name) else None)
+    method = build_method(method_name, methods)
     data, classes = load_train_data(split_dir, faces_dir)
     result = run_training(
         config,
         data,
         method,
-        num_prototypes=data.num_classes,
         seed=seed,
         init_state=initial_state(init_dir),
         live_dir=live_dir,
@@ -132,6 +131,10 @@ def train(
         classes,
         section._data,
         method=method_name,
+        loss=method.name,
+        method_params=methods.raw(method_name),
+        model_options=result.model.options,
+        method_state=method.state(),
         seed=seed,
         image_size=_size(data),
         pretrained_from=str(init_dir) if init_dir else None,
@@ -191,7 +194,9 @@ def evaluate(
     targets = test["target"].to_numpy(np.int64)
     num_known = int(classes["num_known"])
     metrics: dict[str, Any] = evaluate_predictions(targets, pred, num_known)
-    k_hat, k_true = int(card["num_active"]), int(classes["num_classes"])
+    # K-hat: DPP's last pruned count when the method estimates K, else the classifier's active rows.
+    trajectory = (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]
+    k_hat, k_true = int(trajectory[-1]), int(classes["num_classes"])
     metrics.update(k_hat=k_hat, k_true=k_true, k_error=k_error(k_hat, k_true))
     if run_kmeans_k:
         k_est = kmeans_k_estimate(model, manifest, images, num_known, max_factor, batch_size, device, seed)

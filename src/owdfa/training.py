@@ -179,7 +179,7 @@ def run_training(
     draws = n_lab + (n_unl if use_unl else 0)
     steps = max(1, draws // config.batch_size)
     share = config.labelled_share if use_unl else 1.0
-    labelled_targets = torch.as_tensor(data.labelled_targets, dtype=torch.long)
+    labelled_targets = torch.tensor(np.asarray(data.labelled_targets), dtype=torch.long)
 
     live = _open_live(live_dir)
     history: list[dict[str, float]] = []
@@ -202,14 +202,17 @@ def run_training(
             )
             targets = torch.where(is_lab, labelled_targets[lab_pick], torch.full_like(lab_pick, -1)).to(device)
             x = batch_images(data.images, rows, device)
-            weak, strong = weak_view(x, config.augment, gen), strong_view(x, config.augment, gen)
+            weak = weak_view(x, config.augment, gen)
+            strong = strong_view(x, config.augment, gen) if method.uses_strong_view else None
             with _autocast(device):
-                out_w, out_s = model(weak), model(strong)
+                out_w = model(weak)
+                out_s = model(strong) if strong is not None else None
             step = StepInput(
                 logits_weak=out_w["logits"].float(),
-                logits_strong=out_s["logits"].float(),
+                logits_strong=out_s["logits"].float() if out_s is not None else None,
                 features_weak=out_w["features"].float(),
-                features_strong=out_s["features"].float(),
+                features_strong=out_s["features"].float() if out_s is not None else None,
+                patches_weak=out_w["patch_features"].float() if "patch_features" in out_w else None,
                 targets=targets,
                 epoch=epoch,
                 num_epochs=config.epochs,

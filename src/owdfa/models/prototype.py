@@ -92,8 +92,11 @@ class AttributionModel(nn.Module):
         fmap = self.backbone.forward_features(x)
         out: dict[str, torch.Tensor] = {}
         if (self.ffe is not None or self.patch_necks is not None) and fmap.ndim != 4:
-            raise ConfigError("train.backbone", f"{self.backbone_name} has no spatial feature map; FFE and CPL's "
-                              "patch features need a convolutional backbone")
+            raise ConfigError(
+                "train.backbone",
+                f"{self.backbone_name} has no spatial feature map; FFE and CPL's "
+                "patch features need a convolutional backbone",
+            )
         if self.ffe is not None:
             attention = self.ffe(x)
             fmap = fmap * pool_to(attention, fmap.shape[-2:]).to(fmap.dtype)

@@ -1,0 +1,101 @@
+"""No ground-truth label of an unlabelled or test image may reach a loss, a threshold, a K
+estimate or model selection: shuffling those labels must leave training bit-for-bit unchanged."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from owdfa.config import Section
+from owdfa.data.align import align, read_faces
+from owdfa.data.index import build_index, write_index
+from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE, write_split
+from owdfa.data.synthetic import SyntheticConfig, write_benchmark
+from owdfa.pipeline import kmeans_k_estimate, train
+from owdfa.training import pick_device
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
+    base = tmp_path_factory.mktemp("leak")
+    config = SyntheticConfig(image_size=32, identities=8, real_images=24, images_per_method=8)
+    write_benchmark(config, base / "raw", workers=1)
+    rows, _ = build_index(base / "raw")
+    write_index(rows, base / "index.csv")
+    align(Section({"mode": "resize", "image_size": 32}, "align"), base / "raw", base / "index.csv", base / "faces")
+    faces, _ = read_faces(base / "faces")
+    split = {
+        "seed": 1,
+        "budgets": {"real": 24, "known": 8, "novel": 8},
+        "test_fraction": 0.25,
+        "labelled_fraction": 0.75,
+        "val_fraction": 0.2,
+        "allow_short_classes": False,
+    }
+    write_split(Section(split, "split"), faces, "p1", base / "split")
+    # The same split with every unlabelled and test label permuted.
+    shuffled = base / "split_shuffled"
+    shuffled.mkdir()
+    manifest = pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False)
+    hidden = manifest["split"].isin(["unlabelled", "test"]).to_numpy()
+    rng = np.random.default_rng(0)
+    for column in ("target", "label", "class_name", "known"):
+        values = manifest.loc[hidden, column].to_numpy()
+        manifest.loc[hidden, column] = values[rng.permutation(len(values))]
+    assert not manifest.equals(pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False))
+    manifest.to_csv(shuffled / MANIFEST_FILE, index=False, lineterminator="\n")
+    (shuffled / CLASSES_FILE).write_text((base / "split" / CLASSES_FILE).read_text())
+    return base / "faces", base / "split", shuffled
+
+
+def _train_section(variant: str) -> Section:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    section = copy.deepcopy(params["train"])
+    section.update(epochs=3, batch_size=8, lr_step=2, threads=1, device="cpu")
+    method = section["methods"][variant]
+    if "acr_start_epoch" in method:
+        method["acr_start_epoch"] = 0  # exercise ACR's pseudo-labels within the short run
+    return Section(section, "train")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_ignores_hidden_labels(tiny_split, tmp_path, variant):
+    faces, split, shuffled = tiny_split
+    outs = []
+    for name, split_dir in (("a", split), ("b", shuffled)):
+        out = tmp_path / name
+        train(_train_section(variant), variant, 0, split_dir, faces, None, out, None)
+        outs.append(out)
+    a, b = (load_file(str(o / "model.safetensors")) for o in outs)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert bool((a[key] == b[key]).all()), f"{variant}: weights {key} differ"
+    card_a, card_b = (json.loads((o / "card.json").read_text()) for o in outs)
+    for key in ("history", "val_best_epoch", "method_state", "num_active"):
+        assert card_a[key] == card_b[key], f"{variant}: card {key} differs"
+
+
+@pytest.mark.slow
+def test_kmeans_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
+    from owdfa.model_io import load_model
+
+    faces, split, shuffled = tiny_split
+    train(_train_section("baseline"), "baseline", 0, split, faces, None, tmp_path / "m", None)
+    model, _ = load_model(tmp_path / "m")
+    _, images = read_faces(faces)
+    estimates = []
+    for split_dir in (split, shuffled):
+        manifest = pd.read_csv(split_dir / MANIFEST_FILE, keep_default_na=False)
+        estimates.append(kmeans_k_estimate(model, manifest, images, 7, 2.0, 64, pick_device("cpu"), 0))
+    assert estimates[0] == estimates[1]
