@@ -33,6 +33,7 @@ SPLIT = {
     "labelled_fraction": 0.75,
     "val_fraction": 0.1,
     "allow_short_classes": False,
+    "group_by_video": False,
 }
 TRAIN = {
     "backbone": "test_resnet",
@@ -206,6 +207,8 @@ def test_split_config_valid():
         ("labelled_fraction", 0, "split.labelled_fraction"),
         ("val_fraction", "0.1", "split.val_fraction"),
         ("allow_short_classes", "no", "split.allow_short_classes"),
+        ("group_by_video", "yes", "split.group_by_video"),
+        ("group_by_video", DELETE, "split.group_by_video"),
         ("seed", -1, "split.seed"),
         ("sed", 1, "split.sed"),
     ],

@@ -87,7 +87,7 @@ def test_build_index_rows(tree):
         "3_Swap_Foo",
     ]
     assert [r.group for r in rows] == [
-        "0_Real_A/",
+        "0_Real_A/top",
         "0_Real_A/vid1",
         "0_Real_A/vid1",
         "0_Real_B/vid2",
@@ -158,6 +158,8 @@ CONFIG = SplitConfig(
     allow_short_classes=False,
 )
 P1 = SYNTHETIC_PROTOCOLS["p1"]
+# sha256 of make_split(make_faces(), P1, CONFIG) as CSV, from before group-wise splits existed.
+PINNED_MANIFEST_DIGEST = "90028c5d2290d2d133d5245cf63caea2eb08f4017bda83632f774abf5d9b7f13"
 
 
 def make_faces(sizes: dict[int, int] | None = None) -> pd.DataFrame:
@@ -294,6 +296,7 @@ def test_write_split_round_trip(tmp_path, faces, manifest):
             "labelled_fraction": 0.5,
             "val_fraction": 0.2,
             "allow_short_classes": False,
+            "group_by_video": False,
         },
         "split",
     )
@@ -369,3 +372,98 @@ def test_get_protocol_errors_name_the_key():
     assert "\n" not in str(err.value) and err.value.key == "run.protocols"
     with pytest.raises(ConfigError, match=r"protocol: no built-in protocols for a 'custom' dataset"):
         get_protocol("custom", "p1")
+
+
+def test_split_is_unchanged_for_existing_manifests(manifest):
+    """The per-image path draws exactly as before group support (pinned by a digest of the manifest)."""
+    import hashlib
+
+    digest = hashlib.sha256(manifest.to_csv(index=False, lineterminator="\n").encode()).hexdigest()
+    assert digest == PINNED_MANIFEST_DIGEST
+
+
+def test_split_draws_a_multi_folder_label_in_equal_shares():
+    faces = make_faces()
+    # Turn the real class into two folders, as OWDFA-40's Celeb-DF + FF++ real folders.
+    second = faces["label"].eq(0) & (np.arange(len(faces)) % 2 == 1)
+    faces.loc[second, "class_name"] = "0_Real_Other"
+    faces.loc[second, "path"] = faces.loc[second, "path"].str.replace("0_Real_Camera", "0_Real_Other")
+    manifest = make_split(faces, P1, CONFIG)
+    real = manifest[manifest["label"] == 0]
+    assert real["class_name"].value_counts().to_dict() == {"0_Real_Camera": 25, "0_Real_Other": 25}
+    assert real["target"].nunique() == 1
+    short = faces[~(faces["class_name"].eq("0_Real_Other") & (np.arange(len(faces)) % 4 == 1))]
+    with pytest.raises(ConfigError, match=r"split\.budgets\.real: its share 25 of the budget 50 .* 0_Real_Other"):
+        make_split(short, P1, CONFIG)
+
+
+def test_split_group_by_video_keeps_each_video_in_one_split():
+    faces = make_faces()
+    grouped = make_split(faces, P1, replace(CONFIG, group_by_video=True))
+    # Budgets stay exact; each (class, video) sits in exactly one split.
+    assert grouped.groupby("label").size().equals(make_split(faces, P1, CONFIG).groupby("label").size())
+    per_group = grouped.groupby("group")["split"].nunique()
+    assert (per_group == 1).all(), per_group[per_group > 1]
+    assert {"labelled", "val", "unlabelled", "test"} <= set(grouped["split"])
+    # The per-image split does leak videos across splits on the same data.
+    leaky = make_split(faces, P1, CONFIG).groupby("group")["split"].nunique()
+    assert (leaky > 1).any()
+    # Deterministic.
+    pd.testing.assert_frame_equal(make_split(faces, P1, replace(CONFIG, group_by_video=True)), grouped)
+
+
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("c23-000_003-0012.png", "9_X/c23-000_003"),  # CPL-era FF++ frames: video 000_003
+        ("Celeb-real-id0_0000-031.png", "9_X/Celeb-real-id0_0000"),
+        ("00017.png", "9_X/00017"),  # a generated image: its own group
+        ("seed0042.png", "9_X/seed0042"),  # no separator before the digits: not a frame number
+        ("portrait.jpg", "9_X/portrait"),
+    ],
+)
+def test_flat_files_are_grouped_by_video_name(tmp_path, name, group):
+    _touch(tmp_path, f"9_X/{name}")
+    rows, _ = build_index(tmp_path)
+    assert rows[0].group == group
+
+
+def owdfa40_faces(real_per_folder: int = 10_500, fake_per_class: int = 2_100) -> pd.DataFrame:
+    from owdfa.data.protocols import OWDFA40_FOLDERS
+
+    records = []
+    for folder in OWDFA40_FOLDERS:
+        label = int(folder.split("_")[0])
+        count = real_per_folder if label == 0 else fake_per_class
+        records += [
+            (f"{folder}/v{i // 32:04d}/{i % 32:03d}.png", label, folder, f"{folder}/v{i // 32:04d}")
+            for i in range(count)
+        ]
+    faces = pd.DataFrame(records, columns=["path", "label", "class_name", "group"])
+    faces.insert(0, "row", range(len(faces)))
+    return faces
+
+
+@pytest.mark.parametrize(
+    ("protocol", "known", "train", "labelled", "unlabelled", "test"),
+    # Totals from CAL's rules (spec/data.md section 3): budgets 20,000 real (10,000 per real folder),
+    # 2,000 known, 1,500 novel; 80/20 per class; 75 % of known-class training images labelled.
+    [
+        ("p1", 19, 71_200, 33_600, 37_600, 17_800),
+        ("p2", 13, 68_800, 26_400, 42_400, 17_200),
+        ("p3", 29, 75_200, 45_600, 29_600, 18_800),
+    ],
+)
+def test_owdfa40_protocol_split_sizes(protocol, known, train, labelled, unlabelled, test):
+    faces = owdfa40_faces()
+    config = SplitConfig(2025, 20_000, 2_000, 1_500, 0.2, 0.75, 0.0, False)
+    manifest = make_split(faces, OWDFA40_PROTOCOLS[protocol], config)
+    counts = manifest["split"].value_counts().to_dict()
+    assert counts == {"labelled": labelled, "unlabelled": unlabelled, "test": test}
+    assert counts["labelled"] + counts["unlabelled"] == train
+    assert manifest.loc[manifest["known"], "target"].nunique() == known
+    assert manifest.loc[manifest["label"] == 0, "class_name"].value_counts().to_list() == [10_000, 10_000]
+    # The labelled validation carve-out comes out of the labelled share only.
+    with_val = make_split(faces, OWDFA40_PROTOCOLS[protocol], replace(config, val_fraction=0.1))
+    assert (with_val["split"] == "test").sum() == test
+    assert with_val["split"].isin(["labelled", "val"]).sum() == labelled

@@ -41,6 +41,7 @@ def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
         "labelled_fraction": 0.75,
         "val_fraction": 0.2,
         "allow_short_classes": False,
+        "group_by_video": False,
     }
     write_split(Section(split, "split"), faces, "p1", base / "split")
     # The same split with every unlabelled and test label permuted.

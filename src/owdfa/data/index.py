@@ -3,7 +3,10 @@
 Layout (OWDFA-40's and the synthetic benchmark's): `<root>/<label>_<Family>_<Method>/.../<image>`.
 The label is the integer before the first underscore (several folders may share one, as the two
 real folders of OWDFA-40 do); the image's parent folder, relative to the class folder, is its
-group (the source video or identity), used later for leakage-free splits.
+group (the source video or identity), used later for leakage-free splits. Images lying directly in
+the class folder get their group from the file name without its trailing frame number
+(`c23-000_003-0012.png` -> `c23-000_003`, the CPL-era FF++ naming), so flat folders of video frames
+still group by video; a name without one (`00017.png`, a generated image) is its own group.
 Paths are sorted so the table, and every split drawn from it, is identical on every machine.
 """
 
@@ -20,6 +23,7 @@ from owdfa.io import atomic_write_text
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 _CLASS_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_FRAME_SUFFIX = re.compile(r"[-_ .]\d+$")
 INDEX_COLUMNS = ("path", "label", "class_name", "group")
 
 
@@ -53,12 +57,17 @@ def build_index(root: Path) -> tuple[list[IndexRow], list[str]]:
                 continue
             if not path.is_file():
                 continue
-            group = rel.parent.as_posix() if rel.parent.as_posix() != "." else ""
+            group = rel.parent.as_posix() if rel.parent.parts else _group_of_flat_file(path.stem)
             rows.append(IndexRow(path.relative_to(root).as_posix(), label, folder.name, f"{folder.name}/{group}"))
     if not rows:
         raise DataError(f"{root}: no images found in '<label>_<Family>_<Method>' class folders")
     rows.sort(key=lambda r: r.path)
     return rows, skipped
+
+
+def _group_of_flat_file(stem: str) -> str:
+    video = _FRAME_SUFFIX.sub("", stem)
+    return video if video and video != stem else stem
 
 
 def write_index(rows: list[IndexRow], path: Path) -> None:

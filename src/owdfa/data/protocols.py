@@ -39,6 +39,21 @@ OWDFA40_PROTOCOLS: dict[str, Protocol] = {
     "p3": Protocol("p3", tuple(sorted(_OWDFA40_P1 + (5, 7, 10, 13, 18, 20, 24, 26, 36, 38))), "29 known / 12 novel"),
 }
 
+# OWDFA-40's class folders as CAL names them (one zip per folder on the Hub, `data/<folder>.zip`).
+OWDFA40_FOLDERS: tuple[str, ...] = (
+    "0_Real_CelebDF", "0_Real_FF++",
+    "1_Swap_Deepfakes", "2_Swap_FaceSwap", "3_Swap_DeepFaceLab", "4_Swap_FaceShifter", "5_Swap_FSGAN",
+    "6_Reenact_Face2Face", "7_Reenact_NeuralTextures", "8_Reenact_FOMM", "9_Reenact_ATVG-Net",
+    "10_Reenact_TalkingHead", "11_Edit_MaskGAN", "12_Edit_StarGAN2", "13_Edit_SC-FEGAN", "14_Edit_FaceAPP",
+    "15_Edit_StarGAN", "16_Generate_StyleGAN2_Net", "17_Generate_StyleGAN", "18_Generate_PGGAN",
+    "19_Generate_CycleGAN", "20_Generate_StyleGAN2_NIR", "21_Swap_BlendFace", "22_Swap_UniFace",
+    "23_Swap_MobileSwap", "24_Swap_e4s", "25_Swap_FaceDancer", "26_Reenact_TPSMM", "27_Reenact_LIA",
+    "28_Reenact_DaGAN", "29_Reenact_SadTalker", "30_Reenact_MCNet", "31_Reenact_HyperReenact",
+    "32_Generate_StyleGAN-XL", "33_Generate_SD2.1", "34_Generate_RDDM", "35_Generate_PixArt",
+    "36_Generate_DiT-XL", "37_Generate_SiT-XL", "38_Edit_e4e", "39_Generate_StyleGAN3", "40_Reenact_OneShot",
+)
+LANDMARK_PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+
 BENCHMARKS: dict[str, dict[str, Protocol]] = {"synthetic": SYNTHETIC_PROTOCOLS, "owdfa40": OWDFA40_PROTOCOLS}
 BENCHMARK_CLASS_COUNTS = {"synthetic": 15, "owdfa40": 41}
 

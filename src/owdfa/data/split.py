@@ -6,6 +6,13 @@ labelled (one draw, not per class, as CAL does) and everything else is unlabelle
 validation split is carved out of the labelled images, per known class, for model selection: the
 test split is never used to choose anything.
 
+A label made of several folders (OWDFA-40's real class: Celeb-DF + FF++) draws its budget in equal
+shares from each folder, as CAL draws 10,000 from each real folder. With `group_by_video` every
+draw is made over groups (the source video / identity folder from the index) instead of images, so
+all frames of a video land in one split (the labelled share is then drawn per class, so that no
+known class is left without labelled videos): CAL's per-image split puts frames of one video in the
+labelled, unlabelled and test sets at once (a near-duplicate leak).
+
 Targets are remapped so known classes are 0..K_L-1 (in label order) and novel ones follow; a
 prediction id < K_L therefore means "known". Everything is drawn from one seeded generator over
 sorted lists, so the manifest is identical on every machine.
@@ -40,11 +47,20 @@ class SplitConfig:
     labelled_fraction: float
     val_fraction: float
     allow_short_classes: bool
+    group_by_video: bool = False
 
 
 def split_config(section: Section) -> SplitConfig:
     section.check_unknown(
-        ("seed", "budgets", "test_fraction", "labelled_fraction", "val_fraction", "allow_short_classes")
+        (
+            "seed",
+            "budgets",
+            "test_fraction",
+            "labelled_fraction",
+            "val_fraction",
+            "allow_short_classes",
+            "group_by_video",
+        )
     )
     budgets = section.section("budgets")
     budgets.check_unknown(("real", "known", "novel"))
@@ -57,6 +73,7 @@ def split_config(section: Section) -> SplitConfig:
         labelled_fraction=section.float("labelled_fraction", min=0.01, max=1.0),
         val_fraction=section.float("val_fraction", min=0.0, max=0.5),
         allow_short_classes=section.bool("allow_short_classes"),
+        group_by_video=section.bool("group_by_video"),
     )
 
 
@@ -79,39 +96,91 @@ def make_split(faces: pd.DataFrame, protocol: Protocol, config: SplitConfig) -> 
         members = faces[faces["label"] == label]
         is_known = label in known
         budget, key = (
-            (config.real_budget, "split.budgets.real") if label == 0
-            else (config.known_budget, "split.budgets.known") if is_known
+            (config.real_budget, "split.budgets.real")
+            if label == 0
+            else (config.known_budget, "split.budgets.known")
+            if is_known
             else (config.novel_budget, "split.budgets.novel")
         )
-        if budget > len(members):
-            if not config.allow_short_classes:
-                name = members["class_name"].iloc[0]
-                raise ConfigError(key, f"budget {budget} is larger than the {len(members)} images of class {name}")
-            budget = len(members)
-        chosen = members.iloc[np.sort(rng.choice(len(members), size=budget, replace=False))]
-        order = rng.permutation(budget)
-        n_test = max(1, int(round(config.test_fraction * budget)))
-        split = np.where(np.isin(np.arange(budget), order[:n_test]), "test", "train")
+        chosen = _draw_budget(members, budget, key, config, rng)
+        n_test = max(1, int(round(config.test_fraction * len(chosen))))
+        is_test = _pick(chosen, n_test, rng, config.group_by_video)
+        split = np.where(is_test, "test", "train")
         parts.append(chosen.assign(split=split, known=is_known, target=target_of[label]))
     manifest = pd.concat(parts, ignore_index=True)
 
-    train_known = np.flatnonzero((manifest["split"] == "train") & manifest["known"])
-    n_labelled = int(round(config.labelled_fraction * len(train_known)))
-    labelled = np.sort(rng.permutation(train_known)[:n_labelled])
+    train_known = manifest[(manifest["split"] == "train") & manifest["known"]]
+    if config.group_by_video:  # per class: a pooled draw of a few big groups can miss a class entirely
+        labelled = []
+        for _, rows in train_known.groupby("target", sort=True):
+            n_labelled = max(1, int(round(config.labelled_fraction * len(rows))))
+            labelled.extend(rows.index[_pick(rows, n_labelled, rng, by_group=True)])
+    else:
+        n_labelled = int(round(config.labelled_fraction * len(train_known)))
+        labelled = train_known.index[_pick(train_known, n_labelled, rng, by_group=False)]
     manifest.loc[manifest["split"] == "train", "split"] = "unlabelled"
     manifest.loc[labelled, "split"] = "labelled"
     if config.val_fraction > 0:
         for target in range(len(known)):
-            rows = np.flatnonzero((manifest["split"] == "labelled") & (manifest["target"] == target))
-            n_val = int(round(config.val_fraction * len(rows)))
-            if len(rows) >= 2:
-                n_val = max(1, min(n_val, len(rows) - 1))
-                manifest.loc[np.sort(rng.permutation(rows)[:n_val]), "split"] = "val"
+            rows = manifest[(manifest["split"] == "labelled") & (manifest["target"] == target)]
+            n_units = rows["group"].nunique() if config.group_by_video else len(rows)
+            if n_units < 2:
+                continue
+            n_val = max(1, min(int(round(config.val_fraction * len(rows))), len(rows) - 1))
+            picked = _pick(rows, n_val, rng, config.group_by_video)
+            if picked.all():  # a group bigger than the rest: keep one labelled group
+                continue
+            manifest.loc[rows.index[picked], "split"] = "val"
     for target in range(len(known)):
         if not ((manifest["split"] == "labelled") & (manifest["target"] == target)).any():
             raise ConfigError("split.labelled_fraction", f"known class {known[target]} gets no labelled image")
     columns = ["row", "path", "label", "class_name", "group", "target", "known", "split"]
     return manifest[columns].sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def _draw_budget(members: pd.DataFrame, budget: int, key: str, config: SplitConfig, rng) -> pd.DataFrame:
+    """The class's sampled images: `budget` in equal shares from each of its folders, sorted by path."""
+    folders = sorted(set(members["class_name"]))
+    shares = [budget // len(folders) + (i < budget % len(folders)) for i in range(len(folders))]
+    chosen = []
+    for folder, share in zip(folders, shares, strict=True):
+        pool = members[members["class_name"] == folder]
+        if share > len(pool):
+            if not config.allow_short_classes:
+                what = f"its share {share} of the budget {budget}" if len(folders) > 1 else f"budget {budget}"
+                raise ConfigError(key, f"{what} is larger than the {len(pool)} images of class {folder}")
+            share = len(pool)
+        if config.group_by_video:
+            chosen.append(pool[_pick(pool, share, rng, by_group=True, exact=True)])
+        else:
+            chosen.append(pool.iloc[np.sort(rng.choice(len(pool), size=share, replace=False))])
+    return pd.concat(chosen)
+
+
+def _pick(rows: pd.DataFrame, count: int, rng, by_group: bool, exact: bool = False) -> np.ndarray:
+    """A boolean mask choosing `count` of `rows` at random: single images, or whole groups.
+
+    By group: groups are taken in a random order until `count` images are reached, so the count is
+    met or slightly exceeded by the last group. `exact` (budget draws) instead cuts the last group
+    short, which keeps the budget exact and still never splits a group across two sets.
+    """
+    if not by_group:
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[rng.permutation(len(rows))[:count]] = True
+        return mask
+    groups = rows["group"].to_numpy()
+    names = np.array(sorted(set(groups)), dtype=object)
+    mask = np.zeros(len(rows), dtype=bool)
+    taken = 0
+    for name in names[rng.permutation(len(names))]:
+        if taken >= count:
+            break
+        members = np.flatnonzero(groups == name)
+        if exact:
+            members = members[: count - taken]
+        mask[members] = True
+        taken += len(members)
+    return mask
 
 
 def class_table(faces: pd.DataFrame, protocol: Protocol, benchmark: str) -> dict:

@@ -95,8 +95,14 @@ class Pose:
 _SKIN_LIGHT = np.array([0.95, 0.82, 0.71])
 _SKIN_DARK = np.array([0.36, 0.24, 0.17])
 _HAIR = np.array(
-    [[0.08, 0.06, 0.05], [0.30, 0.19, 0.10], [0.55, 0.40, 0.22], [0.85, 0.72, 0.45], [0.55, 0.25, 0.12],
-     [0.62, 0.62, 0.64]]
+    [
+        [0.08, 0.06, 0.05],
+        [0.30, 0.19, 0.10],
+        [0.55, 0.40, 0.22],
+        [0.85, 0.72, 0.45],
+        [0.55, 0.25, 0.12],
+        [0.62, 0.62, 0.64],
+    ]
 )
 _IRIS = np.array([[0.30, 0.18, 0.08], [0.20, 0.35, 0.60], [0.25, 0.45, 0.25], [0.12, 0.10, 0.08]])
 
@@ -224,11 +230,15 @@ def render(identity: Identity, pose: Pose, size: int) -> Rendered:
     masks["eyes"] = eyes
 
     nose_y = fc_y + identity.nose_length * 0.5
-    _paint(img, 0.35 * _ellipse(x, y, 0.5 + 0.01, nose_y, identity.nose_width * 0.5, identity.nose_length * 0.5, cpx),
-           skin * 0.7)
+    _paint(
+        img,
+        0.35 * _ellipse(x, y, 0.5 + 0.01, nose_y, identity.nose_width * 0.5, identity.nose_length * 0.5, cpx),
+        skin * 0.7,
+    )
     for side in (-1, 1):
-        nostril = _ellipse(x, y, 0.5 + side * identity.nose_width * 0.45, nose_y + identity.nose_length * 0.45,
-                           0.008, 0.005, cpx)
+        nostril = _ellipse(
+            x, y, 0.5 + side * identity.nose_width * 0.45, nose_y + identity.nose_length * 0.45, 0.008, 0.005, cpx
+        )
         _paint(img, 0.8 * nostril, skin * 0.35)
 
     mouth_y = fc_y + identity.mouth_y
@@ -254,7 +264,9 @@ def _area_down(img: np.ndarray, factor: int) -> np.ndarray:
     return img.reshape(shape).mean(axis=(1, 3))
 
 
-def capture(identity: Identity, pose: Pose, size: int, rng: np.random.Generator, noise: tuple[float, float]) -> Rendered:
+def capture(
+    identity: Identity, pose: Pose, size: int, rng: np.random.Generator, noise: tuple[float, float]
+) -> Rendered:
     """A camera frame: rendered at 2x, area-downsampled, with sensor noise."""
     hi = render(identity, pose, size * 2)
     image = _area_down(hi.image, 2)
@@ -323,9 +335,15 @@ def _swap_pair(ctx: Context) -> tuple[Rendered, Rendered, Pose]:
     pose = make_pose(ctx.rng)
     hybrid = replace(
         target_id,
-        skin=source_id.skin, eye_spacing=source_id.eye_spacing, eye_axes=source_id.eye_axes,
-        iris=source_id.iris, nose_length=source_id.nose_length, nose_width=source_id.nose_width,
-        mouth_width=source_id.mouth_width, lips=source_id.lips, brow_thickness=source_id.brow_thickness,
+        skin=source_id.skin,
+        eye_spacing=source_id.eye_spacing,
+        eye_axes=source_id.eye_axes,
+        iris=source_id.iris,
+        nose_length=source_id.nose_length,
+        nose_width=source_id.nose_width,
+        mouth_width=source_id.mouth_width,
+        lips=source_id.lips,
+        brow_thickness=source_id.brow_thickness,
     )
     return ctx.frame(target_id, pose), render(hybrid, pose, ctx.size), pose
 
@@ -576,14 +594,11 @@ def _write_one(job: tuple[SyntheticConfig, int, int, str]) -> None:
     Image.fromarray(pixels).save(path, format="PNG", compress_level=6)
 
 
-def write_benchmark(config: SyntheticConfig, out_dir: Path, workers: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> int:
+def write_benchmark(
+    config: SyntheticConfig, out_dir: Path, workers: int | None = None, progress: Callable[[int], None] | None = None
+) -> int:
     """Write every class folder as PNGs under out_dir; returns the number of images."""
-    jobs = [
-        (config, method.label, i, str(out_dir))
-        for method in METHODS
-        for i in range(images_for(config, method))
-    ]
+    jobs = [(config, method.label, i, str(out_dir)) for method in METHODS for i in range(images_for(config, method))]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     if workers <= 1:
         for job in jobs:

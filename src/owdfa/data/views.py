@@ -37,7 +37,9 @@ def random_flip(images: torch.Tensor, prob: float, gen: torch.Generator) -> torc
     return torch.where(flip, images.flip(-1), images)
 
 
-def random_resized_crop(images: torch.Tensor, prob: float, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+def random_resized_crop(
+    images: torch.Tensor, prob: float, scale: tuple[float, float], gen: torch.Generator
+) -> torch.Tensor:
     n = images.shape[0]
     apply = torch.rand(n, generator=gen) < prob
     area = _uniform(n, *scale, gen)
