@@ -136,10 +136,10 @@ def test_non_4d_input_rejected() -> None:
 
 
 def test_model_with_ffe_forward() -> None:
-    from owdfa.models import build_model
+    from owdfa.models import AttributionModel
 
     torch.manual_seed(0)
-    model = build_model("test_resnet", 5, ffe=True).eval()
+    model = AttributionModel("test_resnet", 5, ffe=True).eval()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
         out = model(images)

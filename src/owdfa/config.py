@@ -59,6 +59,10 @@ class Section:
             return default
         return self._data[key]
 
+    def as_dict(self) -> dict[str, Any]:
+        """A copy of the raw mapping (for hashing the params a model was trained with)."""
+        return dict(self._data)
+
     def has(self, key: str) -> bool:
         return key in self._data
 

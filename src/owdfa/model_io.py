@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from owdfa.errors import DataError
 from owdfa.io import atomic_directory
-from owdfa.models import AttributionModel, build_model
+from owdfa.models import AttributionModel
 
 CARD_FILE = "card.json"
 WEIGHTS = {"last": "model.safetensors", "val_best": "val_best.safetensors"}
@@ -31,13 +31,15 @@ def params_hash(params: Any) -> str:
 
 def save_model_dir(
     out: Path,
-    state: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor] | None,
     card: dict[str, Any],
     val_best_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Write the directory atomically; `state=None` writes a card alone (a skipped pretraining)."""
     card = {"format": CARD_FORMAT, **card}
     with atomic_directory(out) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS["last"]))
+        if state is not None:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS["last"]))
         if val_best_state is not None:
             save_file({k: v.contiguous() for k, v in val_best_state.items()}, str(tmp / WEIGHTS["val_best"]))
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -61,6 +63,8 @@ def read_card(model_dir: Path) -> dict[str, Any]:
 def load_state(model_dir: Path, checkpoint: str = "last") -> dict[str, torch.Tensor]:
     path = model_dir / WEIGHTS[checkpoint]
     if not path.is_file():
+        if checkpoint == "val_best" and (model_dir / WEIGHTS["last"]).is_file():
+            raise DataError(f"{model_dir}: no val_best checkpoint (the split has no validation images)")
         raise DataError(f"{path}: weights not found")
     try:
         return load_file(str(path))
@@ -72,7 +76,7 @@ def load_model(model_dir: Path, checkpoint: str = "last") -> tuple[AttributionMo
     card = read_card(model_dir)
     try:
         options = {k: bool(v) for k, v in card.get("model_options", {}).items() if k in ("ffe", "patch_features")}
-        model = build_model(
+        model = AttributionModel(
             card["backbone"], int(card["num_prototypes"]), pretrained=False, dropout=float(card["dropout"]), **options
         )
     except KeyError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -75,15 +74,14 @@ def pretrain(section: Section, split_dir: Path, faces_dir: Path, out: Path) -> d
     seed = section.int("seed", min=0)
     data, classes = load_train_data(split_dir, faces_dir)
     if not enabled:
-        from owdfa.io import atomic_directory
-
-        with atomic_directory(out) as tmp:
-            (tmp / "card.json").write_text(json.dumps({"format": 1, "enabled": False}, indent=2) + "\n")
+        save_model_dir(out, None, {"enabled": False})
         return {"enabled": False}
     result = run_training(
         config, data, Supervised(), num_prototypes=data.num_known, seed=seed, desc=f"pretrain {classes['protocol']}"
     )
-    card = _card(result, classes, section._data, enabled=True, method="supervised", seed=seed, image_size=_size(data))
+    card = _card(
+        result, classes, section.as_dict(), enabled=True, method="supervised", seed=seed, image_size=_size(data)
+    )
     save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
     return card
 
@@ -129,7 +127,7 @@ def train(
     card = _card(
         result,
         classes,
-        section._data,
+        section.as_dict(),
         method=method_name,
         loss=method.name,
         method_params=methods.raw(method_name),
@@ -184,9 +182,6 @@ def evaluate(
     device = pick_device(section.str("device", choices=("auto", "cpu", "cuda")))
     manifest, classes = read_split(split_dir)
     _, images = read_faces(faces_dir)
-    card = read_card(model_dir)
-    if checkpoint == "val_best" and card.get("val_best_epoch") is None:
-        raise DataError(f"{model_dir}: no val_best checkpoint (the split has no validation images)")
     model, card = load_model(model_dir, checkpoint)
     model.to(device)
     test = manifest[manifest["split"] == "test"]

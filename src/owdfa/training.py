@@ -23,7 +23,7 @@ from tqdm import tqdm
 from owdfa.config import Section
 from owdfa.data.views import AugmentConfig, strong_view, weak_view
 from owdfa.methods.base import Method, StepInput
-from owdfa.models import AttributionModel, build_model
+from owdfa.models import AttributionModel
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def run_training(
     device = pick_device(config.device)
     if num_prototypes is None:
         num_prototypes = method.num_prototypes(data.num_known, data.num_classes)
-    model = build_model(
+    model = AttributionModel(
         config.backbone, num_prototypes, pretrained=config.pretrained, dropout=config.dropout, **method.model_options()
     )
     if init_state is not None:

@@ -121,17 +121,3 @@ class AttributionModel(nn.Module):
         out = self.forward_maps(images)
         out["logits"] = self.classify(out["features"])
         return out
-
-
-def build_model(
-    backbone: str,
-    num_prototypes: int,
-    *,
-    pretrained: bool = False,
-    dropout: float = 0.2,
-    ffe: bool = False,
-    patch_features: bool = False,
-) -> AttributionModel:
-    return AttributionModel(
-        backbone, num_prototypes, pretrained=pretrained, dropout=dropout, ffe=ffe, patch_features=patch_features
-    )
