@@ -34,6 +34,7 @@ SPLIT = {
     "val_fraction": 0.1,
     "allow_short_classes": False,
     "group_by_video": False,
+    "custom_protocols": {},
 }
 TRAIN = {
     "backbone": "test_resnet",
@@ -209,6 +210,10 @@ def test_split_config_valid():
         ("allow_short_classes", "no", "split.allow_short_classes"),
         ("group_by_video", "yes", "split.group_by_video"),
         ("group_by_video", DELETE, "split.group_by_video"),
+        ("custom_protocols", {"p1": [0, 1]}, "split.custom_protocols.p1"),
+        ("custom_protocols", {"mine": []}, "split.custom_protocols.mine"),
+        ("custom_protocols", {"mine": ["a"]}, "split.custom_protocols.mine"),
+        ("custom_protocols", [1, 2], "split.custom_protocols"),
         ("seed", -1, "split.seed"),
         ("sed", 1, "split.sed"),
     ],

@@ -297,6 +297,7 @@ def test_write_split_round_trip(tmp_path, faces, manifest):
             "val_fraction": 0.2,
             "allow_short_classes": False,
             "group_by_video": False,
+            "custom_protocols": {},
         },
         "split",
     )
@@ -467,3 +468,26 @@ def test_owdfa40_protocol_split_sizes(protocol, known, train, labelled, unlabell
     with_val = make_split(faces, OWDFA40_PROTOCOLS[protocol], replace(config, val_fraction=0.1))
     assert (with_val["split"] == "test").sum() == test
     assert with_val["split"].isin(["labelled", "val"]).sum() == labelled
+
+
+def test_custom_protocol_for_own_class_folders(tmp_path):
+    faces = make_faces()
+    faces = faces[faces["label"].isin([0, 2, 5, 7])]  # not a built-in benchmark's label set
+    section = dict(
+        seed=1,
+        budgets={"real": 20, "known": 10, "novel": 10},
+        test_fraction=0.2,
+        labelled_fraction=0.75,
+        val_fraction=0.0,
+        allow_short_classes=False,
+        group_by_video=False,
+        custom_protocols={"mine": [2, 5]},
+    )
+    table = write_split(Section(section, "split"), faces, "mine", tmp_path / "mine")
+    assert table["benchmark"] == "custom" and table["protocol"] == "mine"
+    assert [c["label"] for c in table["classes"] if c["known"]] == [0, 2, 5]
+    with pytest.raises(ConfigError, match=r"run\.protocols: .*define yours under split\.custom_protocols"):
+        write_split(Section(section, "split"), faces, "p1", tmp_path / "p1")
+    section["custom_protocols"] = {"mine": [2, 5, 9]}
+    with pytest.raises(ConfigError, match="names known class 9 that the data lacks"):
+        write_split(Section(section, "split"), faces, "mine", tmp_path / "mine")

@@ -42,6 +42,7 @@ def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
         "val_fraction": 0.2,
         "allow_short_classes": False,
         "group_by_video": False,
+        "custom_protocols": {},
     }
     write_split(Section(split, "split"), faces, "p1", base / "split")
     # The same split with every unlabelled and test label permuted.

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from owdfa.config import Section
-from owdfa.data.protocols import Protocol, detect_benchmark, get_protocol
+from owdfa.data.protocols import BUILT_IN_PROTOCOL_NAMES, Protocol, detect_benchmark, get_protocol
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
 
@@ -48,6 +48,7 @@ class SplitConfig:
     val_fraction: float
     allow_short_classes: bool
     group_by_video: bool = False
+    custom_protocols: tuple[Protocol, ...] = ()
 
 
 def split_config(section: Section) -> SplitConfig:
@@ -60,6 +61,7 @@ def split_config(section: Section) -> SplitConfig:
             "val_fraction",
             "allow_short_classes",
             "group_by_video",
+            "custom_protocols",
         )
     )
     budgets = section.section("budgets")
@@ -74,7 +76,22 @@ def split_config(section: Section) -> SplitConfig:
         val_fraction=section.float("val_fraction", min=0.0, max=0.5),
         allow_short_classes=section.bool("allow_short_classes"),
         group_by_video=section.bool("group_by_video"),
+        custom_protocols=_custom_protocols(section.section("custom_protocols")),
     )
+
+
+def _custom_protocols(section: Section) -> tuple[Protocol, ...]:
+    """Protocols for a user's own class folders: `name: [known labels]` (real, 0, is always known)."""
+    protocols = []
+    for name in sorted(section.keys()):
+        known = section.raw(name)
+        key = section.key(name)
+        if isinstance(name, str) and name in BUILT_IN_PROTOCOL_NAMES:
+            raise ConfigError(key, f"{name!r} is a built-in protocol name; choose another")
+        if not isinstance(known, list) or not known or not all(isinstance(c, int) and c >= 0 for c in known):
+            raise ConfigError(key, f"expected a non-empty list of known class labels (integers), got {known!r}")
+        protocols.append(Protocol(str(name), tuple(sorted(set(known) | {0})), "custom (params)"))
+    return tuple(protocols)
 
 
 def make_split(faces: pd.DataFrame, protocol: Protocol, config: SplitConfig) -> pd.DataFrame:
@@ -209,7 +226,11 @@ def _method_name(folder: str) -> str:
 def write_split(section: Section, faces: pd.DataFrame, protocol_name: str, out: Path) -> dict:
     config = split_config(section)
     benchmark = detect_benchmark(set(faces["label"]))
-    protocol = get_protocol(benchmark, protocol_name, key="run.protocols")
+    custom = {p.name: p for p in config.custom_protocols}
+    if protocol_name in custom:
+        protocol = custom[protocol_name]
+    else:
+        protocol = get_protocol(benchmark, protocol_name, key="run.protocols")
     manifest = make_split(faces, protocol, config)
     table = class_table(faces, protocol, benchmark)
     counts = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
