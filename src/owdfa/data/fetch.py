@@ -1,23 +1,35 @@
 """The fetch stage: bring a benchmark's raw class folders into data/raw.
 
 `data.source` picks where from: `synthetic` (generated here, deterministic from params),
-`hub` (OWDFA-40 from the Hugging Face Hub) or `folder` (a local copy). Only the synthetic source
-exists in this version; the other two stop with a one-line message instead of half-working.
+`hub` (OWDFA-40 from the Hugging Face Hub, see `owdfa.data.hub`) or `folder` (a local copy laid
+out like OWDFA-40). Whatever the source, `out` ends up as `<out>/<label>_<Family>_<Method>/...`
+plus a `SOURCE.json` that says where the data came from, and it appears in one rename, so a failed
+fetch never leaves half a dataset for the next stage.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from owdfa.config import Section
+from owdfa.data.index import IMAGE_SUFFIXES
+from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 from owdfa.data.synthetic import METHODS, SyntheticConfig, images_for, write_benchmark
-from owdfa.errors import ConfigError
+from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
 
 SOURCES = ("synthetic", "hub", "folder")
+FOLDER_KEYS = ("path",)
+_CLASS_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_SKIPPED_SHOWN = 20  # skipped zip entries listed per class in SOURCE.json (all are counted)
 
 
 def synthetic_config(section: Section) -> SyntheticConfig:
@@ -37,7 +49,9 @@ def synthetic_config(section: Section) -> SyntheticConfig:
 def _image_size(section: Section) -> int:
     size = section.int("image_size", min=16, max=1024)
     if size % 8:
-        raise ConfigError(section.key("image_size"), f"must be a multiple of 8 (the generators down-sample by 8), got {size}")
+        raise ConfigError(
+            section.key("image_size"), f"must be a multiple of 8 (the generators down-sample by 8), got {size}"
+        )
     return size
 
 
@@ -45,12 +59,11 @@ def fetch(section: Section, out: Path, workers: int | None = None) -> dict:
     """Populate `out` (replaced atomically) and return a summary of what was written."""
     section.check_unknown(("source", "synthetic", "hub", "folder"))
     source = section.str("source", choices=SOURCES)
-    if source != "synthetic":
-        raise ConfigError(
-            section.key("source"),
-            f"{source!r} is not available in this version yet (OWDFA-40 download and local folders "
-            "come with the real-data support); use 'synthetic'",
-        )
+    _check_unused_sections(section, source)
+    if source == "hub":
+        return _fetch_hub(section.section("hub"), Path(out))
+    if source == "folder":
+        return _fetch_folder(section.section("folder"), Path(out))
     config = synthetic_config(section.section("synthetic"))
     total = sum(images_for(config, m) for m in METHODS)
     with atomic_directory(out) as tmp, tqdm(total=total, desc="fetch: generating", unit="img", disable=None) as bar:
@@ -62,3 +75,185 @@ def fetch(section: Section, out: Path, workers: int | None = None) -> dict:
         }
         (tmp / "SOURCE.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _check_unused_sections(section: Section, source: str) -> None:
+    """A typo in a source's section is reported even while another source is selected."""
+    from owdfa.data.hub import HUB_KEYS
+
+    known = {"synthetic": SyntheticConfig.__dataclass_fields__, "hub": HUB_KEYS, "folder": FOLDER_KEYS}
+    for name, keys in known.items():
+        if name != source and section.has(name):
+            section.section(name).check_unknown(keys)
+
+
+def _write_source(tmp: Path, summary: dict) -> None:
+    (tmp / "SOURCE.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# hub
+
+
+def _fetch_hub(section: Section, out: Path) -> dict:
+    from owdfa.data.hub import download, hub_config, unpack
+
+    config = hub_config(section)
+    _check_apart(config.download_dir, out, section.key("download_dir"))
+    fetched = download(config)
+    with atomic_directory(out) as tmp:
+        reports = unpack(config, fetched, tmp)
+        classes = {folder: count_images(tmp / folder) for folder in config.folders}
+        summary = {
+            "source": "hub",
+            "repo_id": config.repo_id,
+            "revision": config.revision,
+            "commit": fetched.commit,
+            "images": sum(classes.values()),
+            "classes": classes,
+            "predictor": LANDMARK_PREDICTOR_FILE if config.predictor else None,
+            "files": {path: {"sha256": f.sha256, "size": f.size} for path, f in sorted(fetched.files.items())},
+            "skipped": {
+                folder: {
+                    "count": len(report.skipped),
+                    "reasons": dict(Counter(reason for _, reason in report.skipped)),
+                    "entries": [list(entry) for entry in report.skipped[:_SKIPPED_SHOWN]],
+                }
+                for folder, report in reports.items()
+                if report.skipped
+            },
+        }
+        _write_source(tmp, summary)  # a function of the data only: no warnings, which depend on the network
+    return {**summary, "warnings": list(fetched.warnings)}
+
+
+# --------------------------------------------------------------------------------------------
+# folder
+
+
+def folder_path(section: Section) -> Path:
+    section.check_unknown(FOLDER_KEYS)
+    value = section.raw("path")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ConfigError(
+            section.key("path"), "not set: give a local folder with '<label>_<Type>_<Method>' class folders"
+        )
+    path = Path(section.str("path")).expanduser()
+    if not path.is_dir():
+        raise ConfigError(section.key("path"), f"{path} is not a folder")
+    return path
+
+
+def find_class_folders(root: Path) -> dict[str, Path]:
+    """Every `<int>_<name>` folder below root (not below another one), by name; hidden folders skipped."""
+    found: dict[str, Path] = {}
+    visited: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in visited:
+                continue
+            visited.add((info.st_dev, info.st_ino))
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot read ({exc.strerror or exc})") from None
+        for child in children:
+            if _hidden(child.name) or not child.is_dir():
+                continue
+            if not _CLASS_FOLDER.match(child.name):
+                pending.append(child)
+            elif child.name in found:
+                raise DataError(f"class folder {child.name} found twice: {found[child.name]} and {child}; keep one")
+            else:
+                found[child.name] = child
+    return dict(sorted(found.items()))
+
+
+def _fetch_folder(section: Section, out: Path) -> dict:
+    source = folder_path(section)
+    _check_apart(source, out, section.key("path"))
+    classes = find_class_folders(source)
+    if not classes:
+        raise DataError(f"{source}: no class folders named '<label>_<Type>_<Method>' (data.folder.path)")
+    plan = {name: list(_images_below(folder)) for name, folder in classes.items()}
+    total = sum(len(files) for files in plan.values())
+    if total == 0:
+        raise DataError(f"{source}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    predictor = _find_predictor(source, classes.values())
+    with atomic_directory(out) as tmp, tqdm(total=total, desc="fetch: copying", unit="img", disable=None) as bar:
+        for name, files in plan.items():
+            for rel in files:
+                target = tmp / name / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(classes[name] / rel, target)
+                bar.update()
+        if predictor is not None:
+            shutil.copy2(predictor, tmp / LANDMARK_PREDICTOR_FILE)
+        summary = {
+            "source": "folder",
+            "path": str(source),
+            "images": total,
+            "classes": {name: len(files) for name, files in plan.items()},
+            "folders": {name: str(folder.relative_to(source)) for name, folder in classes.items()},
+            "predictor": LANDMARK_PREDICTOR_FILE if predictor is not None else None,
+        }
+        _write_source(tmp, summary)
+    return summary
+
+
+def _images_below(folder: Path) -> list[Path]:
+    """Image files below a class folder, relative to it, sorted; hidden files and __MACOSX left out."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        base = Path(current).relative_to(folder)
+        found.extend(
+            base / name
+            for name in files
+            if not _hidden(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(Path(current, name))
+        )
+    return sorted(found)
+
+
+def _find_predictor(root: Path, class_folders: Iterable[Path]) -> Path | None:
+    """dlib's predictor next to the class folders or one level up (CAL keeps it beside `data/`)."""
+    candidates = [root]
+    for folder in class_folders:
+        for parent in (folder.parent, folder.parent.parent):
+            if parent == root or root in parent.parents:
+                candidates.append(parent)
+    for candidate in dict.fromkeys(candidates):
+        if (candidate / LANDMARK_PREDICTOR_FILE).is_file():
+            return candidate / LANDMARK_PREDICTOR_FILE
+    return None
+
+
+def count_images(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(
+        1
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(_hidden(part) for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _check_apart(source: Path, out: Path, key: str) -> None:
+    """Reading from (or downloading into) the output folder would destroy the data when it is replaced."""
+    a, b = source.resolve(), Path(out).resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise ConfigError(key, f"{source} overlaps the stage output {out}; use a folder outside it")
