@@ -19,7 +19,8 @@ def main() -> None:
     args = parser.parse_args()
     summary = align(Section.from_file("align", args.params), args.raw, args.index, args.out)
     atomic_write_json(args.summary, summary)
-    print(f"align: {summary['images']} images cached, {summary['skipped']} skipped -> {args.out}")
+    faces = f", no face found in {summary['no_face']} (whole image kept)" if "no_face" in summary else ""
+    print(f"align: {summary['images']} images cached, {summary['skipped']} unreadable skipped{faces} -> {args.out}")
 
 
 if __name__ == "__main__":
