@@ -1,8 +1,7 @@
-"""What the pretrain, train and evaluate stages do, as library functions of their params section."""
+"""What the pretrain and train stages do, as library functions of their params section."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +9,13 @@ import numpy as np
 import pandas as pd
 
 from owdfa.config import Section
-from owdfa.data.align import read_faces
+from owdfa.data.align import read_faces, read_preprocessing
 from owdfa.data.split import read_split
 from owdfa.errors import DataError
-from owdfa.io import atomic_write_json, atomic_write_text
 from owdfa.methods import build_method
 from owdfa.methods.base import Supervised
-from owdfa.metrics import evaluate_predictions, k_error
-from owdfa.model_io import load_model, load_state, params_hash, read_card, save_model_dir
-from owdfa.training import TrainData, TrainResult, pick_device, predict, run_training, train_config
+from owdfa.model_io import load_state, params_hash, read_card, save_model_dir
+from owdfa.training import TrainData, TrainResult, run_training, train_config
 
 PRETRAIN_EXTRA = ("enabled", "seed")
 
@@ -46,7 +43,9 @@ def load_train_data(split_dir: Path, faces_dir: Path) -> tuple[TrainData, dict[s
     return data, classes
 
 
-def _card(result: TrainResult, classes: dict[str, Any], config_params: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _card(
+    result: TrainResult, classes: dict[str, Any], config_params: dict[str, Any], faces_dir: Path, **extra: Any
+) -> dict[str, Any]:
     model = result.model
     return {
         "backbone": model.backbone_name,
@@ -63,6 +62,7 @@ def _card(result: TrainResult, classes: dict[str, Any], config_params: dict[str,
         "history": result.history,
         "trained_on": result.device,
         "params_hash": params_hash(config_params),
+        "preprocessing": read_preprocessing(faces_dir),
         **extra,
     }
 
@@ -80,7 +80,14 @@ def pretrain(section: Section, split_dir: Path, faces_dir: Path, out: Path) -> d
         config, data, Supervised(), num_prototypes=data.num_known, seed=seed, desc=f"pretrain {classes['protocol']}"
     )
     card = _card(
-        result, classes, section.as_dict(), enabled=True, method="supervised", seed=seed, image_size=_size(data)
+        result,
+        classes,
+        section.as_dict(),
+        faces_dir,
+        enabled=True,
+        method="supervised",
+        seed=seed,
+        image_size=_size(data),
     )
     save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
     return card
@@ -128,6 +135,7 @@ def train(
         result,
         classes,
         section.as_dict(),
+        faces_dir,
         method=method_name,
         loss=method.name,
         method_params=methods.raw(method_name),
@@ -139,90 +147,3 @@ def train(
     )
     save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
     return card
-
-
-def kmeans_k_estimate(
-    model,
-    manifest: pd.DataFrame,
-    images: np.ndarray,
-    num_known: int,
-    max_factor: float,
-    batch_size: int,
-    device,
-    seed: int,
-) -> int:
-    """GCD's SS-k-means K estimate on the model's features of the *training* images.
-
-    Labelled and validation images carry their (known) labels; unlabelled ones carry -1. The test
-    split is not used, so the estimate cannot see held-out labels.
-    """
-    from owdfa.methods.kmeans_k import estimate_k
-
-    train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
-    _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device)
-    labels = np.where(train["split"].to_numpy() == "unlabelled", -1, train["target"].to_numpy(np.int64))
-    k_max = max(num_known + 1, int(round(max_factor * num_known)))
-    return int(estimate_k(feats, labels, num_known, k_max, seed=seed)["k_hat"])
-
-
-def _clean(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 6)
-
-
-def evaluate(
-    section: Section, model_dir: Path, split_dir: Path, faces_dir: Path, out_dir: Path, predictions_path: Path
-) -> dict[str, Any]:
-    """Score the model on the held-out test split; writes metrics.json, run.json and predictions."""
-    section.check_unknown(("checkpoint", "batch_size", "device", "kmeans_k", "kmeans_max_factor", "seed"))
-    checkpoint = section.str("checkpoint", choices=("last", "val_best"))
-    batch_size = section.int("batch_size", min=1)
-    run_kmeans_k = section.bool("kmeans_k")
-    max_factor = section.float("kmeans_max_factor", min=1.0)
-    seed = section.int("seed", min=0)
-    device = pick_device(section.str("device", choices=("auto", "cpu", "cuda")))
-    manifest, classes = read_split(split_dir)
-    _, images = read_faces(faces_dir)
-    model, card = load_model(model_dir, checkpoint)
-    model.to(device)
-    test = manifest[manifest["split"] == "test"]
-    logits, _, pred = predict(model, images, test["row"].to_numpy(np.int64), batch_size, device)
-    targets = test["target"].to_numpy(np.int64)
-    num_known = int(classes["num_known"])
-    metrics: dict[str, Any] = evaluate_predictions(targets, pred, num_known)
-    # K-hat: DPP's last pruned count when the method estimates K, else the classifier's active rows.
-    trajectory = (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]
-    k_hat, k_true = int(trajectory[-1]), int(classes["num_classes"])
-    metrics.update(k_hat=k_hat, k_true=k_true, k_error=k_error(k_hat, k_true))
-    if run_kmeans_k:
-        k_est = kmeans_k_estimate(model, manifest, images, num_known, max_factor, batch_size, device, seed)
-        metrics.update(k_hat_sskmeans=k_est, k_error_sskmeans=k_error(k_est, k_true))
-    metrics = {k: _clean(v) for k, v in sorted(metrics.items())}
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    confidence = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
-    predictions = pd.DataFrame(
-        {
-            "path": test["path"].to_numpy(),
-            "target": targets,
-            "known": test["known"].to_numpy(),
-            "pred": pred,
-            "confidence": np.round(confidence, 6),
-        }
-    )
-    run = {
-        "protocol": classes["protocol"],
-        "method": card.get("method"),
-        "seed": card.get("seed"),
-        "checkpoint": checkpoint,
-        "val_best_epoch": card.get("val_best_epoch"),
-        "epochs": len(card.get("history", [])),
-        "num_known": num_known,
-        "num_classes": k_true,
-        "test_images": int(len(test)),
-        "metric_convention": "owdfa (All: joint Hungarian; Known: direct; "
-        "Novel: separate Hungarian) plus gcd_v1/gcd_v2",
-    }
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    atomic_write_json(out_dir / "run.json", run)
-    predictions_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(predictions_path, predictions.to_csv(index=False, lineterminator="\n"))
-    return metrics

@@ -14,6 +14,7 @@ An unreadable image is skipped with a warning that names it and counted in the s
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -46,10 +47,23 @@ from owdfa.data.index import read_index
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
 
-__all__ = ["FACES_FILE", "IMAGES_FILE", "MODES", "align", "load_rgb", "read_align_params", "read_faces"]
+__all__ = [
+    "FACES_FILE",
+    "IMAGES_FILE",
+    "MODES",
+    "PREPROCESSING_FILE",
+    "align",
+    "load_rgb",
+    "read_align_params",
+    "read_faces",
+    "read_preprocessing",
+]
 
 FACES_FILE = "faces.csv"
 IMAGES_FILE = "images.npy"
+# The face preprocessing that made the cache, copied into every model card so that `owdfa attribute`
+# prepares new images exactly as training saw them.
+PREPROCESSING_FILE = "preprocessing.json"
 PARAM_KEYS = ("mode", "image_size", "detector", "margin", "padding", "predictor", "workers")
 DEFAULTS = {"upsample": 0, "threshold": 0.0, "margin": 1.2, "padding": 0.25, "predictor": "auto", "workers": 0}
 
@@ -209,6 +223,17 @@ def align(
         if detecting:
             table["face_score"] = ["" if s is None else f"{s:.4f}" for s in scores]
         table.to_csv(tmp / FACES_FILE, index=False, lineterminator="\n")
+        preprocessing = {
+            "mode": settings.mode,
+            "image_size": size,
+            "detector": {"upsample": settings.upsample, "threshold": settings.threshold},
+            "margin": settings.margin,
+            "padding": settings.padding,
+            "predictor": section.str("predictor", default=DEFAULTS["predictor"])
+            if settings.mode == "aligned"
+            else None,
+        }
+        (tmp / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2, sort_keys=True) + "\n")
     summary: dict = {
         "mode": settings.mode,
         "image_size": size,
@@ -240,6 +265,12 @@ def _finish_images(partial: Path, final: Path, kept: int, shape: tuple[int, int,
     target.flush()
     del target, source
     partial.unlink()
+
+
+def read_preprocessing(faces_dir: Path) -> dict | None:
+    """The align settings recorded beside the cache (None for a cache from before they were recorded)."""
+    path = faces_dir / PREPROCESSING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_faces(faces_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:

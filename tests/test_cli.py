@@ -1,0 +1,448 @@
+"""The `owdfa` command line: output formats, bad inputs, exit codes and agreement with the evaluate stage.
+
+A tiny untrained model (test_resnet, 5 prototypes with large random rows so predictions vary) and
+a hand-made card stand in for a train stage output. Subprocess runs (each pays a ~5 s torch
+import) check what a user sees; the rest call `main()` in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from owdfa import cli
+from owdfa.model_io import save_model_dir
+from owdfa.models import AttributionModel
+from owdfa.training import predict
+
+SIZE = 32
+NAMES = ["Real", "Swap_A", "Reenact_B", "Gan_C", "Diff_D"]
+HAS_UNCERTAINTY = importlib.util.find_spec("owdfa.uncertainty") is not None
+ROW_KEYS = {"path", "attribution", "known", "cluster", "confidence", "face_found"}
+
+
+def make_card(**extra: Any) -> dict[str, Any]:
+    return {
+        "backbone": "test_resnet",
+        "num_prototypes": 5,
+        "num_active": 5,
+        "dropout": 0.2,
+        "num_known": 3,
+        "num_classes_true": 5,
+        "classes": [
+            {"target": i, "label": i, "name": n, "folder": f"{i}_{n}", "known": i < 3} for i, n in enumerate(NAMES)
+        ],
+        "benchmark": "synthetic",
+        "protocol": "p1",
+        "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "val_best_epoch": 1,
+        "history": [{"epoch": 0}, {"epoch": 1}],
+        "params_hash": "0123456789abcdef",
+        "method": "cal",
+        "loss": "cal",
+        "model_options": {"ffe": False, "patch_features": False},
+        "method_state": {"k_trajectory": [5, 4]},
+        "seed": 0,
+        "image_size": SIZE,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def model() -> AttributionModel:
+    torch.manual_seed(0)
+    net = AttributionModel("test_resnet", 5, dropout=0.2)
+    with torch.no_grad():
+        net.prototypes.normal_()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, model: AttributionModel) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    save_model_dir(out, model.state_dict(), make_card(), val_best_state=model.state_dict())
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nested generated images, a real face, a blank, a non-image, a dotfile and a __MACOSX copy."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i, sub in enumerate(["a", "a/deep", "b"]):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(root / sub / f"gen{i}.png")
+    Image.fromarray(data.astronaut()).save(root / "astronaut.jpg", quality=95)
+    Image.new("RGB", (120, 90), (128, 128, 128)).save(root / "blank.png")
+    (root / "broken.png").write_bytes(b"not an image at all")
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+    (root / ".hidden.png").write_bytes(b"ignored dotfile")
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "gen.png").write_bytes(b"ignored resource fork")
+    return root
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "owdfa.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def call(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str, str]:
+    rc = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def check_schema(doc: dict[str, Any], mc: bool = False) -> None:
+    assert set(doc) == {"model", "checkpoint", "align", "results", "errors"}
+    assert doc["errors"] == sum("error" in r for r in doc["results"])
+    for r in doc["results"]:
+        keys = ROW_KEYS | ({"epistemic", "aleatoric"} if mc else set())
+        assert set(r) - {"error"} == keys
+        if "error" in r:
+            assert isinstance(r["error"], str) and r["error"]
+            assert all(r[k] is None for k in keys - {"path"})
+            continue
+        assert isinstance(r["known"], bool) and isinstance(r["cluster"], int)
+        assert r["known"] == (r["cluster"] < 3)
+        assert r["attribution"] == (NAMES[r["cluster"]] if r["known"] else f"novel-{r['cluster']}")
+        assert 0.2 <= r["confidence"] <= 1.0 and round(r["confidence"], 6) == r["confidence"]
+        assert r["face_found"] in (True, False, None)
+
+
+# --------------------------------------------------------------------------------------------
+# subprocess runs: what a user sees
+
+
+@pytest.mark.slow
+def test_json_run_with_face_detection_and_bad_files(images: Path, model_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.png"
+    proc = run_cli("attribute", images, missing, "--model", model_dir, "--format", "json", "--align", "crop")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(proc.stdout)  # stdout holds the JSON document and nothing else
+    check_schema(doc)
+    assert doc["model"] == str(model_dir) and doc["checkpoint"] == "last" and doc["align"] == "crop"
+    rows = {
+        Path(r["path"]).relative_to(images).as_posix() if r["path"] != str(missing) else "missing": r
+        for r in doc["results"]
+    }
+    assert list(rows) == [
+        "a/deep/gen1.png",
+        "a/gen0.png",
+        "astronaut.jpg",
+        "b/gen2.png",
+        "blank.png",
+        "broken.png",
+        "missing",
+    ]
+    assert rows["astronaut.jpg"]["face_found"] is True
+    assert rows["blank.png"]["face_found"] is False  # no face: the whole image is used, not an error
+    assert "error" not in rows["blank.png"]
+    assert "unreadable image" in rows["broken.png"]["error"]
+    assert "no such file" in rows["missing"]["error"]
+    assert doc["errors"] == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {images / 'broken.png'}: {rows['broken.png']['error']}",
+        f"error: {missing}: {rows['missing']['error']}",
+    ]
+    assert "records no face preprocessing" in proc.stderr  # said once
+    assert proc.stderr.count("note: ") == 1
+
+
+@pytest.mark.slow
+def test_a_pickle_with_code_is_never_unpickled(model_dir: Path, images: Path, tmp_path: Path) -> None:
+    marker, probe = tmp_path / "pwned", tmp_path / "probe"
+
+    class Payload:
+        def __init__(self, target: Path) -> None:
+            self.target = target
+
+        def __reduce__(self) -> tuple:
+            return exec, (f"open({str(self.target)!r}, 'w').write('code ran')",)
+
+    pickle.loads(pickle.dumps(Payload(probe)))  # the payload does run code when unpickled
+    assert probe.exists()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "card.json").write_text((model_dir / "card.json").read_text())
+    torch.save({"state": Payload(marker)}, evil / "model.safetensors")  # a torch.save pickle, renamed
+    proc = run_cli("attribute", images / "blank.png", "--model", evil)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert "unreadable safetensors file" in proc.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_console_script_info_json(model_dir: Path) -> None:
+    script = Path(sys.executable).parent / "owdfa"
+    if not script.exists():
+        pytest.skip("the owdfa console script is not installed (pip install -e .)")
+    proc = subprocess.run([str(script), "info", str(model_dir), "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads((model_dir / "card.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# in-process
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "info" in out and "attribute" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("owdfa ")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["attribute", "x.png"])  # --model missing: a usage error
+    assert exit_info.value.code == 2
+
+
+def test_info_text(capsys: pytest.CaptureFixture, model_dir: Path) -> None:
+    rc, out, _ = call(capsys, "info", model_dir)
+    assert rc == 0
+    assert "protocol p1" in out and "cal" in out and "test_resnet" in out
+    assert "0 Real, 1 Swap_A, 2 Reenact_B" in out and "3 Gan_C, 4 Diff_D" in out
+    assert "K-hat         4 (DPP k_trajectory)" in out
+    assert "epoch index 1" in out and "0123456789abcdef" in out and "last, val_best" in out
+    assert "not recorded: assumed resize at 32 px" in out
+
+
+def test_csv_and_table_formats(capsys: pytest.CaptureFixture, images: Path, model_dir: Path) -> None:
+    rc, out, _ = call(capsys, "attribute", images, "--model", model_dir, "--format", "json")
+    doc = json.loads(out)
+    check_schema(doc)
+    assert all(r["face_found"] is None for r in doc["results"] if "error" not in r)  # resize: not checked
+    rc, out, err = call(capsys, "attribute", images, "--model", model_dir, "--format", "csv")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "path,attribution,known,cluster,confidence,face_found,error"
+    assert len(lines) == 1 + len(doc["results"])
+    for line, r in zip(lines[1:], doc["results"], strict=True):
+        cells = line.split(",", 6)
+        assert cells[0] == r["path"]
+        if "error" in r:
+            assert cells[1:6] == [""] * 5 and cells[6] == r["error"]
+        else:
+            assert cells[1:4] == [r["attribution"], str(r["known"]).lower(), str(r["cluster"])]
+            assert float(cells[4]) == r["confidence"] and cells[5] == ""
+    rc, out, _ = call(capsys, "attribute", images, "--model", model_dir, "--checkpoint", "val_best")
+    assert rc == 0
+    table = out.splitlines()
+    assert table[0].split() == ["path", "attribution", "confidence", "face"]
+    assert any("error: unreadable image" in line for line in table)
+    assert any(line.split()[1] == doc["results"][0]["attribution"] for line in table[1:2])
+
+
+def test_preprocessing_from_the_card(
+    capsys: pytest.CaptureFixture, images: Path, model: AttributionModel, tmp_path: Path
+) -> None:
+    prep = {
+        "mode": "crop",
+        "image_size": SIZE,
+        "detector": {"upsample": 0, "threshold": 0.0},
+        "margin": 1.2,
+        "padding": 0.25,
+        "predictor": "auto",
+    }
+    save_model_dir(tmp_path / "m", model.state_dict(), make_card(preprocessing=prep))
+    files = [images / "astronaut.jpg", images / "blank.png"]
+    rc, out, err = call(capsys, "attribute", *files, "--model", tmp_path / "m", "--format", "json")
+    assert rc == 0 and "note:" not in err
+    doc = json.loads(out)
+    assert doc["align"] == "crop"
+    assert [r["face_found"] for r in doc["results"]] == [True, False]
+    rc, out, err = call(capsys, "attribute", *files, "--model", tmp_path / "m", "--format", "json", "--align", "resize")
+    assert [r["face_found"] for r in json.loads(out)["results"]] == [None, None]
+    assert "overrides the card's crop" in err
+    rc, out, _ = call(capsys, "info", tmp_path / "m")
+    assert "crop at 32 px, detector upsample 0 threshold 0.0, margin 1.2" in out
+
+
+def test_matches_the_evaluate_stage_exactly(
+    capsys: pytest.CaptureFixture, model: AttributionModel, model_dir: Path, tmp_path: Path
+) -> None:
+    """A face cache written as PNGs: the CLI (resize at the cache size: identical pixels) equals `predict`."""
+    rng = np.random.default_rng(1)
+    colour = rng.integers(0, 256, (10, 1, 1, 3))
+    cache = np.clip(colour + rng.normal(0, 20, (10, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    for i, image in enumerate(cache):
+        Image.fromarray(image).save(folder / f"face_{i:03d}.png")
+        assert np.array_equal(np.asarray(Image.open(folder / f"face_{i:03d}.png")), image)  # lossless
+    # what owdfa.pipeline.evaluate computes and writes to data/predictions/<key>.csv
+    logits, _, pred = predict(model, cache, np.arange(len(cache)), 4, torch.device("cpu"))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    confidence = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
+    written = pd.DataFrame({"pred": pred, "confidence": np.round(confidence, 6)}).to_csv(
+        index=False, lineterminator="\n"
+    )
+    evaluate_rows = [line.split(",") for line in written.splitlines()[1:]]
+    rc, out, _ = call(
+        capsys, "attribute", folder, "--model", model_dir, "--format", "json", "--batch-size", "4", "--device", "cpu"
+    )
+    assert rc == 0
+    results = json.loads(out)["results"]
+    assert [r["cluster"] for r in results] == pred.tolist()
+    assert [r["confidence"] for r in results] == [float(c) for _, c in evaluate_rows]
+    rc, out, _ = call(
+        capsys, "attribute", folder, "--model", model_dir, "--format", "csv", "--batch-size", "4", "--device", "cpu"
+    )
+    cli_rows = [line.split(",") for line in out.splitlines()[1:]]
+    assert [[r[3], r[4]] for r in cli_rows] == evaluate_rows  # the same text as the predictions CSV
+    assert len(set(pred.tolist())) > 1  # the check is not vacuous
+    expected = [NAMES[p] if p < 3 else f"novel-{p}" for p in pred]
+    assert [r["attribution"] for r in results] == expected
+
+
+def test_exit_status_when_nothing_can_be_read(
+    capsys: pytest.CaptureFixture, images: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, out, err = call(
+        capsys,
+        "attribute",
+        images / "broken.png",
+        images / "notes.txt",
+        empty,
+        "--model",
+        model_dir,
+        "--format",
+        "json",
+    )
+    assert rc == 1
+    doc = json.loads(out)
+    assert doc["errors"] == 3 and len(doc["results"]) == 3
+    assert "no images" in doc["results"][2]["error"]
+    assert err.count("error: ") == 3
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing", "not a model directory"),
+        ("not_json", "malformed model card"),
+        ("no_backbone", "lacks 'backbone'"),
+        ("bad_backbone", "cannot load the card's model"),
+        ("bad_prep", "preprocessing"),
+        ("model_pt", "model.pt ignored: pickled checkpoints are never loaded"),
+        ("no_val_best", "no val_best checkpoint"),
+        ("wrong_shape", "weights do not match"),
+    ],
+)
+def test_model_errors_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture,
+    images: Path,
+    model: AttributionModel,
+    tmp_path: Path,
+    breakage: str,
+    message: str,
+) -> None:
+    target = tmp_path / "m"
+    card, state, checkpoint = make_card(), model.state_dict(), "last"
+    if breakage == "no_backbone":
+        del card["backbone"]
+    elif breakage == "bad_backbone":
+        card["backbone"] = "no_such_net"
+    elif breakage == "bad_prep":
+        card["preprocessing"] = {"mode": "squash", "image_size": SIZE}
+    elif breakage == "no_val_best":
+        checkpoint = "val_best"
+    elif breakage == "wrong_shape":
+        card["num_prototypes"] = 7
+    if breakage != "missing":
+        save_model_dir(target, state, card)
+    if breakage == "not_json":
+        (target / "card.json").write_text("{not json")
+    elif breakage == "model_pt":
+        (target / "model.safetensors").unlink()
+        torch.save(state, target / "model.pt")
+    rc, out, err = call(capsys, "attribute", images / "blank.png", "--model", target, "--checkpoint", checkpoint)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_usage_error(capsys: pytest.CaptureFixture, images: Path, model_dir: Path) -> None:
+    rc, out, err = call(capsys, "attribute", images / "blank.png", "--model", model_dir, "--device", "cuda")
+    assert rc == 2 and "CUDA is not available" in err
+
+
+def test_progress_goes_to_stderr_only(
+    capsys: pytest.CaptureFixture, images: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "PROGRESS_MIN_IMAGES", 1)
+    rc, out, err = call(capsys, "attribute", images, "--model", model_dir, "--format", "json")
+    assert rc == 0 and "attribute: 100%" in err
+    check_schema(json.loads(out))
+
+
+def test_mc_dropout_wiring(
+    capsys: pytest.CaptureFixture, images: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call against `mc_dropout_predict`'s agreed signature, with a stand-in module."""
+    calls: list[dict[str, Any]] = []
+
+    def fake(
+        model: Any, images: np.ndarray, rows: np.ndarray, passes: int, batch_size: int, device: Any, seed: int
+    ) -> Any:
+        calls.append({"rows": list(rows), "passes": passes, "batch_size": batch_size, "seed": seed})
+        n = len(rows)
+        return types.SimpleNamespace(epistemic=np.full(n, 0.125), aleatoric=np.arange(n) / 8.0)
+
+    module = types.ModuleType("owdfa.uncertainty")
+    module.mc_dropout_predict = fake
+    monkeypatch.setitem(sys.modules, "owdfa.uncertainty", module)
+    monkeypatch.setattr(cli, "CHUNK_IMAGES", 4)
+    args = ("attribute", images, "--model", model_dir, "--mc-dropout", "3", "--batch-size", "4", "--seed", "5")
+    rc, out, _ = call(capsys, *args, "--format", "json")
+    assert rc == 0
+    doc = json.loads(out)
+    check_schema(doc, mc=True)
+    good = [r for r in doc["results"] if "error" not in r]
+    assert [r["epistemic"] for r in good] == [0.125] * len(good)
+    assert [c["passes"] for c in calls] == [3, 3] and [c["seed"] for c in calls] == [5, 6]
+    # chunks of 4: [gen1, gen0, astronaut, gen2], [blank, broken]; a failed file keeps its slot
+    assert [c["rows"] for c in calls] == [[0, 1, 2, 3], [0]]
+    rc, out, _ = call(capsys, *args, "--format", "csv")
+    assert out.splitlines()[0].endswith("face_found,epistemic,aleatoric,error")
+
+
+@pytest.mark.skipif(not HAS_UNCERTAINTY, reason="owdfa.uncertainty not written yet")
+def test_mc_dropout_real(capsys: pytest.CaptureFixture, images: Path, model_dir: Path) -> None:
+    base = json.loads(call(capsys, "attribute", images, "--model", model_dir, "--format", "json")[1])
+    args = ("attribute", images, "--model", model_dir, "--format", "json", "--mc-dropout", "8")
+    rc, out, _ = call(capsys, *args, "--batch-size", "2")
+    assert rc == 0
+    doc = json.loads(out)
+    check_schema(doc, mc=True)
+    for r, b in zip(doc["results"], base["results"], strict=True):
+        assert r["attribution"] == b["attribution"]  # the attribution is the deterministic (eval) pass
+        assert r["confidence"] == b["confidence"]
+        if "error" not in r:
+            assert r["epistemic"] >= 0 and r["aleatoric"] > 0
+    assert any(r["epistemic"] > 0 for r in doc["results"] if "error" not in r)
+    again = json.loads(call(capsys, *args, "--batch-size", "64")[1])
+    assert again["results"] == doc["results"]  # keyed by the input list and --seed, not the batch size
