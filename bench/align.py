@@ -28,12 +28,12 @@ from pathlib import Path
 
 import dlib
 import numpy as np
+from common import merge_into
 from PIL import Image
 
 from owdfa.config import Section
 from owdfa.data.align import align, available_cores
 from owdfa.data.index import IndexRow, write_index
-from owdfa.io import atomic_write_json
 
 SIZE = 256
 FACE_CENTRE = (222.0, 126.0)  # the astronaut's face in the 512 x 512 photo (dlib box ~88 px)
@@ -160,16 +160,7 @@ def main() -> None:
         "params": {"detector": {"upsample": 0, "threshold": 0.0}, "margin": 1.2, "padding": 0.25},
         "results": results,
     }
-    merged = {}
-    if args.out.is_file():
-        try:
-            merged = json.loads(args.out.read_text())
-        except json.JSONDecodeError:
-            sys.exit(f"error: {args.out}: not valid JSON; fix or remove it first")
-        if not isinstance(merged, dict):
-            sys.exit(f"error: {args.out}: expected a JSON object")
-    merged["align"] = report
-    atomic_write_json(args.out, merged)
+    merge_into(args.out, "align", report)
     print(
         "| mode | workers | images | seconds | images/s | start-up s | images/s after start-up "
         "| no-face rate (faces / blanks) | same bytes as 1 worker |"

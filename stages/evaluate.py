@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from owdfa.config import Section
-from owdfa.pipeline import evaluate
+from owdfa.evaluation import evaluate
 from owdfa.stage import run_stage
 
 
@@ -20,7 +20,10 @@ def main() -> None:
     m = evaluate(
         Section.from_file("evaluate", args.params), args.model, args.split, args.faces, args.out, args.predictions
     )
-    print(f"evaluate: all_acc {m['all_acc']}, known_acc {m['known_acc']}, novel_acc {m['novel_acc']}")
+    last = m["last"]
+    print(
+        f"evaluate: last epoch all_acc {last['all_acc']}, known_acc {last['known_acc']}, novel_acc {last['novel_acc']}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, help="folder of per-run prediction CSVs (comparison figures)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    build_report(args.runs, args.protocols, args.methods, args.seeds, args.out)
+    build_report(args.runs, args.protocols, args.methods, args.seeds, args.out, args.predictions)
     print(f"report: {args.out / 'results.md'}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -328,3 +329,36 @@ def test_fetch_hub_without_its_section_names_the_key(tmp_path):
 def test_fetch_errors(tmp_path, data, key):
     expect_error(key, fetch, Section(data, "data"), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+EVALUATE = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]
+
+
+def evaluate_section(data: dict[str, Any]):
+    from owdfa.evaluation import evaluate_config
+
+    return evaluate_config(Section(data, "evaluate"))
+
+
+def test_evaluate_config_valid():
+    config = evaluate_section(EVALUATE)
+    assert config.checkpoint in ("last", "val_best") and config.mc_dropout_passes >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("checkpoint", "best_on_test", "evaluate.checkpoint"),
+        ("ece_bins", 0, "evaluate.ece_bins"),
+        ("mc_dropout_passes", DELETE, "evaluate.mc_dropout_passes"),
+        ("uncertainty_maps.window", 0, "evaluate.uncertainty_maps.window"),
+        ("uncertainty_maps.strid", 4, "evaluate.uncertainty_maps.strid"),
+        ("tsne_max_points", -1, "evaluate.tsne_max_points"),
+        ("kmeans", True, "evaluate.kmeans"),
+    ],
+)
+def test_evaluate_config_errors(path, value, key):
+    expect_error(key, evaluate_section, changed(EVALUATE, path, value))

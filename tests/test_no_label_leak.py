@@ -18,7 +18,8 @@ from owdfa.data.align import align, read_faces
 from owdfa.data.index import build_index, write_index
 from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE, write_split
 from owdfa.data.synthetic import SyntheticConfig, write_benchmark
-from owdfa.pipeline import kmeans_k_estimate, train
+from owdfa.evaluation import kmeans_k_estimate
+from owdfa.pipeline import train
 from owdfa.training import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]

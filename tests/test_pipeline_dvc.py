@@ -194,7 +194,11 @@ def test_repro_runs_every_stage_and_writes_reports(tiny_repo: TinyRepo) -> None:
 
     for run in RUNS:
         per_run = json.loads(tiny_repo.read(f"reports/runs/{run}/metrics.json"))
-        assert 0.0 <= per_run["all_acc"] <= 1.0
+        for checkpoint in ("last", "val_best"):
+            assert 0.0 <= per_run[checkpoint]["all_acc"] <= 1.0
+        assert 0.0 <= per_run["calibration"]["ece"] <= 1.0
+        for figure in ("confusion", "reliability", "confidence", "tsne", "uncertainty_maps", "training"):
+            assert tiny_repo.read(f"reports/runs/{run}/plots/{figure}.png").startswith(b"\x89PNG")
         curve = tiny_repo.read(f"reports/train/{run}/plots/metrics/val/acc.tsv").decode().splitlines()
         assert curve[0].split("\t") == ["step", "acc"]
         assert len(curve) == 1 + TINY_PARAMS["train.epochs"], curve
@@ -215,6 +219,8 @@ def test_second_repro_is_a_no_op(tiny_repo: TinyRepo) -> None:
 def test_forced_rerun_is_bit_identical(tiny_repo: TinyRepo) -> None:
     files = ["dvc.lock", "reports/metrics.json", "reports/results.md", "reports/runs/p1-baseline-0/metrics.json"]
     files += ["data/predictions/p1-baseline-0.csv", "reports/train/p1-baseline-0/metrics.json"]
+    files += ["reports/figures/p1-confidence.png", "reports/runs/p1-baseline-0/plots/confusion.png"]
+    files += ["reports/runs/p1-baseline-0/plots/tsne.png", "reports/runs/p1-baseline-0/plots/uncertainty_maps.png"]
     before = {f: tiny_repo.read(f) for f in files}
     forced = ["train@p1-baseline-0", "evaluate@p1-baseline-0", "report"]
     try:
@@ -226,6 +232,23 @@ def test_forced_rerun_is_bit_identical(tiny_repo: TinyRepo) -> None:
         assert tiny_repo.status() == {}
     finally:
         tiny_repo.reset()
+
+
+def test_plots_show_lists_figures_and_data_plots(tiny_repo: TinyRepo) -> None:
+    shown = json.loads(tiny_repo.dvc("plots", "show", "--json"))
+    names = set(shown.get("data", shown))
+    run = "reports/runs/p1-baseline-0"
+    expected = {
+        f"{run}/plots/confusion.png",
+        f"{run}/plots/reliability.png",
+        f"{run}/plots/tsne.png",
+        f"{run}/plots/uncertainty_maps.png",
+        f"{run}/confusion.csv",
+        f"{run}/reliability.csv",
+        f"{run}/k_trajectory.csv",
+        "reports/figures/p1-confidence.png",
+    }
+    assert expected <= names, sorted(names)
 
 
 def test_evaluate_param_reruns_only_evaluate_and_report(tiny_repo: TinyRepo) -> None:

@@ -1,9 +1,11 @@
-"""The report stage: per-run metrics -> reports/metrics.json and reports/results.md.
+"""The report stage: per-run metrics -> reports/metrics.json, reports/results.md and comparison figures.
 
 metrics.json keeps a small, stable key set for `dvc metrics diff` / `dvc exp show`
 (`p1.baseline.all_acc`, mean over seeds, `_std` beside it); per-run detail stays in
 reports/runs/<protocol>-<method>-<seed>/. Numbers are fractions in JSON and percentages in the
-Markdown tables, as the papers print them. Output depends only on the inputs (bit-identical).
+Markdown tables, as the papers print them. Every table says which metric convention and which
+checkpoint (last epoch, or the epoch selected on the labelled validation split) its numbers come
+from. Output depends only on the inputs (bit-identical on a re-run).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from owdfa.errors import DataError
 from owdfa.io import atomic_write_json, atomic_write_text
 
-SUMMARY_KEYS = (
+# Per checkpoint (`last` and `val_best`) in the per-run metrics.json.
+CHECKPOINT_KEYS = (
     "all_acc",
     "all_nmi",
     "all_ari",
@@ -29,8 +33,20 @@ SUMMARY_KEYS = (
     "gcd_v2_all_acc",
     "gcd_v2_old_acc",
     "gcd_v2_new_acc",
-    "k_hat",
-    "k_hat_sskmeans",
+)
+# Top level of the per-run metrics.json (K estimates) and its `calibration` section.
+K_KEYS = ("k_hat", "k_hat_sskmeans")
+CALIBRATION_KEYS = ("ece", "known_confidence", "novel_confidence", "known_epistemic", "novel_epistemic")
+# The stable key set of reports/metrics.json per protocol and method (each also with `_std`).
+SUMMARY_KEYS = (
+    *CHECKPOINT_KEYS,
+    *K_KEYS,
+    "val_best_all_acc",
+    "val_best_novel_acc",
+    "val_best_known_acc",
+    "ece",
+    "known_confidence",
+    "novel_confidence",
 )
 OWDFA_COLUMNS = (
     ("all_acc", "All ACC"),
@@ -42,6 +58,18 @@ OWDFA_COLUMNS = (
     ("known_acc", "Known ACC"),
 )
 GCD_COLUMNS = (("gcd_v2_all_acc", "All"), ("gcd_v2_old_acc", "Old"), ("gcd_v2_new_acc", "New"))
+# CAL's ablation (its Table 4) as variants of params.yaml's train.methods.
+ABLATION_ROWS = (
+    ("cal_abl1", "I", "CE + R, FFE"),
+    ("cal_abl2", "II", "+ CCR, no FFE"),
+    ("cal_abl3", "III", "+ CCR, FFE"),
+    ("cal_abl4", "IV", "+ CCR + ACR, no FFE"),
+    ("cal", "V", "+ CCR + ACR, FFE (full CAL)"),
+)
+OWDFA_CONVENTION = (
+    "OW-DFA convention (CAL/CPL Table 2): All = one Hungarian matching over all test images; Novel = a "
+    "separate matching on novel-class images; Known = direct accuracy. Percent."
+)
 
 
 def run_key(protocol: str, method: str, seed: int | str) -> str:
@@ -53,7 +81,20 @@ def _load(runs_dir: Path, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: missing (run `dvc repro` so the evaluate stage writes it)")
-    return json.loads(paths[0].read_text()), json.loads(paths[1].read_text())
+    metrics, run = json.loads(paths[0].read_text()), json.loads(paths[1].read_text())
+    if "last" not in metrics:
+        raise DataError(f"{paths[0]}: written by an older evaluate stage (run `dvc repro` again)")
+    return metrics, run
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The per-run values under the summary's key names."""
+    flat = {k: metrics["last"].get(k) for k in CHECKPOINT_KEYS}
+    flat.update({k: metrics.get(k) for k in K_KEYS})
+    selected = metrics.get("val_best") or {}
+    flat.update({f"val_best_{k}": selected.get(k) for k in CHECKPOINT_KEYS})
+    flat.update(metrics.get("calibration") or {})
+    return flat
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -65,28 +106,203 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return round(float(arr.mean()), 6), round(std, 6)
 
 
-def _cell(mean: float | None, std: float | None, n: int, percent: bool = True) -> str:
+def _cell(mean: float | None, std: float | None, n: int, percent: bool = True, digits: int = 1) -> str:
     if mean is None:
         return "n/a"
     scale = 100.0 if percent else 1.0
-    return f"{mean * scale:.1f} ± {std * scale:.1f}" if n > 1 else f"{mean * scale:.1f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if n > 1 else f"{mean * scale:.{digits}f}"
 
 
-def _legend(runs_dir: Path, protocol: str, methods: list[str], seed: int) -> list[str]:
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
     """What each method name in the tables means: its loss and settings from params.yaml."""
-    lines = ["## Methods", "", "| Method | loss | settings (train.methods.<name> in params.yaml) |", "|---|---|---|"]
-    for method in methods:
-        _, run = _load(runs_dir, run_key(protocol, method, seed))
+    rows = []
+    for method, run in runs.items():
         settings = run.get("method_params") or {}
         text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "loss")
-        lines.append(f"| {method} | {run.get('loss')} | {text} |")
-    return [*lines, ""]
+        rows.append([method, str(run.get("loss")), text])
+    return ["## Methods", "", *_table(["Method", "loss", "settings (train.methods.<name> in params.yaml)"], rows), ""]
+
+
+class _Grid:
+    """Every run's flattened metrics and run info, by protocol and method (a list over seeds)."""
+
+    def __init__(self, runs_dir: Path, protocols: list[str], methods: list[str], seeds: list[int]) -> None:
+        self.seeds = seeds
+        self.values: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.info: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for protocol in protocols:
+            for method in methods:
+                loaded = [_load(runs_dir, run_key(protocol, method, s)) for s in seeds]
+                self.values[protocol, method] = [_flat(m) for m, _ in loaded]
+                self.info[protocol, method] = [r for _, r in loaded]
+
+    def stat(self, protocol: str, method: str, key: str) -> tuple[float | None, float | None]:
+        return _mean_std([v.get(key) for v in self.values[protocol, method]])
+
+    def cell(self, protocol: str, method: str, key: str, **kwargs: Any) -> str:
+        return _cell(*self.stat(protocol, method, key), len(self.seeds), **kwargs)
+
+
+def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: dict[str, str]) -> list[str]:
+    info = grid.info[protocol, methods[0]][0]
+    known, total = info["num_known"], info["num_classes"]
+    selected_epochs = sorted({str(r.get("val_best_epoch")) for m in methods for r in grid.info[protocol, m]})
+    lines = [
+        f"## Protocol {protocol}: {known} known / {total - known} novel classes, {info['test_images']} test images",
+        "",
+        f"**Last epoch.** {OWDFA_CONVENTION}",
+        "",
+        *_table(
+            ["Method", *(h for _, h in OWDFA_COLUMNS)],
+            [[m, *(grid.cell(protocol, m, k) for k, _ in OWDFA_COLUMNS)] for m in methods],
+        ),
+        "",
+        "**Selected epoch** (best accuracy on the labelled validation split; the test split chooses nothing; "
+        f"selected epochs: {', '.join(selected_epochs)}). Same convention.",
+        "",
+        *_table(
+            ["Method", *(h for _, h in OWDFA_COLUMNS)],
+            [[m, *(grid.cell(protocol, m, f"val_best_{k}") for k, _ in OWDFA_COLUMNS)] for m in methods],
+        ),
+        "",
+        "**Last epoch, GCD v2 convention**: one joint matching scores All, Old (known) and New (novel). Percent.",
+        "",
+        *_table(
+            ["Method", *(h for _, h in GCD_COLUMNS)],
+            [[m, *(grid.cell(protocol, m, k) for k, _ in GCD_COLUMNS)] for m in methods],
+        ),
+        "",
+        "**Number of classes** (last epoch). Prototypes: K̂ from the classifier (DPP's pruned count; the true K, "
+        "fixed, when K is known). SS-k-means: GCD's estimate (Brent search on labelled accuracy) on the model's "
+        "features of the training images. Error = abs(K̂−K)/K.",
+        "",
+    ]
+    rows = []
+    for m in methods:
+        cells = [m]
+        for key in K_KEYS:
+            mean, std = grid.stat(protocol, m, key)
+            cells += [_cell(mean, std, len(grid.seeds), percent=False), _k_error(mean, total)]
+        rows.append([*cells, str(total)])
+    lines += [*_table(["Method", "K̂ prototypes", "error", "K̂ SS-k-means", "error", "K"], rows), ""]
+    checkpoint = info.get("checkpoint", "last")
+    lines += [
+        f"**Calibration and confidence** ({checkpoint} checkpoint). ECE: expected calibration error of the "
+        "max-softmax confidence, correctness after the joint Hungarian matching, 15 equal-width bins. Mean "
+        "confidence and MC-dropout epistemic uncertainty (mutual information, nats) on test images of known vs "
+        "novel classes: the confidence skew CAL sets out to reduce.",
+        "",
+        *_table(
+            ["Method", "ECE", "confidence known", "confidence novel", "epistemic known", "epistemic novel"],
+            [
+                [
+                    m,
+                    grid.cell(protocol, m, "ece"),
+                    grid.cell(protocol, m, "known_confidence"),
+                    grid.cell(protocol, m, "novel_confidence"),
+                    grid.cell(protocol, m, "known_epistemic", percent=False, digits=4),
+                    grid.cell(protocol, m, "novel_epistemic", percent=False, digits=4),
+                ]
+                for m in methods
+            ],
+        ),
+        "",
+    ]
+    if figures:
+        lines += ["Figures: " + ", ".join(f"[{name}]({path})" for name, path in figures.items()) + ".", ""]
+    return lines
+
+
+def _k_error(mean: float | None, k_true: int) -> str:
+    return "n/a" if mean is None else f"{abs(mean - k_true) / k_true * 100:.1f} %"
+
+
+def _ablation(grid: _Grid, protocols: list[str], methods: list[str]) -> list[str]:
+    present = [row for row in ABLATION_ROWS if row[0] in methods]
+    if len(present) < 2:
+        return []
+    header = ["", "Variant", "components", *(f"{p} All / Novel ACC" for p in protocols)]
+    rows = [
+        [
+            numeral,
+            variant,
+            what,
+            *(f"{grid.cell(p, variant, 'all_acc')} / {grid.cell(p, variant, 'novel_acc')}" for p in protocols),
+        ]
+        for variant, numeral, what in present
+    ]
+    return [
+        "## Ablation (CAL's Table 4)",
+        "",
+        f"Last epoch, {OWDFA_CONVENTION}",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+def _comparison_figures(
+    grid: _Grid, protocol: str, methods: list[str], predictions_dir: Path | None, out_dir: Path
+) -> dict[str, str]:
+    """Per-protocol figures across methods (first seed): confidence known vs novel, K̂ per epoch."""
+    from owdfa import plots
+
+    figures: dict[str, str] = {}
+    seed = grid.seeds[0]
+    folder = out_dir / "figures"
+    if predictions_dir is not None:
+        groups = {}
+        for m in methods:
+            path = predictions_dir / f"{run_key(protocol, m, seed)}.csv"
+            if not path.is_file():
+                raise DataError(f"{path}: missing (run `dvc repro` so the evaluate stage writes it)")
+            table = pd.read_csv(path)
+            known = table["known"].astype(bool).to_numpy()
+            confidence = table["confidence"].to_numpy(np.float64)
+            groups[m] = {"known": confidence[known], "novel": confidence[~known]}
+        name = f"{protocol}-confidence.png"
+        plots.confidence_histograms_figure(
+            folder / name,
+            groups,
+            f"{protocol}: max-softmax confidence on test images of known vs novel classes (seed {seed})",
+        )
+        figures["confidence, known vs novel"] = f"figures/{name}"
+    trajectories = {m: grid.info[protocol, m][0].get("k_trajectory") or [] for m in methods}
+    if any(len(t) > 1 for t in trajectories.values()):
+        info = grid.info[protocol, methods[0]][0]
+        name = f"{protocol}-k_trajectory.png"
+        plots.k_trajectory_figure(
+            folder / name,
+            {m: t for m, t in trajectories.items() if t},
+            info["num_classes"],
+            info["num_known"],
+            f"{protocol}: number of active prototypes K̂ per epoch (seed {seed})",
+        )
+        figures["K̂ per epoch"] = f"figures/{name}"
+    return figures
 
 
 def build_report(
-    runs_dir: Path, protocols: list[str], methods: list[str], seeds: list[int], out_dir: Path
+    runs_dir: Path,
+    protocols: list[str],
+    methods: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    predictions_dir: Path | None = None,
 ) -> dict[str, Any]:
+    grid = _Grid(runs_dir, protocols, methods, seeds)
     summary: dict[str, Any] = {}
+    for protocol in protocols:
+        summary[protocol] = {}
+        for method in methods:
+            entry: dict[str, Any] = {}
+            for key in SUMMARY_KEYS:
+                entry[key], entry[f"{key}_std"] = grid.stat(protocol, method, key)
+            summary[protocol][method] = entry
     lines = [
         "# Results",
         "",
@@ -94,61 +310,15 @@ def build_report(
         f"mean ± sample std over seeds {', '.join(map(str, seeds))}.",
         "",
     ]
-    checkpoints: set[str] = set()
     for protocol in protocols:
-        summary[protocol] = {}
-        rows_owdfa, rows_gcd, rows_k = [], [], []
-        info: dict[str, Any] = {}
-        for method in methods:
-            runs = [_load(runs_dir, run_key(protocol, method, s)) for s in seeds]
-            info = runs[0][1]
-            checkpoints.update(r[1]["checkpoint"] for r in runs)
-            stats = {k: _mean_std([r[0].get(k) for r in runs]) for k in SUMMARY_KEYS}
-            entry: dict[str, Any] = {}
-            for k, (mean, std) in stats.items():
-                entry[k] = mean
-                entry[f"{k}_std"] = std
-            summary[protocol][method] = entry
-            n = len(seeds)
-            rows_owdfa.append(f"| {method} | " + " | ".join(_cell(*stats[k], n) for k, _ in OWDFA_COLUMNS) + " |")
-            rows_gcd.append(f"| {method} | " + " | ".join(_cell(*stats[k], n) for k, _ in GCD_COLUMNS) + " |")
-            k_true = info["num_classes"]
-            k_cells = []
-            for key in ("k_hat", "k_hat_sskmeans"):
-                k_mean, k_std = stats[key]
-                err = None if k_mean is None else abs(k_mean - k_true) / k_true
-                k_cells += [_cell(k_mean, k_std, n, percent=False), "n/a" if err is None else f"{err * 100:.1f} %"]
-            rows_k.append(f"| {method} | " + " | ".join(k_cells) + f" | {k_true} |")
-        lines += [
-            f"## Protocol {protocol}: {info['num_known']} known / {info['num_classes'] - info['num_known']} novel "
-            f"classes, {info['test_images']} test images",
-            "",
-            "OW-DFA convention (CAL/CPL Table 2): All = one Hungarian matching over all test images; "
-            "Novel = a separate matching on novel-class images; Known = direct accuracy. Percent.",
-            "",
-            "| Method | " + " | ".join(h for _, h in OWDFA_COLUMNS) + " |",
-            "|---|" + "---|" * len(OWDFA_COLUMNS),
-            *rows_owdfa,
-            "",
-            "GCD v2 convention: one joint matching scores All, Old (known) and New (novel). Percent.",
-            "",
-            "| Method | " + " | ".join(h for _, h in GCD_COLUMNS) + " |",
-            "|---|" + "---|" * len(GCD_COLUMNS),
-            *rows_gcd,
-            "",
-            "Number of classes. Prototypes: K̂ from the classifier (DPP's pruned count; the true K, fixed, when "
-            "K is known). SS-k-means: GCD's estimate (Brent search on labelled accuracy) on the model's features "
-            "of the training images. Error = abs(K̂−K)/K.",
-            "",
-            "| Method | K̂ prototypes | error | K̂ SS-k-means | error | K |",
-            "|---|---|---|---|---|---|",
-            *rows_k,
-            "",
-        ]
-    lines += _legend(runs_dir, protocols[0], methods, seeds[0])
+        figures = _comparison_figures(grid, protocol, methods, predictions_dir, out_dir)
+        lines += _protocol_section(grid, protocol, methods, figures)
+    lines += _ablation(grid, protocols, methods)
+    lines += _legend({m: grid.info[protocols[0], m][0] for m in methods})
     lines.append(
-        f"Checkpoint evaluated: {', '.join(sorted(checkpoints))} "
-        "(`last` = final epoch; `val_best` = best accuracy on the labelled validation split)."
+        "Per-run figures (confusion matrix, reliability diagram, confidence histograms, t-SNE of test features, "
+        "MC-dropout uncertainty maps, training curves, K̂ per epoch) are in "
+        "`reports/runs/<protocol>-<method>-<seed>/plots/` (`dvc plots show` lists them)."
     )
     atomic_write_json(out_dir / "metrics.json", summary)
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")

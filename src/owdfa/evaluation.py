@@ -1,0 +1,301 @@
+"""The evaluate stage: test-split metrics of both checkpoints, calibration, uncertainty and figures.
+
+Metrics are computed for the last epoch and for the epoch selected on the labelled validation
+split, side by side, so nobody has to pick one on the test split. The analysis (predictions,
+calibration, MC-dropout uncertainty, SS-k-means K estimate, figures) uses `evaluate.checkpoint`.
+Outputs, all under the run's folder:
+  metrics.json  {last: {...}, val_best: {...}, k_hat, k_true, k_error, k_hat_sskmeans, ..., calibration: {...}}
+  run.json      what was evaluated (protocol, method, seed, checkpoint, K̂ per epoch, method settings)
+  confusion.csv, reliability.csv, k_trajectory.csv   data plots for `dvc plots`
+  plots/*.png   confusion matrix, reliability diagram, confidence histograms, t-SNE, uncertainty maps,
+                training curves, K̂ per epoch
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from owdfa import plots
+from owdfa.config import Section
+from owdfa.data.align import read_faces
+from owdfa.data.split import read_split
+from owdfa.errors import DataError
+from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
+from owdfa.metrics import evaluate_predictions, k_error
+from owdfa.model_io import WEIGHTS, load_model
+from owdfa.training import pick_device, predict
+from owdfa.uncertainty import (
+    expected_calibration_error,
+    matched_correct,
+    mc_dropout_predict,
+    occlusion_uncertainty_maps,
+    reliability_table,
+    uncertainty_summary,
+)
+
+METRIC_CONVENTION = "owdfa (All: joint Hungarian; Known: direct; Novel: separate Hungarian) plus gcd_v1/gcd_v2"
+EVALUATE_KEYS = (
+    "checkpoint",
+    "batch_size",
+    "device",
+    "kmeans_k",
+    "kmeans_max_factor",
+    "seed",
+    "ece_bins",
+    "mc_dropout_passes",
+    "uncertainty_maps",
+    "tsne_max_points",
+)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    checkpoint: str
+    batch_size: int
+    device: str
+    kmeans_k: bool
+    kmeans_max_factor: float
+    seed: int
+    ece_bins: int
+    mc_dropout_passes: int
+    maps_per_class: int
+    map_window: int
+    map_stride: int
+    tsne_max_points: int
+
+
+def evaluate_config(section: Section) -> EvaluateConfig:
+    section.check_unknown(EVALUATE_KEYS)
+    maps = section.section("uncertainty_maps")
+    maps.check_unknown(("per_class", "window", "stride"))
+    return EvaluateConfig(
+        checkpoint=section.str("checkpoint", choices=("last", "val_best")),
+        batch_size=section.int("batch_size", min=1),
+        device=section.str("device", choices=("auto", "cpu", "cuda")),
+        kmeans_k=section.bool("kmeans_k"),
+        kmeans_max_factor=section.float("kmeans_max_factor", min=1.0),
+        seed=section.int("seed", min=0),
+        ece_bins=section.int("ece_bins", min=1, max=100),
+        mc_dropout_passes=section.int("mc_dropout_passes", min=1, max=1000),
+        maps_per_class=maps.int("per_class", min=0, max=20),
+        map_window=maps.int("window", min=1),
+        map_stride=maps.int("stride", min=1),
+        tsne_max_points=section.int("tsne_max_points", min=0),
+    )
+
+
+def kmeans_k_estimate(
+    model, manifest: pd.DataFrame, images: np.ndarray, num_known: int, max_factor: float, batch_size: int, device, seed
+) -> int:
+    """GCD's SS-k-means K estimate on the model's features of the *training* images.
+
+    Labelled and validation images carry their (known) labels; unlabelled ones carry -1. The test
+    split is not used, so the estimate cannot see held-out labels.
+    """
+    from owdfa.methods.kmeans_k import estimate_k
+
+    train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
+    _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device)
+    labels = np.where(train["split"].to_numpy() == "unlabelled", -1, train["target"].to_numpy(np.int64))
+    k_max = max(num_known + 1, int(round(max_factor * num_known)))
+    return int(estimate_k(feats, labels, num_known, k_max, seed=seed)["k_hat"])
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in sorted(value.items())}
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return round(float(value), 6)
+
+
+def _checkpoint_metrics(model_dir: Path, checkpoint: str, images, rows, targets, num_known, batch_size, device):
+    model, card = load_model(model_dir, checkpoint)
+    model.to(device)
+    _, features, pred = predict(model, images, rows, batch_size, device)
+    return model, card, features, pred, evaluate_predictions(targets, pred, num_known)
+
+
+def evaluate(
+    section: Section, model_dir: Path, split_dir: Path, faces_dir: Path, out_dir: Path, predictions_path: Path
+) -> dict[str, Any]:
+    """Score the model on the held-out test split and write the run's metrics, predictions and figures."""
+    config = evaluate_config(section)
+    device = pick_device(config.device)
+    manifest, classes = read_split(split_dir)
+    _, images = read_faces(faces_dir)
+    test = manifest[manifest["split"] == "test"]
+    rows = test["row"].to_numpy(np.int64)
+    targets = test["target"].to_numpy(np.int64)
+    known_mask = test["known"].to_numpy(bool)
+    num_known, k_true = int(classes["num_known"]), int(classes["num_classes"])
+    has_val_best = (model_dir / WEIGHTS["val_best"]).is_file()
+    if config.checkpoint == "val_best" and not has_val_best:
+        raise DataError(f"{model_dir}: no val_best checkpoint (the split has no validation images)")
+
+    metrics: dict[str, Any] = {}
+    analysed = None
+    for checkpoint in ("last", "val_best") if has_val_best else ("last",):
+        result = _checkpoint_metrics(model_dir, checkpoint, images, rows, targets, num_known, config.batch_size, device)
+        metrics[checkpoint] = result[-1]
+        if checkpoint == config.checkpoint:
+            analysed = result
+    model, card, features, pred, _ = analysed
+
+    # K-hat: DPP's last pruned count when the method estimates K, else the classifier's active rows.
+    trajectory = [int(k) for k in (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]]
+    metrics.update(k_hat=trajectory[-1], k_true=k_true, k_error=k_error(trajectory[-1], k_true))
+    if config.kmeans_k:
+        k_est = kmeans_k_estimate(
+            model, manifest, images, num_known, config.kmeans_max_factor, config.batch_size, device, config.seed
+        )
+        metrics.update(k_hat_sskmeans=k_est, k_error_sskmeans=k_error(k_est, k_true))
+
+    # Calibration and uncertainty: MC dropout over the head (the model's only dropout).
+    mc = mc_dropout_predict(model, images, rows, config.mc_dropout_passes, config.batch_size, device, config.seed)
+    # Calibration of the deterministic prediction, the one every metric above scores.
+    confidence = _softmax_confidence(model, images, rows, config.batch_size, device)
+    correct = matched_correct(targets, pred)
+    reliability = reliability_table(confidence, correct, config.ece_bins)
+    ece = expected_calibration_error(confidence, correct, config.ece_bins)
+    summary = uncertainty_summary(mc, known_mask)
+    metrics["calibration"] = {
+        "ece": ece,
+        "known_confidence": _group_mean(confidence, known_mask),
+        "novel_confidence": _group_mean(confidence, ~known_mask),
+        "known_epistemic": summary.get("known_epistemic"),
+        "novel_epistemic": summary.get("novel_epistemic"),
+        "known_aleatoric": summary.get("known_aleatoric"),
+        "novel_aleatoric": summary.get("novel_aleatoric"),
+    }
+    metrics = _clean(metrics)
+
+    class_names = [c["name"] for c in classes["classes"]]
+    key = out_dir.name
+    predictions = pd.DataFrame(
+        {
+            "path": test["path"].to_numpy(),
+            "target": targets,
+            "known": known_mask,
+            "pred": pred,
+            "confidence": np.round(confidence, 6),
+            "epistemic": np.round(mc.epistemic, 6),
+            "aleatoric": np.round(mc.aleatoric, 6),
+        }
+    )
+    run = {
+        "protocol": classes["protocol"],
+        "method": card.get("method"),
+        "loss": card.get("loss"),
+        "method_params": card.get("method_params"),
+        "seed": card.get("seed"),
+        "checkpoint": config.checkpoint,
+        "val_best_epoch": card.get("val_best_epoch"),
+        "epochs": len(card.get("history", [])),
+        "num_known": num_known,
+        "num_classes": k_true,
+        "test_images": int(len(test)),
+        "k_trajectory": trajectory,
+        "mc_dropout_passes": config.mc_dropout_passes,
+        "metric_convention": METRIC_CONVENTION,
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(out_dir / "run.json", run)
+    atomic_write_text(
+        out_dir / "confusion.csv",
+        plots.confusion_pairs(targets, pred, class_names).to_csv(index=False, lineterminator="\n"),
+    )
+    atomic_write_text(out_dir / "reliability.csv", reliability.to_csv(index=False, lineterminator="\n"))
+    k_table = pd.DataFrame({"epoch": range(1, len(trajectory) + 1), "k_hat": trajectory})
+    atomic_write_text(out_dir / "k_trajectory.csv", k_table.to_csv(index=False, lineterminator="\n"))
+    predictions_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(predictions_path, predictions.to_csv(index=False, lineterminator="\n"))
+
+    title = f"{key} ({config.checkpoint} checkpoint)"
+    with atomic_directory(out_dir / "plots") as folder:
+        plots.confusion_matrix_figure(
+            folder / "confusion.png",
+            targets,
+            pred,
+            class_names,
+            num_known,
+            f"{title}: true method vs matched predicted cluster",
+        )
+        plots.reliability_figure(
+            folder / "reliability.png", reliability, ece, f"{title}: reliability of max-softmax confidence"
+        )
+        plots.confidence_histograms_figure(
+            folder / "confidence.png",
+            {str(card.get("method")): {"known": confidence[known_mask], "novel": confidence[~known_mask]}},
+            f"{title}: confidence on test images of known vs novel classes",
+        )
+        plots.k_trajectory_figure(
+            folder / "k_trajectory.png",
+            {str(card.get("method")): trajectory},
+            k_true,
+            num_known,
+            f"{title}: active prototypes K̂ per epoch",
+        )
+        history = card.get("history") or []
+        if history:
+            curve_keys = [k for k in ("train/loss", "val/acc") if k in history[0]]
+            plots.training_curves_figure(
+                folder / "training.png", history, curve_keys, f"{key}: training loss and validation accuracy"
+            )
+        if config.tsne_max_points > 1 and len(rows) > 5:
+            plots.tsne_figure(
+                folder / "tsne.png",
+                features,
+                targets,
+                known_mask,
+                class_names,
+                config.seed,
+                f"{title}: t-SNE of test features (o known, ^ novel classes)",
+                max_points=config.tsne_max_points,
+            )
+        _uncertainty_maps(model, images, test, class_names, config, device, title, folder / "uncertainty_maps.png")
+    return metrics
+
+
+def _softmax_confidence(model, images, rows, batch_size, device) -> np.ndarray:
+    logits, _, _ = predict(model, images, rows, batch_size, device)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+def _group_mean(values: np.ndarray, mask: np.ndarray) -> float | None:
+    return float(values[mask].mean()) if mask.any() else None
+
+
+def _uncertainty_maps(model, images, test, class_names, config: EvaluateConfig, device, title, path: Path) -> None:
+    """Occlusion maps of MC-dropout uncertainty for the first `per_class` test images of each class."""
+    if config.maps_per_class == 0:
+        return
+    picked = test.sort_values(["target", "path"], kind="stable").groupby("target").head(config.maps_per_class)
+    size = images.shape[1]
+    window, stride = min(config.map_window, size), min(config.map_stride, size)
+    shown, maps, captions = [], [], []
+    for row, target in zip(picked["row"].to_numpy(), picked["target"].to_numpy(), strict=True):
+        image = np.asarray(images[row])
+        result = occlusion_uncertainty_maps(
+            model, image, config.mc_dropout_passes, window, stride, device, config.seed, config.batch_size
+        )
+        shown.append(image)
+        maps.append(result["entropy_delta"])
+        captions.append(class_names[int(target)])
+    plots.uncertainty_maps_figure(
+        path,
+        shown,
+        maps,
+        captions,
+        f"{title}: where occlusion changes MC-dropout predictive entropy",
+        "Δ predictive entropy (nats) when occluded",
+    )

@@ -1,0 +1,99 @@
+"""The report stage on hand-made per-run files: tables, conventions, ablation, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from owdfa.errors import DataError
+from owdfa.report import build_report, run_key
+
+METHODS = ["cal_abl1", "cal"]
+SEEDS = [0, 1]
+
+
+def write_run(runs: Path, predictions: Path, protocol: str, method: str, seed: int, all_acc: float) -> None:
+    folder = runs / run_key(protocol, method, seed)
+    folder.mkdir(parents=True)
+    checkpoint = {
+        "all_acc": all_acc, "all_nmi": 0.5, "all_ari": 0.4, "novel_acc": all_acc - 0.2, "novel_nmi": 0.3,
+        "novel_ari": 0.2, "known_acc": 0.8, "gcd_v2_all_acc": all_acc, "gcd_v2_old_acc": 0.8, "gcd_v2_new_acc": 0.1,
+    }  # fmt: skip
+    metrics = {
+        "last": checkpoint,
+        "val_best": {k: v - 0.01 for k, v in checkpoint.items()},
+        "k_hat": 15,
+        "k_hat_sskmeans": 9 + seed,
+        "calibration": {
+            "ece": 0.1, "known_confidence": 0.8, "novel_confidence": 0.6, "known_epistemic": 0.01,
+            "novel_epistemic": 0.02,
+        },
+    }  # fmt: skip
+    run = {
+        "protocol": protocol, "method": method, "loss": "cal", "method_params": {"loss": "cal", "ccr": True},
+        "seed": seed, "checkpoint": "last", "val_best_epoch": 7, "num_known": 7, "num_classes": 15,
+        "test_images": 4, "k_trajectory": [40, 30, 15],
+    }  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "run.json").write_text(json.dumps(run))
+    predictions.mkdir(exist_ok=True)
+    pd.DataFrame(
+        {"path": list("abcd"), "target": [0, 1, 8, 9], "known": [True, True, False, False], "pred": [0, 1, 8, 8],
+         "confidence": [0.9, 0.8, 0.5, 0.4]}
+    ).to_csv(predictions / f"{run_key(protocol, method, seed)}.csv", index=False)  # fmt: skip
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    runs, predictions = tmp_path / "runs", tmp_path / "predictions"
+    for seed in SEEDS:
+        for i, method in enumerate(METHODS):
+            write_run(runs, predictions, "p1", method, seed, 0.5 + 0.1 * i + 0.02 * seed)
+    return runs, predictions
+
+
+def test_report_tables_and_summary(tmp_path, runs):
+    out = tmp_path / "out"
+    summary = build_report(runs[0], ["p1"], METHODS, SEEDS, out, runs[1])
+    cal = summary["p1"]["cal"]
+    assert cal["all_acc"] == pytest.approx(0.61) and cal["all_acc_std"] == round(np.std([0.6, 0.62], ddof=1), 6)
+    assert cal["val_best_all_acc"] == pytest.approx(0.60)
+    assert cal["k_hat_sskmeans"] == pytest.approx(9.5) and cal["ece"] == pytest.approx(0.1)
+    assert json.loads((out / "metrics.json").read_text()) == summary
+    text = (out / "results.md").read_text()
+    assert "**Last epoch.** OW-DFA convention" in text
+    assert "**Selected epoch** (best accuracy on the labelled validation split" in text
+    assert "| cal | 61.0 ± 1.4 | 50.0 ± 0.0 |" in text
+    assert "GCD v2 convention" in text and "| Method | K̂ prototypes | error |" in text
+    assert "## Ablation (CAL's Table 4)" in text and "| I | cal_abl1 | CE + R, FFE |" in text
+    assert "[confidence, known vs novel](figures/p1-confidence.png)" in text
+    assert (out / "figures" / "p1-confidence.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "figures" / "p1-k_trajectory.png").is_file()
+
+
+def test_report_is_bit_identical_on_a_rerun(tmp_path, runs):
+    first, second = tmp_path / "a", tmp_path / "b"
+    build_report(runs[0], ["p1"], METHODS, SEEDS, first, runs[1])
+    build_report(runs[0], ["p1"], METHODS, SEEDS, second, runs[1])
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) == 4
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+
+
+def test_no_ablation_table_without_ablation_variants(tmp_path, runs):
+    build_report(runs[0], ["p1"], ["cal"], SEEDS, tmp_path / "out")
+    assert "Ablation" not in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_missing_run_is_one_line(tmp_path, runs):
+    with pytest.raises(DataError, match=r"p1-cal-7/metrics\.json: missing"):
+        build_report(runs[0], ["p1"], ["cal"], [7], tmp_path / "out")
+    old = runs[0] / "p1-cal-0" / "metrics.json"
+    old.write_text(json.dumps({"all_acc": 0.5}))
+    with pytest.raises(DataError, match="older evaluate stage"):
+        build_report(runs[0], ["p1"], ["cal"], [0], tmp_path / "out")
