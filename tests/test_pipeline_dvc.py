@@ -79,6 +79,24 @@ def dump_params(path: Path, params: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
 
 
+def copy_pipeline(path: Path, changes: dict[str, Any], dvc_env: dict[str, str]) -> dict[str, str]:
+    """Copy the pipeline (dvc.yaml, params.yaml with dotted `changes`, stages/, src/) into `path`.
+
+    Returns the environment for dvc there: stage commands import the copied src/ (the files dvc
+    hashes), not the editable install that other work may be changing while the tests run.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / name, path / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(ROOT / "stages", path / "stages", ignore=ignore)
+    shutil.copytree(ROOT / "src", path / "src", ignore=ignore)
+    (path / ".gitignore").write_text("/data/\n__pycache__/\n")
+    dump_params(path / "params.yaml", set_keys(yaml.safe_load((path / "params.yaml").read_text()), changes))
+    pythonpath = [str(path / "src"), *filter(None, [dvc_env.get("PYTHONPATH")])]
+    return dict(dvc_env, PYTHONPATH=os.pathsep.join(pythonpath))
+
+
 def ran_stages(output: str) -> set[str]:
     return set(RUNNING.findall(output))
 
@@ -142,20 +160,7 @@ class TinyRepo:
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory, dvc_env, run_dvc, run_git) -> TinyRepo:
     path = tmp_path_factory.mktemp("tiny-pipeline")
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy2(ROOT / name, path / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=ignore)
-    shutil.copytree(ROOT / "src", path / "src", ignore=ignore)
-    (path / ".gitignore").write_text("/data/\n__pycache__/\n")
-
-    params = set_keys(yaml.safe_load((path / "params.yaml").read_text()), TINY_PARAMS)
-    dump_params(path / "params.yaml", params)
-
-    # Stage commands import the copied src/ (the files dvc hashes), not the editable install that
-    # other work may be changing while the tests run.
-    pythonpath = [str(path / "src"), *filter(None, [dvc_env.get("PYTHONPATH")])]
-    env = dict(dvc_env, PYTHONPATH=os.pathsep.join(pythonpath))
+    env = copy_pipeline(path, TINY_PARAMS, dvc_env)
     repo = TinyRepo(path=path, env=env, run_dvc=run_dvc, run_git=run_git)
     repo.git("init", "-q")
     repo.dvc("init", "-q")

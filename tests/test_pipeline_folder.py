@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image, ImageEnhance, ImageFilter
-from test_pipeline_dvc import ROOT, dump_params, set_keys
+from test_pipeline_dvc import copy_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -100,17 +97,7 @@ def test_repro_on_own_class_folders(tmp_path, dvc_env, run_dvc, run_git):
     before = tree_digest(source)
 
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy2(ROOT / name, repo / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=ignore)
-    shutil.copytree(ROOT / "src", repo / "src", ignore=ignore)
-    (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
-    params = set_keys(yaml.safe_load((repo / "params.yaml").read_text()), FOLDER_PARAMS)
-    params["data"]["folder"]["path"] = str(source)
-    dump_params(repo / "params.yaml", params)
-    env = dict(dvc_env, PYTHONPATH=os.pathsep.join(filter(None, [str(repo / "src"), dvc_env.get("PYTHONPATH")])))
+    env = copy_pipeline(repo, {**FOLDER_PARAMS, "data.folder.path": str(source)}, dvc_env)
     run_git(repo, "init", "-q", env=env)
     run_dvc(repo, "init", "-q", env=env)
     run_git(repo, "add", "-A", env=env)
