@@ -1,11 +1,16 @@
-"""DVC stage `pretrain@<protocol>`: supervised training on the labelled known classes (params: pretrain)."""
+"""DVC stage `pretrain@<protocol>`: supervised training on the labelled known classes (params: pretrain).
+
+`pretrain.nproc` and `--checkpoints` work as in the train stage (see stages/train.py).
+"""
 
 import argparse
 from pathlib import Path
 
 from owdfa.config import Section
-from owdfa.pipeline import pretrain
+from owdfa.distributed import relaunch
+from owdfa.pipeline import PRETRAIN_EXTRA, pretrain
 from owdfa.stage import run_stage
+from owdfa.training import train_config
 
 
 def main() -> None:
@@ -13,9 +18,13 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--faces", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, default=None, help="per-epoch checkpoint directory (resume)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    pretrain(Section.from_file("pretrain", args.params), args.split, args.faces, args.out)
+    section = Section.from_file("pretrain", args.params)
+    nproc = train_config(section, extra_keys=PRETRAIN_EXTRA).nproc  # checks the params before launching
+    relaunch(nproc if section.bool("enabled") else 1)
+    pretrain(section, args.split, args.faces, args.out, args.checkpoints)
 
 
 if __name__ == "__main__":

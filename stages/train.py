@@ -1,11 +1,20 @@
-"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train)."""
+"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train).
+
+`train.nproc: N > 1` re-runs this command under `torchrun --standalone --nproc_per_node N` (one node,
+N data-parallel processes: one per GPU, or gloo processes on the CPU). For several nodes start it
+under torchrun yourself (`--nnodes`, `--rdzv_endpoint`); the stage then sees WORLD_SIZE and does not
+re-launch. `--checkpoints` holds the last epoch's checkpoint: a killed run re-run with the same
+params, data and code resumes there and ends with the same weights and curves.
+"""
 
 import argparse
 from pathlib import Path
 
 from owdfa.config import Section
+from owdfa.distributed import relaunch
 from owdfa.pipeline import train
 from owdfa.stage import run_stage
+from owdfa.training import train_config
 
 
 def main() -> None:
@@ -17,10 +26,13 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=None, help="pretrain model directory")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--live", type=Path, default=None, help="dvclive directory")
+    parser.add_argument("--checkpoints", type=Path, default=None, help="per-epoch checkpoint directory (resume)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
+    section = Section.from_file("train", args.params)
+    relaunch(train_config(section, extra_keys=("methods",)).nproc)  # checks the params before launching
     train(
-        Section.from_file("train", args.params),
+        section,
         args.method,
         args.seed,
         args.split,
@@ -28,6 +40,7 @@ def main() -> None:
         args.init,
         args.out,
         args.live,
+        args.checkpoints,
     )
 
 

@@ -11,11 +11,12 @@ import pandas as pd
 from owdfa.config import Section
 from owdfa.data.align import read_faces, read_preprocessing
 from owdfa.data.split import read_split
+from owdfa.distributed import world_from_env
 from owdfa.errors import DataError
 from owdfa.methods import build_method
 from owdfa.methods.base import Supervised
 from owdfa.model_io import load_state, params_hash, read_card, save_model_dir
-from owdfa.training import TrainData, TrainResult, run_training, train_config
+from owdfa.training import TrainData, TrainResult, clear_checkpoints, run_training, train_config
 
 PRETRAIN_EXTRA = ("enabled", "seed")
 
@@ -67,17 +68,33 @@ def _card(
     }
 
 
-def pretrain(section: Section, split_dir: Path, faces_dir: Path, out: Path) -> dict[str, Any]:
-    """Supervised training on the labelled known classes (skipped when `enabled: false`)."""
+def pretrain(
+    section: Section, split_dir: Path, faces_dir: Path, out: Path, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """Supervised training on the labelled known classes (skipped when `enabled: false`).
+
+    With `checkpoints`, an interrupted run resumes from its last epoch. In a multi-process run only
+    rank 0 writes.
+    """
     config = train_config(section, extra_keys=PRETRAIN_EXTRA)
     enabled = section.bool("enabled")
     seed = section.int("seed", min=0)
     data, classes = load_train_data(split_dir, faces_dir)
     if not enabled:
-        save_model_dir(out, None, {"enabled": False})
+        if world_from_env().is_main:
+            save_model_dir(out, None, {"enabled": False})
+            _finish(checkpoints)
         return {"enabled": False}
     result = run_training(
-        config, data, Supervised(), num_prototypes=data.num_known, seed=seed, desc=f"pretrain {classes['protocol']}"
+        config,
+        data,
+        Supervised(),
+        num_prototypes=data.num_known,
+        seed=seed,
+        desc=f"pretrain {classes['protocol']}",
+        checkpoint_dir=checkpoints,
+        fingerprint_extra=_data_identity(classes, faces_dir),
+        section_name=section.name,
     )
     card = _card(
         result,
@@ -89,8 +106,21 @@ def pretrain(section: Section, split_dir: Path, faces_dir: Path, out: Path) -> d
         seed=seed,
         image_size=_size(data),
     )
-    save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
+    if result.is_main:
+        save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
+        _finish(checkpoints)
     return card
+
+
+def _finish(checkpoints: Path | None) -> None:
+    """The model directory is safe on disk: the checkpoints have served (a kill before this resumes)."""
+    if checkpoints is not None:
+        clear_checkpoints(checkpoints)
+
+
+def _data_identity(classes: dict[str, Any], faces_dir: Path) -> dict[str, Any]:
+    """What names the split and the cache, for the checkpoint fingerprint."""
+    return {"classes": classes, "preprocessing": read_preprocessing(faces_dir)}
 
 
 def _size(data: TrainData) -> int:
@@ -117,7 +147,12 @@ def train(
     init_dir: Path | None,
     out: Path,
     live_dir: Path | None,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
+    """One training run; with `checkpoints`, an interrupted run resumes from its last epoch.
+
+    In a multi-process run only rank 0 writes the model directory (and the curves, checkpoints).
+    """
     config = train_config(section, extra_keys=("methods",))
     methods = section.section("methods")
     method = build_method(method_name, methods)
@@ -130,6 +165,9 @@ def train(
         init_state=initial_state(init_dir),
         live_dir=live_dir,
         desc=f"train {classes['protocol']}-{method_name}-{seed}",
+        checkpoint_dir=checkpoints,
+        fingerprint_extra=_data_identity(classes, faces_dir),
+        section_name=section.name,
     )
     card = _card(
         result,
@@ -145,5 +183,7 @@ def train(
         image_size=_size(data),
         pretrained_from=str(init_dir) if init_dir else None,
     )
-    save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
+    if result.is_main:
+        save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
+        _finish(checkpoints)
     return card

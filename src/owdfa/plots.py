@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import TwoSlopeNorm, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -337,7 +338,8 @@ def make_confidence_histograms(groups: Mapping[str, Mapping[str, ArrayLike]], ti
     edges = np.linspace(0.0, 1.0, bins + 1)
     n_rows, n_cols = _grid(len(groups), 3)
     fig = _new_figure(3.2 * n_cols + 0.4, 2.5 * n_rows + 0.5)
-    axes = list(np.atleast_1d(fig.subplots(n_rows, n_cols, sharex=True, squeeze=False)).ravel())
+    # Same fixed [0, 1] x range on every panel, but not sharex: a panel above an empty slot keeps its ticks.
+    axes = list(fig.subplots(n_rows, n_cols, squeeze=False).ravel())
     for ax, (method, by_group) in zip(axes, groups.items(), strict=False):
         for group, color in (("known", KNOWN_COLOR), ("novel", NOVEL_COLOR)):
             values = np.clip(np.asarray(by_group.get(group, []), dtype=float).ravel(), 0.0, 1.0)
@@ -376,7 +378,8 @@ def make_k_trajectory(
         raise ValueError("trajectories is empty")
     fig = _new_figure(6.0, 3.4)
     ax = fig.add_subplot()
-    colors = class_colors(len(trajectories))
+    tab10 = matplotlib.colormaps["tab10"].colors  # strong, distinct hues for a few runs
+    colors = [tab10[i % len(tab10)] for i in range(len(trajectories))]
     for color, (run, ks) in zip(colors, trajectories.items(), strict=True):
         y = np.array([np.nan if k is None else float(k) for k in ks], dtype=float)
         ax.plot(np.arange(1, y.size + 1), y, marker="o", ms=3, lw=1.2, color=color, label=str(run))
@@ -547,7 +550,9 @@ def make_uncertainty_maps(
         r, c = divmod(k, n_cols)
         axes[2 * r, c].set_visible(False)
         axes[2 * r + 1, c].set_visible(False)
-    cbar = fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, shrink=0.8)
+    # Colourbar from an opaque twin of the overlay mappable: the 0.6 overlay alpha would wash it out.
+    opaque = ScalarMappable(norm=mappable.norm, cmap=mappable.get_cmap())
+    cbar = fig.colorbar(opaque, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, shrink=0.8)
     cbar.set_label(map_label)
     fig.suptitle(title)
     return fig

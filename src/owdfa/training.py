@@ -3,25 +3,43 @@
 Each step draws a batch by CAL's sampler (with replacement; each draw labelled with probability
 `labelled_share`), makes a weak and a strong view and runs them through the network in two passes
 (so BatchNorm sees per-view batches, as in CAL); the method turns the outputs into a loss.
-After each epoch the method's hook runs, the labelled validation split is scored and dvclive logs
-the curves. Model selection uses validation only; the test split is never touched here.
-On CUDA it uses bf16 autocast and channels_last; on the CPU it is bit-for-bit deterministic.
+After each epoch the method's hook runs, the labelled validation split is scored, dvclive logs
+the curves and a checkpoint is written. Model selection uses validation only; the test split is
+never touched here. On CUDA it uses bf16 autocast (unless `precision: fp32`) and channels_last; on
+the CPU it is bit-for-bit deterministic, also across a kill and a resume.
+
+Input pipeline: the face cache is an uint8 array (memory-mapped) indexed directly by row, so a
+batch costs one gather and one host-to-device copy, with no decoding per epoch; the views are
+batched tensor ops on the device. Data-loader workers would only add inter-process copies, so there
+are none (`bench/train.py` measures the pipeline against the training step).
+
+N processes (`owdfa.distributed`) run this same loop: every rank draws the same global batch and
+views, keeps its shard, and the method sees the all-gathered outputs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from owdfa.config import Section
 from owdfa.data.views import AugmentConfig, strong_view, weak_view
+from owdfa.distributed import World, device_for, prepare_model, start, stop, world_from_env
+from owdfa.errors import ConfigError
+from owdfa.io import atomic_write_text
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
 
@@ -42,6 +60,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     threads: int = 0
     device: str = "auto"
+    nproc: int = 1
+    precision: str = "bf16"
+    compile: bool = False
 
 
 TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
@@ -51,7 +72,7 @@ def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainCon
     section.check_unknown(TRAIN_KEYS + extra_keys)
     aug = section.section("augment")
     aug.check_unknown(AugmentConfig.__dataclass_fields__)
-    return TrainConfig(
+    config = TrainConfig(
         backbone=section.str("backbone"),
         pretrained=section.bool("pretrained"),
         dropout=section.float("dropout", min=0.0, max=0.95),
@@ -72,7 +93,20 @@ def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainCon
         eval_batch_size=section.int("eval_batch_size", min=1),
         threads=section.int("threads", min=0),
         device=section.str("device", choices=("auto", "cpu", "cuda")),
+        nproc=section.int("nproc", min=1, default=1),
+        precision=section.str("precision", choices=("bf16", "fp32"), default="bf16"),
+        compile=section.bool("compile", default=False),
     )
+    _check_divisible(config.batch_size, config.nproc, section.name, f"{section.key('nproc')} = {config.nproc}")
+    return config
+
+
+def _check_divisible(batch_size: int, processes: int, section_name: str, what: str) -> None:
+    if batch_size % processes:
+        raise ConfigError(
+            f"{section_name}.batch_size",
+            f"{batch_size} is not divisible by {what}: each process takes batch_size / processes rows",
+        )
 
 
 @dataclass
@@ -96,6 +130,7 @@ class TrainResult:
     best_val_state: dict[str, torch.Tensor] | None
     best_val_epoch: int | None
     device: str
+    is_main: bool = True  # False on every process but rank 0 of a multi-process run: write nothing
 
 
 def seed_everything(seed: int) -> None:
@@ -119,20 +154,57 @@ def batch_images(images: np.ndarray, rows: np.ndarray, device: torch.device) -> 
     return batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+class HostBatches:
+    """Training batches from the uint8 cache; on CUDA through reused pinned buffers.
+
+    Rows are gathered straight into page-locked memory and copied asynchronously, so the copy
+    overlaps the GPU's work; an event per buffer keeps a buffer from being refilled before its
+    copy has finished. NHWC uint8 permuted to NCHW is already channels_last. On the CPU this is
+    `batch_images`.
+    """
+
+    def __init__(self, images: np.ndarray, device: torch.device, slots: int = 2) -> None:
+        self.images, self.device = images, device
+        self._slots: list[tuple[torch.Tensor, torch.cuda.Event] | None] = [None] * slots
+        self._next = 0
+
+    def __call__(self, rows: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return batch_images(self.images, rows, self.device)
+        shape = (len(rows), *self.images.shape[1:])
+        slot = self._slots[self._next]
+        if slot is None or tuple(slot[0].shape) != shape:
+            slot = (torch.empty(shape, dtype=torch.uint8, pin_memory=True), torch.cuda.Event())
+            self._slots[self._next] = slot
+        self._next = (self._next + 1) % len(self._slots)
+        buffer, copied = slot
+        copied.synchronize()
+        np.take(self.images, rows, axis=0, out=buffer.numpy(), mode="clip")  # "raise" would buffer a copy
+        on_device = buffer.to(self.device, non_blocking=True)
+        copied.record()
+        return on_device.permute(0, 3, 1, 2)
+
+
+def _autocast(device: torch.device, precision: str = "bf16"):
+    enabled = device.type == "cuda" and precision == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
 def predict(
-    model: AttributionModel, images: np.ndarray, rows: np.ndarray, batch_size: int, device: torch.device
+    model: AttributionModel,
+    images: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "bf16",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eval-mode logits, features and argmax predictions over the active prototypes."""
     model.eval()
     logits, feats = [], []
-    for start in range(0, len(rows), batch_size):
-        x = batch_images(images, rows[start : start + batch_size], device)
-        with _autocast(device):
+    for start_row in range(0, len(rows), batch_size):
+        x = batch_images(images, rows[start_row : start_row + batch_size], device)
+        with _autocast(device, precision):
             out = model(x)
         logits.append(out["logits"].float().cpu())
         feats.append(out["features"].float().cpu())
@@ -141,6 +213,134 @@ def predict(
         return np.zeros((0, int(model.num_active))), np.zeros((0, model.feature_dim)), empty
     all_logits = torch.cat(logits).numpy()
     return all_logits, torch.cat(feats).numpy(), all_logits.argmax(axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Sampler:
+    """CAL's sampler: each draw labelled with probability `share`, rows drawn with replacement."""
+
+    data: TrainData
+    batch_size: int
+    use_unlabelled: bool
+    share: float
+    labelled_targets: torch.Tensor
+
+    @classmethod
+    def build(cls, data: TrainData, config: TrainConfig, method: Method) -> Sampler:
+        use_unl = method.uses_unlabelled and len(data.unlabelled_rows) > 0
+        return cls(
+            data=data,
+            batch_size=config.batch_size,
+            use_unlabelled=use_unl,
+            share=config.labelled_share if use_unl else 1.0,
+            labelled_targets=torch.tensor(np.asarray(data.labelled_targets), dtype=torch.long),
+        )
+
+    @property
+    def steps(self) -> int:
+        draws = len(self.data.labelled_rows) + (len(self.data.unlabelled_rows) if self.use_unlabelled else 0)
+        return max(1, draws // self.batch_size)
+
+    def draw(self, gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        """Cache rows and targets (-1 for unlabelled draws) of one global batch."""
+        n_lab, n_unl = len(self.data.labelled_rows), len(self.data.unlabelled_rows)
+        is_lab = torch.rand(self.batch_size, generator=gen) < self.share
+        lab_pick = torch.randint(n_lab, (self.batch_size,), generator=gen)
+        unl_pick = torch.randint(max(n_unl, 1), (self.batch_size,), generator=gen)
+        rows = np.where(
+            is_lab.numpy(),
+            self.data.labelled_rows[lab_pick.numpy()],
+            self.data.unlabelled_rows[unl_pick.numpy()] if self.use_unlabelled else 0,
+        )
+        targets = torch.where(is_lab, self.labelled_targets[lab_pick], torch.full_like(lab_pick, -1))
+        return rows, targets
+
+
+def forward_loss(
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    method: Method,
+    weak: torch.Tensor,
+    strong: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    epoch: int,
+    num_epochs: int,
+    num_known: int,
+    device: torch.device,
+    precision: str = "bf16",
+    world: World | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Both views through the network (this rank's rows), outputs gathered, the method's loss.
+
+    `targets` are the global batch's; with one process the gathers are identities.
+    """
+    world = world or World()
+    with _autocast(device, precision):
+        out_w = forward(weak)
+        out_s = forward(strong) if strong is not None else None
+    step = StepInput(
+        logits_weak=world.gather(out_w["logits"].float()),
+        logits_strong=world.gather(out_s["logits"].float()) if out_s is not None else None,
+        features_weak=world.gather(out_w["features"].float()),
+        features_strong=world.gather(out_s["features"].float()) if out_s is not None else None,
+        patches_weak=world.gather(out_w["patch_features"].float()) if "patch_features" in out_w else None,
+        targets=targets,
+        epoch=epoch,
+        num_epochs=num_epochs,
+        num_known=num_known,
+    )
+    return method.step_loss(step)
+
+
+@dataclass
+class TrainStep:
+    """One step of the loop (also what bench/train.py times); returns the loss terms.
+
+    Draw the global batch, make its views, forward this rank's rows, the method's loss on the
+    gathered outputs, backward, mean gradient over ranks, Adam update.
+    """
+
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    method: Method
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    sampler: Sampler
+    host: HostBatches
+    gen: torch.Generator
+    config: TrainConfig
+    num_known: int
+    device: torch.device
+    world: World = field(default_factory=World)
+
+    def __call__(self, epoch: int) -> dict[str, float]:
+        config, gen, world = self.config, self.gen, self.world
+        rows, targets = self.sampler.draw(gen)
+        targets = targets.to(self.device)
+        x = self.host(rows)
+        weak = weak_view(x, config.augment, gen)
+        strong = strong_view(x, config.augment, gen) if self.method.uses_strong_view else None
+        if world.active:  # every rank made the global batch's views (same generator draws); keep our rows
+            mine = world.shard(config.batch_size)
+            weak, strong = weak[mine], strong[mine] if strong is not None else None
+        loss, terms = forward_loss(
+            self.forward,
+            self.method,
+            weak,
+            strong,
+            targets,
+            epoch=epoch,
+            num_epochs=config.epochs,
+            num_known=self.num_known,
+            device=self.device,
+            precision=config.precision,
+            world=world,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        world.average_gradients(self.params)
+        self.optimizer.step()
+        terms["loss"] = float(loss.detach())
+        return terms
 
 
 def run_training(
@@ -153,11 +353,57 @@ def run_training(
     init_state: dict[str, torch.Tensor] | None = None,
     live_dir: Path | None = None,
     desc: str = "train",
+    checkpoint_dir: Path | None = None,
+    fingerprint_extra: dict[str, Any] | None = None,
+    section_name: str = "train",
 ) -> TrainResult:
+    """Train; with `checkpoint_dir`, resume from the newest checkpoint of this very run, if any.
+
+    Under a launcher (WORLD_SIZE > 1) this process is one rank of a data-parallel run.
+    """
+    world = world_from_env()
+    _check_divisible(config.batch_size, world.size, section_name, f"the {world.size} training processes")
     seed_everything(seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    device = device_for(world, pick_device(config.device), section_name)
+    created = start(world, device) if world.active else False
+    try:
+        return _train(
+            config,
+            data,
+            method,
+            world=world,
+            device=device,
+            num_prototypes=num_prototypes,
+            seed=seed,
+            init_state=init_state,
+            live_dir=live_dir,
+            desc=desc,
+            checkpoint_dir=checkpoint_dir,
+            fingerprint_extra=fingerprint_extra,
+            section_name=section_name,
+        )
+    finally:
+        stop(created)
+
+
+def _train(
+    config: TrainConfig,
+    data: TrainData,
+    method: Method,
+    *,
+    world: World,
+    device: torch.device,
+    num_prototypes: int | None,
+    seed: int,
+    init_state: dict[str, torch.Tensor] | None,
+    live_dir: Path | None,
+    desc: str,
+    checkpoint_dir: Path | None,
+    fingerprint_extra: dict[str, Any] | None,
+    section_name: str,
+) -> TrainResult:
     if num_prototypes is None:
         num_prototypes = method.num_prototypes(data.num_known, data.num_classes)
     model = AttributionModel(
@@ -168,61 +414,59 @@ def run_training(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
+    prepare_model(model, world, device, section_name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     gen = torch.Generator().manual_seed(seed)
+    sampler = Sampler.build(data, config, method)
+    step = TrainStep(
+        forward=torch.compile(model) if config.compile else model,
+        method=method,
+        optimizer=optimizer,
+        params=params,
+        sampler=sampler,
+        host=HostBatches(data.images, device),
+        gen=gen,
+        config=config,
+        num_known=data.num_known,
+        device=device,
+        world=world,
+    )
+    steps = sampler.steps
 
-    n_lab, n_unl = len(data.labelled_rows), len(data.unlabelled_rows)
-    use_unl = method.uses_unlabelled and n_unl > 0
-    draws = n_lab + (n_unl if use_unl else 0)
-    steps = max(1, draws // config.batch_size)
-    share = config.labelled_share if use_unl else 1.0
-    labelled_targets = torch.tensor(np.asarray(data.labelled_targets), dtype=torch.long)
-
-    live = _open_live(live_dir)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     best_acc, best_state, best_epoch = -1.0, None, None
-    for epoch in range(config.epochs):
+    fingerprint = None
+    if checkpoint_dir is not None:
+        fingerprint = run_fingerprint(
+            config, data, method, seed, num_prototypes, init_state, world, device, fingerprint_extra
+        )
+        found = load_checkpoint(checkpoint_dir, fingerprint, note=desc if world.is_main else None)
+        if found is not None:
+            history, best_acc, best_state, best_epoch = _restore(
+                found, model, optimizer, scheduler, gen, method, device
+            )
+    world.check_same(model)
+    start_epoch = len(history)
+    if world.is_main:
+        tqdm.write(f"{desc}: {_describe(device, config.precision, world)}")
+        if start_epoch:
+            tqdm.write(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {checkpoint_dir}")
+    live = _open_live(live_dir, history) if world.is_main else None
+    for epoch in range(start_epoch, config.epochs):
         model.train()
         method.on_epoch_start(epoch)
         sums: dict[str, float] = {}
         bar = tqdm(
-            range(steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}", unit="step", leave=False, disable=None
+            range(steps),
+            desc=f"{desc} epoch {epoch + 1}/{config.epochs}",
+            unit="step",
+            leave=False,
+            disable=None if world.is_main else True,
         )
         for _ in bar:
-            is_lab = torch.rand(config.batch_size, generator=gen) < share
-            lab_pick = torch.randint(n_lab, (config.batch_size,), generator=gen)
-            unl_pick = torch.randint(max(n_unl, 1), (config.batch_size,), generator=gen)
-            rows = np.where(
-                is_lab.numpy(),
-                data.labelled_rows[lab_pick.numpy()],
-                data.unlabelled_rows[unl_pick.numpy()] if use_unl else 0,
-            )
-            targets = torch.where(is_lab, labelled_targets[lab_pick], torch.full_like(lab_pick, -1)).to(device)
-            x = batch_images(data.images, rows, device)
-            weak = weak_view(x, config.augment, gen)
-            strong = strong_view(x, config.augment, gen) if method.uses_strong_view else None
-            with _autocast(device):
-                out_w = model(weak)
-                out_s = model(strong) if strong is not None else None
-            step = StepInput(
-                logits_weak=out_w["logits"].float(),
-                logits_strong=out_s["logits"].float() if out_s is not None else None,
-                features_weak=out_w["features"].float(),
-                features_strong=out_s["features"].float() if out_s is not None else None,
-                patches_weak=out_w["patch_features"].float() if "patch_features" in out_w else None,
-                targets=targets,
-                epoch=epoch,
-                num_epochs=config.epochs,
-                num_known=data.num_known,
-            )
-            loss, terms = method.step_loss(step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            terms["loss"] = float(loss.detach())
+            terms = step(epoch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
@@ -231,8 +475,8 @@ def run_training(
         for k, v in method.on_epoch_end(model, optimizer, epoch).items():
             record[f"method/{k}"] = v
         scheduler.step()
-        if len(data.val_rows):
-            _, _, pred = predict(model, data.images, data.val_rows, config.eval_batch_size, device)
+        if len(data.val_rows) and world.is_main:  # the other ranks go on and wait at the next step's gather
+            _, _, pred = predict(model, data.images, data.val_rows, config.eval_batch_size, device, config.precision)
             val_acc = float((pred == data.val_targets).mean())
             record["val/acc"] = val_acc
             if val_acc > best_acc:
@@ -241,25 +485,385 @@ def run_training(
         record["epoch"] = epoch
         history.append(record)
         if live is not None:
-            for k, v in record.items():
-                if k != "epoch":
-                    live.log_metric(k, round(float(v), 6))
-            live.next_step()
-        tqdm.write(
-            f"{desc} epoch {epoch + 1}/{config.epochs}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-        )
+            _log_record(live, record)
+        if checkpoint_dir is not None and world.is_main:
+            save_checkpoint(
+                checkpoint_dir,
+                fingerprint,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                gen=gen,
+                method=method,
+                history=history,
+                best=(best_acc, best_state, best_epoch),
+                device=device,
+            )
+        if world.is_main:
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}/{config.epochs}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+            )
     if live is not None:
         live.end()
     method.finalise(model)
+    world.barrier()
     return TrainResult(
-        model=model.cpu(), history=history, best_val_state=best_state, best_val_epoch=best_epoch, device=str(device)
+        model=model.cpu(),
+        history=history,
+        best_val_state=best_state,
+        best_val_epoch=best_epoch,
+        device=str(device) if not world.active else f"{device.type} x{world.size}",
+        is_main=world.is_main,
     )
 
 
-def _open_live(live_dir: Path | None):
+def _describe(device: torch.device, precision: str, world: World) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        mode = "bf16 autocast" if precision == "bf16" else "fp32"
+    else:
+        name, mode = f"cpu ({torch.get_num_threads()} threads)", "fp32"
+    return f"device {name}, precision {mode}, world size {world.size}"
+
+
+# --- dvclive ------------------------------------------------------------------------------------
+
+
+def _log_record(live: Any, record: dict[str, Any]) -> None:
+    for k, v in record.items():
+        if k != "epoch":
+            live.log_metric(k, round(float(v), 6))
+    live.next_step()
+
+
+def _open_live(live_dir: Path | None, history: list[dict[str, Any]]):
+    """A dvclive logger whose curves hold exactly the epochs in `history`.
+
+    Resuming: rows an interrupted run logged after its last checkpoint are dropped and dvclive
+    continues (`resume=True`); when the folder lacks some of the checkpointed epochs (DVC removed
+    it, say) it is rewritten from the history instead. Either way the files equal an
+    uninterrupted run's.
+    """
     if live_dir is None:
         return None
     from dvclive import Live
 
-    return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    options = {"dir": str(live_dir), "dvcyaml": None, "save_dvc_exp": False, "report": None}
+    if history and _trim_live(Path(live_dir), history):
+        live = Live(resume=True, **options)
+        for k, v in history[-1].items():  # the summary of the last kept epoch, not of a dropped one
+            if k != "epoch":
+                live.log_metric(k, round(float(v), 6), plot=False)
+        live.summary["step"] = len(history) - 1
+        live.step = len(history)
+        return live
+    live = Live(**options)
+    for record in history:
+        _log_record(live, record)
+    return live
+
+
+def _trim_live(live_dir: Path, history: list[dict[str, Any]]) -> bool:
+    """Drop curve rows of epochs >= len(history); True when every curve then holds exactly those epochs."""
+    metrics_dir = live_dir / "plots" / "metrics"
+    names = {k for k in history[-1] if k != "epoch"}
+    if not (live_dir / "metrics.json").is_file() or not metrics_dir.is_dir():
+        return False
+    found = set()
+    for path in sorted(metrics_dir.rglob("*.tsv")):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = lines[:1]
+        for line in lines[1:]:
+            head = line.split("\t", 1)[0]
+            if line.endswith("\n") and head.isdigit() and int(head) < len(history):
+                kept.append(line)
+        if [int(line.split("\t", 1)[0]) for line in kept[1:]] != list(range(len(history))):
+            return False
+        if kept != lines:
+            atomic_write_text(path, "".join(kept))
+        found.add(path.relative_to(metrics_dir).with_suffix("").as_posix())
+    return found == names
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")
+_SOURCES = ("training.py", "distributed.py", "pipeline.py", "methods", "models", "data/views.py")
+
+
+def _sha(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _tensor_bytes(state: dict[str, torch.Tensor] | None) -> bytes:
+    if state is None:
+        return b"none"
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()
+
+
+def _code_bytes() -> bytes:
+    """The training code itself: a checkpoint of other code must not be continued by this code."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(file.relative_to(root).as_posix().encode())
+            h.update(file.read_bytes())
+    return h.digest()
+
+
+def run_fingerprint(
+    config: TrainConfig,
+    data: TrainData,
+    method: Method,
+    seed: int,
+    num_prototypes: int,
+    init_state: dict[str, torch.Tensor] | None,
+    world: World,
+    device: torch.device,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """What makes two runs the same run: config, method params, seed, data, init weights, code, versions.
+
+    The cache images are sampled (shape plus 64 evenly spaced rows) rather than hashed whole, which
+    would read gigabytes for OWDFA-40; callers add what names the cache (`extra`).
+    """
+    import timm
+
+    images = data.images
+    sample = np.linspace(0, len(images) - 1, num=min(64, len(images)), dtype=np.int64) if len(images) else []
+    arrays = [
+        data.labelled_rows,
+        data.labelled_targets,
+        data.unlabelled_rows,
+        data.val_rows,
+        data.val_targets,
+        images[sample] if len(images) else np.zeros(0),
+    ]
+    return _sha(
+        {
+            "config": asdict(config),
+            "method": {
+                "class": type(method).__name__,
+                **{f.name: getattr(method, f.name) for f in (fields(method) if is_dataclass(method) else ())},
+            },
+            "seed": seed,
+            "num_prototypes": num_prototypes,
+            "num_known": data.num_known,
+            "num_classes": data.num_classes,
+            "images": [list(images.shape), str(images.dtype)],
+            "world_size": world.size,
+            "device": device.type,
+            "versions": [torch.__version__, timm.__version__, np.__version__],
+            "extra": extra or {},
+        },
+        *(np.ascontiguousarray(a).tobytes() for a in arrays),
+        _tensor_bytes(init_state),
+        _code_bytes(),
+    )
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    np_state = np.random.get_state()
+    tensors = {
+        "rng/generator": gen.get_state(),
+        "rng/torch": torch.get_rng_state(),
+        "rng/numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+    }
+    if device.type == "cuda":
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"numpy": [np_state[0], *np_state[2:]], "python": [py_version, list(py_state), py_gauss]}
+    return tensors, meta
+
+
+def _set_rng_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], gen: torch.Generator, device: torch.device
+) -> None:
+    gen.set_state(tensors["rng/generator"])
+    torch.set_rng_state(tensors["rng/torch"])
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    py_version, py_state, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    if device.type == "cuda" and "rng/cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+
+
+def _split(prefix: str, values: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors under `prefix/key` for safetensors; everything else JSON."""
+    tensors = {f"{prefix}/{k}": v.detach().cpu().contiguous() for k, v in values.items() if isinstance(v, torch.Tensor)}
+    rest = {k: v for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    return tensors, rest
+
+
+def _join(prefix: str, tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    head = f"{prefix}/"
+    return {**rest, **{k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}}
+
+
+def save_checkpoint(
+    directory: Path,
+    fingerprint: str | None,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    gen: torch.Generator,
+    method: Method,
+    history: list[dict[str, Any]],
+    best: tuple[float, dict[str, torch.Tensor] | None, int | None],
+    device: torch.device,
+) -> Path:
+    """Everything the next epochs depend on, as one safetensors file (tensors) with JSON metadata.
+
+    Written under a temporary name, flushed to disk and renamed, so a kill at any moment leaves the
+    previous checkpoint intact; then every other checkpoint in the folder is removed.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    best_acc, best_state, best_epoch = best
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        tensors.update({f"best/{k}": v.contiguous() for k, v in best_state.items()})
+    optim = optimizer.state_dict()
+    optim_rest: dict[str, Any] = {}
+    for index, state in optim["state"].items():
+        t, rest = _split(f"optim/{index}", state)
+        tensors.update(t)
+        optim_rest[str(index)] = rest
+    rng_tensors, rng_meta = _rng_state(gen, device)
+    tensors.update(rng_tensors)
+    method_tensors, method_rest = _split("method", method.state_dict())
+    tensors.update(method_tensors)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
+        "epochs_done": len(history),
+        "history": history,
+        "best_acc": best_acc,
+        "best_epoch": best_epoch,
+        "optimizer": {"param_groups": optim["param_groups"], "state": optim_rest},
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_meta,
+        "method": method_rest,
+    }
+    final = directory / f"epoch-{len(history):04d}.safetensors"
+    tmp = directory / f".{final.name}.tmp"
+    save_file(tensors, str(tmp), metadata={"owdfa": json.dumps(meta)})
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for other in directory.iterdir():
+        if other != final and (CHECKPOINT_NAME.match(other.name) or _is_partial(other.name)):
+            other.unlink(missing_ok=True)
+    return final
+
+
+def clear_checkpoints(directory: Path) -> None:
+    """Once the model directory is written: remove this run's checkpoint files, keep the (empty) folder.
+
+    A finished run then leaves no optimizer state on disk, and a forced re-run really trains again
+    instead of resuming after its last epoch. The folder stays because the stage declares it as an
+    output. Only files named like checkpoints are touched.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.iterdir():
+        if CHECKPOINT_NAME.match(path.name) or _is_partial(path.name):
+            path.unlink(missing_ok=True)
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(".epoch-") and name.endswith(".safetensors.tmp")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Tensors and metadata of one checkpoint file (safetensors only: nothing is unpickled)."""
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads((handle.metadata() or {})["owdfa"])
+        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+            tensors[key] = handle.get_tensor(key)
+    return Checkpoint(path=Path(path), tensors=tensors, meta=meta)
+
+
+def load_checkpoint(directory: Path, fingerprint: str | None, note: str | None = None) -> Checkpoint | None:
+    """The newest complete checkpoint of this run, or None (then training starts afresh).
+
+    A checkpoint of another run (different params, data, seed or code) is ignored with a one-line
+    note and overwritten by the first new one; an unreadable file (not ours) is skipped.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in directory.iterdir() if CHECKPOINT_NAME.match(p.name)),
+        key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)),
+        reverse=True,
+    )
+    foreign = []
+    for path in candidates:
+        try:
+            found = read_checkpoint(path)
+        except (SafetensorError, OSError, ValueError, KeyError):
+            foreign.append(path.name)
+            continue
+        if found.meta.get("format") == CHECKPOINT_FORMAT and found.meta.get("fingerprint") == fingerprint:
+            return found
+        foreign.append(path.name)
+    if foreign and note is not None:
+        tqdm.write(f"{note}: {directory}/{foreign[0]} is from a different run (params, data or code); starting afresh")
+    return None
+
+
+def _restore(
+    found: Checkpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    gen: torch.Generator,
+    method: Method,
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], float, dict[str, torch.Tensor] | None, int | None]:
+    tensors, meta = found.tensors, found.meta
+    model.load_state_dict(_join("model", tensors, {}), strict=True)
+    fresh_groups = optimizer.state_dict()["param_groups"]
+    groups = []
+    for fresh, saved in zip(fresh_groups, meta["optimizer"]["param_groups"], strict=True):
+        # JSON turned tuples (Adam's betas) into lists; give them back their type.
+        groups.append({k: tuple(v) if isinstance(fresh.get(k), tuple) else v for k, v in saved.items()})
+    state = {int(i): _join(f"optim/{i}", tensors, rest) for i, rest in meta["optimizer"]["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    scheduler.load_state_dict(meta["scheduler"])
+    method.load_state_dict(_join("method", tensors, meta["method"]))
+    _set_rng_state(tensors, meta["rng"], gen, device)
+    best_state = _join("best", tensors, {}) or None
+    return list(meta["history"]), float(meta["best_acc"]), best_state, meta["best_epoch"]

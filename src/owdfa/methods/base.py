@@ -71,6 +71,18 @@ class Method:
         """Values worth recording in the model card (thresholds, estimated K, ...)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that carries into later epochs, for resuming a run: tensors or JSON values.
+
+        A method keeping no state between steps returns {} (the default).
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what `state_dict` returned, so the resumed run continues bit for bit."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state; got {sorted(state)}")
+
     @classmethod
     def from_section(cls, section: Section) -> Method:
         """Every field must be given and typed right; unknown keys are typos."""

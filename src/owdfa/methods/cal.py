@@ -202,6 +202,32 @@ class CAL(Method):
             out["dpp_faithful"] = self.dpp_faithful
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """The threshold, K trajectory and known count, plus this epoch's ACR statistics and DPP usage.
+
+        The last two are reset at every epoch start; they are kept so a snapshot is complete at any moment.
+        """
+        state: dict[str, Any] = {
+            "raw_tau_novel": self.raw_tau_novel,
+            "k_trajectory": list(self.k_trajectory),
+            "num_known": self._num_known,
+        }
+        for group in ("known", "novel"):
+            state[f"conf_sum_{group}"] = self._conf_sum[group].detach().cpu().clone()
+            state[f"conf_count_{group}"] = self._conf_count[group].detach().cpu().clone()
+        if self._usage is not None:
+            state["usage"] = self._usage.detach().cpu().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raw_tau_novel = float(state["raw_tau_novel"])
+        self.k_trajectory = [int(k) for k in state["k_trajectory"]]
+        self._num_known = None if state["num_known"] is None else int(state["num_known"])
+        for group in ("known", "novel"):
+            self._conf_sum[group] = state[f"conf_sum_{group}"].clone()
+            self._conf_count[group] = state[f"conf_count_{group}"].clone()
+        self._usage = state["usage"].clone() if "usage" in state else None
+
 
 def ccr_loss(
     logits_weak: torch.Tensor,

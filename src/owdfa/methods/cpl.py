@@ -28,7 +28,7 @@ consumes the global RNG. Targets of unlabelled rows are -1 and only rows with ta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +159,14 @@ class CPL(Method):
 
     def model_options(self) -> dict[str, bool]:
         return {"patch_features": True}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The noise stream's step counter and the batch size GLV takes as full."""
+        return {"step": self._step, "full_batch": self._full_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = int(state["step"])
+        self._full_batch = None if state["full_batch"] is None else int(state["full_batch"])
 
     def on_epoch_start(self, epoch: int) -> None:
         if epoch == 0:  # a fresh run: restart the noise stream and forget the batch size

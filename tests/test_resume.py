@@ -1,0 +1,293 @@
+"""Resumable training: a run killed at any moment and re-run ends exactly like an uninterrupted one (CPU).
+
+The end-to-end test kills the real train stage with SIGKILL once a checkpoint has appeared; the
+in-process ones interrupt `run_training` at an epoch end (fast, every method's state) and check
+that a checkpoint of another run, a half-written file or a damaged one is never resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from owdfa.config import Section
+from owdfa.methods.base import Baseline, Method
+from owdfa.methods.cal import CAL
+from owdfa.methods.cpl import CPL
+from owdfa.training import TrainConfig, TrainData, TrainResult, run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_tiny_split(base: Path) -> tuple[Path, Path]:
+    """A tiny synthetic benchmark, face cache and p1 split under `base` (as test_no_label_leak's)."""
+    from owdfa.data.align import align, read_faces
+    from owdfa.data.index import build_index, write_index
+    from owdfa.data.split import write_split
+    from owdfa.data.synthetic import SyntheticConfig, write_benchmark
+
+    write_benchmark(SyntheticConfig(image_size=32, identities=8, real_images=24, images_per_method=8), base / "raw", 1)
+    rows, _ = build_index(base / "raw")
+    write_index(rows, base / "index.csv")
+    align_section = Section({"mode": "resize", "image_size": 32, "workers": 1}, "align")
+    align(align_section, base / "raw", base / "index.csv", base / "faces")
+    faces, _ = read_faces(base / "faces")
+    split = {
+        "seed": 1,
+        "budgets": {"real": 24, "known": 8, "novel": 8},
+        "test_fraction": 0.25,
+        "labelled_fraction": 0.75,
+        "val_fraction": 0.2,
+        "allow_short_classes": False,
+        "group_by_video": False,
+        "custom_protocols": {},
+    }
+    write_split(Section(split, "split"), faces, "p1", base / "split")
+    return base / "faces", base / "split"
+
+
+def write_tiny_params(path: Path, **train: object) -> Path:
+    """params.yaml with a seconds-long train section (CPU, one thread, ACR from epoch 0)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    section = copy.deepcopy(params["train"])
+    section.update(epochs=5, batch_size=8, lr_step=2, threads=1, device="cpu")
+    section.update(train)
+    for method in section["methods"].values():
+        if "acr_start_epoch" in method:
+            method["acr_start_epoch"] = 0
+    params["train"] = section
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def stage_command(params: Path, faces: Path, split: Path, out: Path, method: str = "cal_dpp") -> list[str]:
+    return [
+        sys.executable,
+        "stages/train.py",
+        "--method",
+        method,
+        "--seed",
+        "0",
+        "--split",
+        str(split),
+        "--faces",
+        str(faces),
+        "--out",
+        str(out / "model"),
+        "--live",
+        str(out / "live"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+        "--params",
+        str(params),
+    ]
+
+
+def stage_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
+    env.update(OMP_NUM_THREADS="1", DVC_NO_ANALYTICS="1")
+    return env
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
+    base = tmp_path_factory.mktemp("resume")
+    faces, split = build_tiny_split(base)
+    return faces, split, write_tiny_params(base / "params.yaml")
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_equals_uninterrupted(tiny, tmp_path):
+    faces, split, params = tiny
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(stage_command(params, faces, split, whole), cwd=ROOT, env=stage_env(), check=True)
+
+    proc = subprocess.Popen(
+        stage_command(params, faces, split, killed), cwd=ROOT, env=stage_env(), stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not any((killed / "checkpoints").glob("epoch-000[2-4].safetensors")):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model").exists(), "killed too late: the run had finished"
+
+    rerun = subprocess.run(
+        stage_command(params, faces, split, killed), cwd=ROOT, env=stage_env(), capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming after epoch" in rerun.stdout + rerun.stderr
+    for part in ("model", "live"):  # weights, card (history, method state), dvclive curves and summary
+        assert files_of(killed / part) == files_of(whole / part), part
+    assert list((killed / "checkpoints").iterdir()) == []  # a finished run keeps no checkpoint
+
+
+# --- in process -----------------------------------------------------------------------------------
+
+
+def tiny_data(size: int = 40) -> TrainData:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(size, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(size) % 5
+    rows = np.arange(size)
+    lab = rows[labels < 3][::2]
+    return TrainData(
+        images=images,
+        labelled_rows=lab,
+        labelled_targets=labels[lab],
+        unlabelled_rows=np.setdiff1d(rows, lab),
+        val_rows=rows[:8],
+        val_targets=labels[:8],
+        num_known=3,
+        num_classes=5,
+    )
+
+
+CONFIG = TrainConfig(
+    backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, threads=1, device="cpu"
+)
+
+
+def cal_dpp() -> CAL:
+    return CAL(acr_start_epoch=0, dpp=True, dpp_initial_factor=4, dpp_faithful=False)
+
+
+METHODS = {"baseline": Baseline, "cpl": CPL, "cal_dpp": cal_dpp}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(method: Method, epoch: int) -> Method:
+    """Raise in the hook of `epoch`, before its checkpoint: the run dies mid-way."""
+    hook = method.on_epoch_end
+
+    def on_epoch_end(model, optimizer, e):
+        if e == epoch:
+            raise Interrupted
+        return hook(model, optimizer, e)
+
+    method.on_epoch_end = on_epoch_end
+    return method
+
+
+def assert_same(a: TrainResult, b: TrainResult) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert a.history == b.history
+    assert a.best_val_epoch == b.best_val_epoch
+    assert a.best_val_state.keys() == b.best_val_state.keys()
+    for key in a.best_val_state:
+        assert torch.equal(a.best_val_state[key], b.best_val_state[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_interrupted_run_resumes_bit_for_bit(name, tmp_path):
+    data = tiny_data()
+    whole = run_training(CONFIG, data, METHODS[name](), seed=0)
+    with pytest.raises(Interrupted):
+        run_training(CONFIG, data, interrupt_at(METHODS[name](), 2), seed=0, checkpoint_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-0002.safetensors"]
+    method = METHODS[name]()
+    resumed = run_training(CONFIG, data, method, seed=0, checkpoint_dir=tmp_path)
+    assert_same(resumed, whole)
+    if name == "cal_dpp":
+        reference = METHODS[name]()
+        run_training(CONFIG, data, reference, seed=0)
+        assert method.state() == reference.state()  # K trajectory, threshold
+
+
+@pytest.mark.slow
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path, capsys):
+    data = tiny_data()
+    run_training(CONFIG, data, Baseline(), seed=0, checkpoint_dir=tmp_path)
+    other = TrainConfig(**{**CONFIG.__dict__, "lr": 1e-3})
+    fresh = run_training(other, data, Baseline(), seed=0)
+    capsys.readouterr()
+    result = run_training(other, data, Baseline(), seed=0, checkpoint_dir=tmp_path)
+    assert "is from a different run" in capsys.readouterr().out
+    assert_same(result, fresh)
+    # Same params, other method hyper-parameter or seed: also another run.
+    capsys.readouterr()
+    run_training(other, data, Baseline(distill_weight=0.3), seed=0, checkpoint_dir=tmp_path)
+    run_training(other, data, Baseline(distill_weight=0.3), seed=1, checkpoint_dir=tmp_path)
+    assert capsys.readouterr().out.count("is from a different run") == 2
+
+
+def test_half_written_or_damaged_files_are_skipped(tmp_path):
+    data = tiny_data()
+    whole = run_training(CONFIG, data, CPL(), seed=0)
+    with pytest.raises(Interrupted):
+        run_training(CONFIG, data, interrupt_at(CPL(), 3), seed=0, checkpoint_dir=tmp_path)
+    (tmp_path / ".epoch-0004.safetensors.tmp").write_bytes(b"killed while writing")
+    (tmp_path / "epoch-0009.safetensors").write_bytes(b"\x00" * 100)  # not a checkpoint of ours
+    resumed = run_training(CONFIG, data, CPL(), seed=0, checkpoint_dir=tmp_path)
+    assert_same(resumed, whole)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-0004.safetensors"]
+
+
+def test_checkpoint_is_safetensors_with_json(tmp_path):
+    from owdfa.training import read_checkpoint
+
+    run_training(
+        TrainConfig(**{**CONFIG.__dict__, "epochs": 1}), tiny_data(), cal_dpp(), seed=0, checkpoint_dir=tmp_path
+    )
+    found = read_checkpoint(tmp_path / "epoch-0001.safetensors")
+    assert found.meta["epochs_done"] == 1 and len(found.meta["history"]) == 1
+    assert json.loads(json.dumps(found.meta)) == found.meta
+    assert {"rng/generator", "rng/torch", "rng/numpy", "method/usage"} <= found.tensors.keys()
+    assert any(k.startswith("optim/") for k in found.tensors) and any(k.startswith("model/") for k in found.tensors)
+
+
+@pytest.mark.parametrize("lose_live_dir", [False, True])
+def test_curves_continue_exactly(tmp_path, monkeypatch, lose_live_dir):
+    """Killed after logging epoch 3 but before its checkpoint: the resumed curves drop that row and go on.
+
+    With the curve folder gone (DVC removes non-persistent outputs), it is rewritten from the history.
+    """
+    import owdfa.training as training
+
+    monkeypatch.chdir(tmp_path)
+    data = tiny_data()
+    run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "whole")
+    save = training.save_checkpoint
+
+    def killed_at_third(directory, fingerprint, **kwargs):
+        if len(kwargs["history"]) == 3:
+            raise Interrupted
+        return save(directory, fingerprint, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", killed_at_third)
+    with pytest.raises(Interrupted):
+        run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck")
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    assert (tmp_path / "live" / "plots" / "metrics" / "lr.tsv").read_text().count("\n") == 4  # header + 3 epochs
+    if lose_live_dir:
+        shutil.rmtree(tmp_path / "live")
+    trims = []
+    trim = training._trim_live
+    monkeypatch.setattr(training, "_trim_live", lambda *args: trims.append(trim(*args)) or trims[-1])
+    run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck")
+    assert trims == ([False] if lose_live_dir else [True])  # dvclive resume=True / rewritten from history
+    assert files_of(tmp_path / "live") == files_of(tmp_path / "whole")
