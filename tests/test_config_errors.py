@@ -357,6 +357,7 @@ def test_evaluate_config_valid():
         ("uncertainty_maps.window", 0, "evaluate.uncertainty_maps.window"),
         ("uncertainty_maps.strid", 4, "evaluate.uncertainty_maps.strid"),
         ("tsne_max_points", -1, "evaluate.tsne_max_points"),
+        ("precision", "fp16", "evaluate.precision"),
         ("kmeans", True, "evaluate.kmeans"),
     ],
 )

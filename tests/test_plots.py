@@ -102,7 +102,8 @@ def test_confusion_matrix_figure(tmp_path: Path) -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == [*NAMES5, "extra-9"]
     assert len(ax.texts) >= 5  # counts annotated on a small matrix
     assert_writes_identical_png(
-        tmp_path, lambda path: plots.confusion_matrix_figure(path, y, p, NAMES5, NUM_KNOWN5, "Confusion")
+        tmp_path,
+        lambda path: plots.save_figure(plots.make_confusion_matrix(y, p, NAMES5, NUM_KNOWN5, "Confusion"), path),
     )
 
 
@@ -139,7 +140,9 @@ def test_reliability_figure(tmp_path: Path) -> None:
     assert_readable(fig)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert any("ECE = 0.073" in label for label in labels)
-    assert_writes_identical_png(tmp_path, lambda path: plots.reliability_figure(path, table, 0.0731, "Calibration"))
+    assert_writes_identical_png(
+        tmp_path, lambda path: plots.save_figure(plots.make_reliability(table, 0.0731, "Calibration"), path)
+    )
     with pytest.raises(ValueError, match="lacks columns"):
         plots.make_reliability(table.drop(columns="accuracy"), 0.1, "x")
 
@@ -154,7 +157,9 @@ def test_confidence_histograms_figure(tmp_path: Path) -> None:
     mean_known = groups["CAL"]["known"].mean()
     assert labels[0].startswith("known classes") and f"mean {mean_known:.3f}" in labels[0]
     assert all(ax.get_xlim() == (0.0, 1.0) for ax in fig.axes if ax.get_visible())
-    assert_writes_identical_png(tmp_path, lambda path: plots.confidence_histograms_figure(path, groups, "Confidence"))
+    assert_writes_identical_png(
+        tmp_path, lambda path: plots.save_figure(plots.make_confidence_histograms(groups, "Confidence"), path)
+    )
 
 
 def test_k_trajectory_figure(tmp_path: Path) -> None:
@@ -163,7 +168,9 @@ def test_k_trajectory_figure(tmp_path: Path) -> None:
     assert_readable(fig)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "true number of classes K = 20" in labels and "known classes = 10" in labels
-    assert_writes_identical_png(tmp_path, lambda path: plots.k_trajectory_figure(path, runs, 20, 10, "K"))
+    assert_writes_identical_png(
+        tmp_path, lambda path: plots.save_figure(plots.make_k_trajectory(runs, 20, 10, "K"), path)
+    )
 
 
 def test_training_curves_figure(tmp_path: Path) -> None:
@@ -172,7 +179,8 @@ def test_training_curves_figure(tmp_path: Path) -> None:
     fig = plots.make_training_curves(history, ["loss", "val_acc"], "Training curves, CAL seed 0")
     assert_readable(fig)
     assert_writes_identical_png(
-        tmp_path, lambda path: plots.training_curves_figure(path, history, ["loss", "val_acc"], "Curves")
+        tmp_path,
+        lambda path: plots.save_figure(plots.make_training_curves(history, ["loss", "val_acc"], "Curves"), path),
     )
 
 
@@ -210,7 +218,7 @@ def test_tsne_figure(tmp_path: Path) -> None:
     assert [t.get_text() for t in legend.get_texts()] == NAMES5
     assert [h.get_marker() for h in legend.legend_handles] == ["o", "o", "^", "^", "^"]
     assert_writes_identical_png(
-        tmp_path, lambda path: plots.tsne_figure(path, x, y, known, NAMES5, 0, "t-SNE", max_points=80)
+        tmp_path, lambda path: plots.save_figure(plots.make_tsne(x, y, known, NAMES5, 0, "t-SNE", max_points=80), path)
     )
 
 
@@ -233,7 +241,8 @@ def test_uncertainty_maps_figure(tmp_path: Path, signed: bool) -> None:
     titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
     assert set(captions) <= titles
     assert_writes_identical_png(
-        tmp_path, lambda path: plots.uncertainty_maps_figure(path, images, maps, captions, "Occlusion", label)
+        tmp_path,
+        lambda path: plots.save_figure(plots.make_uncertainty_maps(images, maps, captions, "Occlusion", label), path),
     )
     with pytest.raises(ValueError, match="equal length"):
         plots.make_uncertainty_maps(images, maps[:2], captions, "x", label)

@@ -35,7 +35,7 @@ def write_run(runs: Path, predictions: Path, protocol: str, method: str, seed: i
     }  # fmt: skip
     run = {
         "protocol": protocol, "method": method, "loss": "cal", "method_params": {"loss": "cal", "ccr": True},
-        "seed": seed, "checkpoint": "last", "val_best_epoch": 7, "num_known": 7, "num_classes": 15,
+        "seed": seed, "checkpoint": "last", "val_best_epoch": 7, "epochs": 10, "num_known": 7, "num_classes": 15,
         "test_images": 4, "k_trajectory": [40, 30, 15],
     }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -67,6 +67,7 @@ def test_report_tables_and_summary(tmp_path, runs):
     text = (out / "results.md").read_text()
     assert "**Last epoch.** OW-DFA convention" in text
     assert "**Selected epoch** (best accuracy on the labelled validation split" in text
+    assert "selected epochs, counted from 1 of 10: 8)" in text  # the cards count epochs from 0
     assert "| cal | 61.0 ± 1.4 | 50.0 ± 0.0 |" in text
     assert "GCD v2 convention" in text and "| Method | K̂ prototypes | error |" in text
     assert "## Ablation (CAL's Table 4)" in text and "| I | cal_abl1 | CE + R, FFE |" in text

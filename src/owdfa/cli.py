@@ -462,7 +462,7 @@ def run_attribution(
     from tqdm import tqdm
 
     from owdfa.data.faces import decode_rgb
-    from owdfa.training import predict
+    from owdfa.training import max_softmax, predict
 
     detecting = aligner.mode != "resize"
     tty = sys.stderr.isatty()
@@ -498,9 +498,7 @@ def run_attribution(
                 continue
             index = np.asarray(slots, dtype=np.int64)
             logits, _, pred = predict(model, batch, index, args.batch_size, device)
-            # the evaluate stage's confidence, computed the same way
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            confidence = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
+            confidence = max_softmax(logits)  # the evaluate stage's confidence
             mc = None
             if mc_predict is not None:
                 mc = mc_predict(

@@ -82,6 +82,20 @@ class World:
         per = rows // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
 
+    def part(self, rows: int) -> slice:
+        """This rank's contiguous share of `rows` items that need not divide evenly (evaluation)."""
+        return slice(rows * self.rank // self.size, rows * (self.rank + 1) // self.size)
+
+    def sum_counts(self, counts: list[int], device: torch.device) -> list[int]:
+        """Element-wise sum of integer counts over ranks (identity for one process)."""
+        if not self.active:
+            return list(counts)
+        import torch.distributed as dist
+
+        totals = torch.tensor(counts, dtype=torch.int64, device=device)
+        dist.all_reduce(totals)
+        return [int(v) for v in totals.tolist()]
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's rows in rank order, with autograd (identity for one process)."""
         if not self.active:

@@ -29,7 +29,7 @@ from owdfa.errors import DataError
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
-from owdfa.training import pick_device, predict
+from owdfa.training import max_softmax, pick_device, predict
 from owdfa.uncertainty import (
     expected_calibration_error,
     matched_correct,
@@ -51,6 +51,7 @@ EVALUATE_KEYS = (
     "mc_dropout_passes",
     "uncertainty_maps",
     "tsne_max_points",
+    "precision",
 )
 
 
@@ -68,6 +69,7 @@ class EvaluateConfig:
     map_window: int
     map_stride: int
     tsne_max_points: int
+    precision: str
 
 
 def evaluate_config(section: Section) -> EvaluateConfig:
@@ -87,11 +89,20 @@ def evaluate_config(section: Section) -> EvaluateConfig:
         map_window=maps.int("window", min=1),
         map_stride=maps.int("stride", min=1),
         tsne_max_points=section.int("tsne_max_points", min=0),
+        precision=section.str("precision", choices=("bf16", "fp32")),
     )
 
 
 def kmeans_k_estimate(
-    model, manifest: pd.DataFrame, images: np.ndarray, num_known: int, max_factor: float, batch_size: int, device, seed
+    model,
+    manifest: pd.DataFrame,
+    images: np.ndarray,
+    num_known: int,
+    max_factor: float,
+    batch_size: int,
+    device,
+    seed,
+    precision: str = "bf16",
 ) -> int:
     """GCD's SS-k-means K estimate on the model's features of the *training* images.
 
@@ -101,7 +112,7 @@ def kmeans_k_estimate(
     from owdfa.methods.kmeans_k import estimate_k
 
     train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
-    _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device)
+    _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device, precision)
     labels = np.where(train["split"].to_numpy() == "unlabelled", -1, train["target"].to_numpy(np.int64))
     k_max = max(num_known + 1, int(round(max_factor * num_known)))
     return int(estimate_k(feats, labels, num_known, k_max, seed=seed)["k_hat"])
@@ -117,11 +128,11 @@ def _clean(value: Any) -> Any:
     return round(float(value), 6)
 
 
-def _checkpoint_metrics(model_dir: Path, checkpoint: str, images, rows, targets, num_known, batch_size, device):
+def _checkpoint_metrics(model_dir: Path, checkpoint: str, images, rows, targets, num_known, config, device):
     model, card = load_model(model_dir, checkpoint)
     model.to(device)
-    _, features, pred = predict(model, images, rows, batch_size, device)
-    return model, card, features, pred, evaluate_predictions(targets, pred, num_known)
+    logits, features, pred = predict(model, images, rows, config.batch_size, device, config.precision)
+    return model, card, logits, features, pred, evaluate_predictions(targets, pred, num_known)
 
 
 def evaluate(
@@ -144,25 +155,33 @@ def evaluate(
     metrics: dict[str, Any] = {}
     analysed = None
     for checkpoint in ("last", "val_best") if has_val_best else ("last",):
-        result = _checkpoint_metrics(model_dir, checkpoint, images, rows, targets, num_known, config.batch_size, device)
+        result = _checkpoint_metrics(model_dir, checkpoint, images, rows, targets, num_known, config, device)
         metrics[checkpoint] = result[-1]
         if checkpoint == config.checkpoint:
             analysed = result
-    model, card, features, pred, _ = analysed
+    model, card, logits, features, pred, _ = analysed
 
     # K-hat: DPP's last pruned count when the method estimates K, else the classifier's active rows.
     trajectory = [int(k) for k in (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]]
     metrics.update(k_hat=trajectory[-1], k_true=k_true, k_error=k_error(trajectory[-1], k_true))
     if config.kmeans_k:
         k_est = kmeans_k_estimate(
-            model, manifest, images, num_known, config.kmeans_max_factor, config.batch_size, device, config.seed
+            model,
+            manifest,
+            images,
+            num_known,
+            config.kmeans_max_factor,
+            config.batch_size,
+            device,
+            config.seed,
+            config.precision,
         )
         metrics.update(k_hat_sskmeans=k_est, k_error_sskmeans=k_error(k_est, k_true))
 
     # Calibration and uncertainty: MC dropout over the head (the model's only dropout).
     mc = mc_dropout_predict(model, images, rows, config.mc_dropout_passes, config.batch_size, device, config.seed)
     # Calibration of the deterministic prediction, the one every metric above scores.
-    confidence = _softmax_confidence(model, images, rows, config.batch_size, device)
+    confidence = max_softmax(logits)
     correct = matched_correct(targets, pred)
     reliability = reliability_table(confidence, correct, config.ece_bins)
     ece = expected_calibration_error(confidence, correct, config.ece_bins)
@@ -221,54 +240,51 @@ def evaluate(
 
     title = f"{key} ({config.checkpoint} checkpoint)"
     with atomic_directory(out_dir / "plots") as folder:
-        plots.confusion_matrix_figure(
+        plots.save_figure(
+            plots.make_confusion_matrix(
+                targets, pred, class_names, num_known, f"{title}: true method vs matched predicted cluster"
+            ),
             folder / "confusion.png",
-            targets,
-            pred,
-            class_names,
-            num_known,
-            f"{title}: true method vs matched predicted cluster",
         )
-        plots.reliability_figure(
-            folder / "reliability.png", reliability, ece, f"{title}: reliability of max-softmax confidence"
+        plots.save_figure(
+            plots.make_reliability(reliability, ece, f"{title}: reliability of max-softmax confidence"),
+            folder / "reliability.png",
         )
-        plots.confidence_histograms_figure(
+        plots.save_figure(
+            plots.make_confidence_histograms(
+                {str(card.get("method")): {"known": confidence[known_mask], "novel": confidence[~known_mask]}},
+                f"{title}: confidence on test images of known vs novel classes",
+            ),
             folder / "confidence.png",
-            {str(card.get("method")): {"known": confidence[known_mask], "novel": confidence[~known_mask]}},
-            f"{title}: confidence on test images of known vs novel classes",
         )
-        plots.k_trajectory_figure(
+        plots.save_figure(
+            plots.make_k_trajectory(
+                {str(card.get("method")): trajectory}, k_true, num_known, f"{title}: active prototypes K̂ per epoch"
+            ),
             folder / "k_trajectory.png",
-            {str(card.get("method")): trajectory},
-            k_true,
-            num_known,
-            f"{title}: active prototypes K̂ per epoch",
         )
         history = card.get("history") or []
         if history:
             curve_keys = [k for k in ("train/loss", "val/acc") if k in history[0]]
-            plots.training_curves_figure(
-                folder / "training.png", history, curve_keys, f"{key}: training loss and validation accuracy"
+            plots.save_figure(
+                plots.make_training_curves(history, curve_keys, f"{key}: training loss and validation accuracy"),
+                folder / "training.png",
             )
         if config.tsne_max_points > 1 and len(rows) > 5:
-            plots.tsne_figure(
+            plots.save_figure(
+                plots.make_tsne(
+                    features,
+                    targets,
+                    known_mask,
+                    class_names,
+                    config.seed,
+                    f"{title}: t-SNE of test features (o known, ^ novel classes)",
+                    max_points=config.tsne_max_points,
+                ),
                 folder / "tsne.png",
-                features,
-                targets,
-                known_mask,
-                class_names,
-                config.seed,
-                f"{title}: t-SNE of test features (o known, ^ novel classes)",
-                max_points=config.tsne_max_points,
             )
         _uncertainty_maps(model, images, test, class_names, config, device, title, folder / "uncertainty_maps.png")
     return metrics
-
-
-def _softmax_confidence(model, images, rows, batch_size, device) -> np.ndarray:
-    logits, _, _ = predict(model, images, rows, batch_size, device)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
 
 
 def _group_mean(values: np.ndarray, mask: np.ndarray) -> float | None:
@@ -291,11 +307,13 @@ def _uncertainty_maps(model, images, test, class_names, config: EvaluateConfig, 
         shown.append(image)
         maps.append(result["entropy_delta"])
         captions.append(class_names[int(target)])
-    plots.uncertainty_maps_figure(
+    plots.save_figure(
+        plots.make_uncertainty_maps(
+            shown,
+            maps,
+            captions,
+            f"{title}: where occlusion changes MC-dropout predictive entropy",
+            "Δ predictive entropy (nats) when occluded",
+        ),
         path,
-        shown,
-        maps,
-        captions,
-        f"{title}: where occlusion changes MC-dropout predictive entropy",
-        "Δ predictive entropy (nats) when occluded",
     )

@@ -1,12 +1,11 @@
 """Report figures for open-world deepfake attribution, written as bit-identical PNGs.
 
 Every figure is built by a ``make_*`` function that returns a :class:`matplotlib.figure.Figure` (so tests
-can inspect titles and labels) and written by the matching ``*_figure(path, ...)`` through
-:func:`save_figure`. pyplot is never used: figures are plain ``Figure`` objects, so nothing is kept in a
-global figure registry and nothing needs closing. Styling comes from matplotlib's defaults plus a few
-fixed overrides applied in a context, so a user's matplotlibrc cannot change the bytes of a PNG and this
-module never mutates global rcParams. PNGs carry no software/time metadata, so DVC sees an unchanged
-hash when the inputs are unchanged.
+can inspect titles and labels) and written with :func:`save_figure`. pyplot is never used: figures are
+plain ``Figure`` objects, so nothing is kept in a global figure registry and nothing needs closing.
+Styling comes from matplotlib's defaults plus a few fixed overrides applied in a context, so a user's
+matplotlibrc cannot change the bytes of a PNG and this module never mutates global rcParams. PNGs carry
+no software/time metadata, so DVC sees an unchanged hash when the inputs are unchanged.
 """
 
 from __future__ import annotations
@@ -45,11 +44,8 @@ from owdfa.metrics import match_clusters
 __all__ = [
     "DPI",
     "class_colors",
-    "confidence_histograms_figure",
-    "confusion_matrix_figure",
     "confusion_pairs",
     "confusion_table",
-    "k_trajectory_figure",
     "make_confidence_histograms",
     "make_confusion_matrix",
     "make_k_trajectory",
@@ -58,12 +54,8 @@ __all__ = [
     "make_tsne",
     "make_uncertainty_maps",
     "png_bytes",
-    "reliability_figure",
     "save_figure",
-    "training_curves_figure",
     "tsne_embedding",
-    "tsne_figure",
-    "uncertainty_maps_figure",
 ]
 
 DPI = 150
@@ -266,17 +258,6 @@ def make_confusion_matrix(
     return fig
 
 
-def confusion_matrix_figure(
-    path: str | Path,
-    targets: ArrayLike,
-    preds: ArrayLike,
-    class_names: Sequence[str],
-    num_known: int,
-    title: str,
-) -> Path:
-    return save_figure(make_confusion_matrix(targets, preds, class_names, num_known, title), path)
-
-
 # --------------------------------------------------------------------------------------------------
 # 2. reliability diagram
 # --------------------------------------------------------------------------------------------------
@@ -323,10 +304,6 @@ def make_reliability(table: pd.DataFrame, ece: float, title: str) -> Figure:
     return fig
 
 
-def reliability_figure(path: str | Path, table: pd.DataFrame, ece: float, title: str) -> Path:
-    return save_figure(make_reliability(table, ece, title), path)
-
-
 # --------------------------------------------------------------------------------------------------
 # 3. confidence of known vs novel samples
 # --------------------------------------------------------------------------------------------------
@@ -360,12 +337,6 @@ def make_confidence_histograms(groups: Mapping[str, Mapping[str, ArrayLike]], ti
     return fig
 
 
-def confidence_histograms_figure(
-    path: str | Path, groups: Mapping[str, Mapping[str, ArrayLike]], title: str, bins: int = 20
-) -> Path:
-    return save_figure(make_confidence_histograms(groups, title, bins=bins), path)
-
-
 # --------------------------------------------------------------------------------------------------
 # 4. estimated number of classes over training
 # --------------------------------------------------------------------------------------------------
@@ -392,16 +363,6 @@ def make_k_trajectory(
     ax.set_title(title)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
-
-
-def k_trajectory_figure(
-    path: str | Path,
-    trajectories: Mapping[str, Sequence[int | float | None]],
-    k_true: int,
-    num_known: int,
-    title: str,
-) -> Path:
-    return save_figure(make_k_trajectory(trajectories, k_true, num_known, title), path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,19 +443,6 @@ def make_tsne(
     return fig
 
 
-def tsne_figure(
-    path: str | Path,
-    features: ArrayLike,
-    targets: ArrayLike,
-    known_mask: ArrayLike,
-    class_names: Sequence[str],
-    seed: int,
-    title: str,
-    max_points: int = 3000,
-) -> Path:
-    return save_figure(make_tsne(features, targets, known_mask, class_names, seed, title, max_points), path)
-
-
 # --------------------------------------------------------------------------------------------------
 # 6. uncertainty / occlusion maps
 # --------------------------------------------------------------------------------------------------
@@ -558,18 +506,6 @@ def make_uncertainty_maps(
     return fig
 
 
-def uncertainty_maps_figure(
-    path: str | Path,
-    images: Sequence[np.ndarray],
-    maps: Sequence[np.ndarray],
-    captions: Sequence[str],
-    title: str,
-    map_label: str,
-    max_cols: int = 4,
-) -> Path:
-    return save_figure(make_uncertainty_maps(images, maps, captions, title, map_label, max_cols), path)
-
-
 # --------------------------------------------------------------------------------------------------
 # 7. training curves
 # --------------------------------------------------------------------------------------------------
@@ -600,9 +536,3 @@ def _as_float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def training_curves_figure(
-    path: str | Path, history: Sequence[Mapping[str, Any]], keys: Sequence[str], title: str
-) -> Path:
-    return save_figure(make_training_curves(history, keys, title), path)

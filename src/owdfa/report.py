@@ -150,7 +150,9 @@ class _Grid:
 def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: dict[str, str]) -> list[str]:
     info = grid.info[protocol, methods[0]][0]
     known, total = info["num_known"], info["num_classes"]
-    selected_epochs = sorted({str(r.get("val_best_epoch")) for m in methods for r in grid.info[protocol, m]})
+    # cards count epochs from 0 (as dvclive's steps); the report counts them from 1, "epoch E of E" is the last
+    chosen = {r.get("val_best_epoch") for m in methods for r in grid.info[protocol, m]}
+    selected_epochs = [str(e + 1) for e in sorted(e for e in chosen if e is not None)] or ["none"]
     lines = [
         f"## Protocol {protocol}: {known} known / {total - known} novel classes, {info['test_images']} test images",
         "",
@@ -162,7 +164,7 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
         ),
         "",
         "**Selected epoch** (best accuracy on the labelled validation split; the test split chooses nothing; "
-        f"selected epochs: {', '.join(selected_epochs)}). Same convention.",
+        f"selected epochs, counted from 1 of {info['epochs']}: {', '.join(selected_epochs)}). Same convention.",
         "",
         *_table(
             ["Method", *(h for _, h in OWDFA_COLUMNS)],
@@ -265,22 +267,25 @@ def _comparison_figures(
             confidence = table["confidence"].to_numpy(np.float64)
             groups[m] = {"known": confidence[known], "novel": confidence[~known]}
         name = f"{protocol}-confidence.png"
-        plots.confidence_histograms_figure(
+        plots.save_figure(
+            plots.make_confidence_histograms(
+                groups, f"{protocol}: max-softmax confidence on test images of known vs novel classes (seed {seed})"
+            ),
             folder / name,
-            groups,
-            f"{protocol}: max-softmax confidence on test images of known vs novel classes (seed {seed})",
         )
         figures["confidence, known vs novel"] = f"figures/{name}"
     trajectories = {m: grid.info[protocol, m][0].get("k_trajectory") or [] for m in methods}
     if any(len(t) > 1 for t in trajectories.values()):
         info = grid.info[protocol, methods[0]][0]
         name = f"{protocol}-k_trajectory.png"
-        plots.k_trajectory_figure(
+        plots.save_figure(
+            plots.make_k_trajectory(
+                {m: t for m, t in trajectories.items() if t},
+                info["num_classes"],
+                info["num_known"],
+                f"{protocol}: number of active prototypes K̂ per epoch (seed {seed})",
+            ),
             folder / name,
-            {m: t for m, t in trajectories.items() if t},
-            info["num_classes"],
-            info["num_known"],
-            f"{protocol}: number of active prototypes K̂ per epoch (seed {seed})",
         )
         figures["K̂ per epoch"] = f"figures/{name}"
     return figures

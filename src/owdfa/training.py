@@ -215,6 +215,12 @@ def predict(
     return all_logits, torch.cat(feats).numpy(), all_logits.argmax(axis=1)
 
 
+def max_softmax(logits: np.ndarray) -> np.ndarray:
+    """Confidence of each prediction: the largest softmax probability over the active prototypes."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
+
+
 @dataclass(frozen=True, eq=False)
 class Sampler:
     """CAL's sampler: each draw labelled with probability `share`, rows drawn with replacement."""
@@ -475,9 +481,13 @@ def _train(
         for k, v in method.on_epoch_end(model, optimizer, epoch).items():
             record[f"method/{k}"] = v
         scheduler.step()
-        if len(data.val_rows) and world.is_main:  # the other ranks go on and wait at the next step's gather
-            _, _, pred = predict(model, data.images, data.val_rows, config.eval_batch_size, device, config.precision)
-            val_acc = float((pred == data.val_targets).mean())
+        if len(data.val_rows):  # each rank scores its share; the correct counts are summed over ranks
+            mine = world.part(len(data.val_rows))
+            _, _, pred = predict(
+                model, data.images, data.val_rows[mine], config.eval_batch_size, device, config.precision
+            )
+            correct, total = world.sum_counts([int((pred == data.val_targets[mine]).sum()), len(pred)], device)
+            val_acc = correct / total
             record["val/acc"] = val_acc
             if val_acc > best_acc:
                 best_acc, best_epoch = val_acc, epoch
