@@ -9,8 +9,9 @@
 (b) input headroom = images/s of the input pipeline alone (sampler draws, batch assembly from the
     uint8 cache, weak and strong views on the device) / the step's images/s. Target >= 3.
 
-An image is one drawn row (both its views). Each rate is the best of 3 timed repeats (after two
-warm-up calls), the least disturbed by other work on the machine. Merges {"train": ...} into
+An image is one drawn row (both its views). Each rate is the best of 3 timed rounds (after two
+warm-up calls each) in which the four set-ups take turns, the least disturbed by other work on
+the machine. Merges {"train": ...} into
 reports/bench.json.
 Usage: python bench/train.py                      # CPU-sized: test_resnet, 64 px (about a minute)
        python bench/train.py --backbone resnet50 --image-size 256 --batch-size 128 --steps 20   # a GPU
@@ -71,18 +72,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[], object], device: torch.device, steps: int, batch_size: int) -> float:
-    """Best images/s over REPEATS runs of `steps` calls, after two warm-up calls."""
-    for _ in range(2):
-        step()
+def interleaved_rates(
+    calls: dict[str, Callable[[], object]], device: torch.device, steps: dict[str, int], batch_size: int
+) -> dict[str, float]:
+    """Best images/s of each call over REPEATS rounds, the calls taking turns within each round.
+
+    Taking turns keeps slow drifts of the machine (other load, clock, allocator) from favouring
+    whichever set-up happened to be timed first; two warm-up calls each come before any timing.
+    """
+    for call in calls.values():
+        for _ in range(2):
+            call()
     sync(device)
-    best = 0.0
+    best = dict.fromkeys(calls, 0.0)
     for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        best = max(best, steps * batch_size / (time.perf_counter() - start))
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(steps[name]):
+                call()
+            sync(device)
+            best[name] = max(best[name], steps[name] * batch_size / (time.perf_counter() - start))
     return best
 
 
@@ -90,7 +99,7 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
-def step_rate(config: TrainConfig, data: TrainData, device: torch.device, method: Method, steps: int) -> float:
+def training_step(config: TrainConfig, data: TrainData, device: torch.device, method: Method) -> Callable[[], object]:
     """The loop's step, set up as `run_training` sets it up (one process)."""
     model = AttributionModel(config.backbone, data.num_classes, dropout=config.dropout, **method.model_options())
     model.to(device).to(memory_format=memory_format(device))
@@ -110,12 +119,12 @@ def step_rate(config: TrainConfig, data: TrainData, device: torch.device, method
     model.train()
     epoch = getattr(method, "acr_start_epoch", 0)  # an epoch with every loss term on (CAL's ACR)
     method.on_epoch_start(epoch)
-    return timed(lambda: step(epoch), device, steps, config.batch_size)
+    return lambda: step(epoch)
 
 
-def forward_backward_rate(
-    config: TrainConfig, data: TrainData, device: torch.device, steps: int, options: dict[str, bool] | None
-) -> float:
+def forward_backward(
+    config: TrainConfig, data: TrainData, device: torch.device, options: dict[str, bool] | None
+) -> Callable[[], object]:
     """Forward + backward of both views (precomputed); no loss terms, no optimizer.
 
     `options=None`: the bare timm backbone; else the attribution network with the method's options.
@@ -143,10 +152,10 @@ def forward_backward_rate(
             loss = out(weak).float().mean() + out(strong).float().mean()
         loss.backward()
 
-    return timed(step, device, steps, config.batch_size)
+    return step
 
 
-def input_rate(config: TrainConfig, data: TrainData, device: torch.device, method: Method, steps: int) -> float:
+def input_pipeline(config: TrainConfig, data: TrainData, device: torch.device, method: Method) -> Callable[[], object]:
     """Sampling, batch assembly and both views on the device, as the step does them."""
     sampler = Sampler.build(data, config, method)
     host = HostBatches(data.images, device)
@@ -159,7 +168,7 @@ def input_rate(config: TrainConfig, data: TrainData, device: torch.device, metho
         weak_view(x, config.augment, gen)
         strong_view(x, config.augment, gen)
 
-    return timed(step, device, steps, config.batch_size)
+    return step
 
 
 def cpu_name() -> str:
@@ -197,6 +206,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
+    parser.add_argument("--key", default="train", help="key in bench.json, e.g. train_resnet50")
     args = parser.parse_args()
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
@@ -219,10 +229,15 @@ def main() -> None:
     data = synthetic_data(max(1024, 2 * args.batch_size), args.image_size)
     method = build_method(args.variant, Section(section["methods"], "train.methods"))
 
-    step = step_rate(config, data, device, method, args.steps)
-    bare = forward_backward_rate(config, data, device, args.steps, None)
-    network = forward_backward_rate(config, data, device, args.steps, method.model_options())
-    pipeline = input_rate(config, data, device, method, 4 * args.steps)
+    calls = {
+        "step": training_step(config, data, device, method),
+        "bare": forward_backward(config, data, device, None),
+        "network": forward_backward(config, data, device, method.model_options()),
+        "pipeline": input_pipeline(config, data, device, method),
+    }
+    steps = {name: 4 * args.steps if name == "pipeline" else args.steps for name in calls}
+    rates = interleaved_rates(calls, device, steps, config.batch_size)
+    step, bare, network, pipeline = (rates[name] for name in ("step", "bare", "network", "pipeline"))
     report = {
         "config": {
             "backbone": args.backbone,
@@ -244,7 +259,7 @@ def main() -> None:
         "input_headroom": round(pipeline / step, 2),
         "targets": {"step_efficiency": 0.9, "input_headroom": 3.0},
     }
-    merge_into(args.out, "train", report)
+    merge_into(args.out, args.key, report)
     rows = [
         ("full CAL training step", f"{step:9.1f} img/s", ""),
         ("bare backbone fwd+bwd, 2 views", f"{bare:9.1f} img/s", ""),

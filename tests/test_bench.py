@@ -1,0 +1,92 @@
+"""The benchmark scripts run, measure something plausible, and merge into bench.json without losing keys.
+
+Tiny set-ups only: these check the scripts, not the speed (speed goals live in reports/bench.json).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def bench(script: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture
+def bench_json(tmp_path: Path) -> Path:
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"someone_else": {"kept": True}}))
+    return out
+
+
+def test_train_bench_tiny(bench_json: Path) -> None:
+    tiny = ("--image-size", "32", "--batch-size", "8", "--steps", "1", "--threads", "1")
+    text = bench("train.py", *tiny, "--out", str(bench_json))
+    report = json.loads(bench_json.read_text())
+    assert report["someone_else"] == {"kept": True}
+    train = report["train"]
+    assert train["config"]["batch_size"] == 8 and train["machine"]["device"] == "cpu"
+    for key in ("step_images_per_s", "backbone_images_per_s", "network_images_per_s", "input_images_per_s"):
+        assert train[key] > 0, key
+    assert train["step_efficiency"] == pytest.approx(train["step_images_per_s"] / train["backbone_images_per_s"], 1e-2)
+    assert "(a) step efficiency" in text and "(b) input headroom" in text
+
+
+def test_budget_bench_tiny(bench_json: Path) -> None:
+    tiny = ("--backbone", "test_resnet", "--image-size", "64", "--global-batch", "64")
+    bench("budget.py", *tiny, "--out", str(bench_json))
+    budget = json.loads(bench_json.read_text())["budget"]
+    per_view = budget["activation_mib_per_image_view"]
+    # bf16 autocast keeps half-size copies of what convolutions save: less than fp32, more than nothing
+    assert 0 < per_view["bf16"] < per_view["fp32"]
+    assert budget["gflop_per_image_view_fwd_bwd"] > 0 and budget["trainable_parameters"] > 0
+    memory = budget["gib_per_process_before_workspace"]
+    assert memory["1"]["fp32"] > memory["8"]["fp32"] >= budget["model_state_gib"]
+
+
+def test_repro_bench_times_only_an_up_to_date_pipeline(tmp_path: Path, bench_json: Path, run_dvc, run_git, dvc_env):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run_git(repo, "init", "-q")
+    run_dvc(repo, "init", "-q")
+    (repo / "input.txt").write_text("one\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: python -c \"open('output.txt','w').write(open('input.txt').read())\"\n"
+        "    deps: [input.txt]\n    outs: [output.txt]\n"
+    )
+    run_dvc(repo, "repro", "-q")
+    text = bench("repro.py", "--repo", str(repo), "--repeats", "1", "--out", str(bench_json), env=dvc_env)
+    noop = json.loads(bench_json.read_text())["repro_noop"]
+    assert noop["stages"] == 1 and noop["repro_seconds_median"] > 0 and "dvc repro with nothing to do" in text
+    (repo / "input.txt").write_text("two\n")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "repro.py"), "--repo", str(repo), "--repeats", "1", "--out", str(bench_json)],
+        env=dvc_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "not up to date" in done.stderr
+    assert (repo / "output.txt").read_text() == "one\n"  # nothing was re-run
+
+
+def test_table_marks_what_was_not_run(bench_json: Path) -> None:
+    bench_json.write_text(
+        json.dumps({"metrics": {"samples": 18000, "seconds_median": 0.02}, "repro_noop": None}, indent=1)
+    )
+    text = bench("run.py", "--table", "--out", str(bench_json))
+    lines = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert "0.020 s" in lines["(d) metrics, 18,000 samples"] and "yes" in lines["(d) metrics, 18,000 samples"]
+    assert "not run" in lines["(a) step efficiency"] and "not run" in lines["(e) dvc repro no-op"]
