@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from test_resume import tiny_data
 from torch import nn
 
 from owdfa.config import Section
@@ -244,33 +244,13 @@ def test_dpp_hooks_count_usage_prune_and_finalise(faithful):
 # end to end
 
 
-def _train_data():
-    from owdfa.training import TrainData
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
-    labels = np.arange(16) % 5
-    rows = np.arange(16)
-    lab = rows[labels < 3][::2]
-    return TrainData(
-        images=images,
-        labelled_rows=lab,
-        labelled_targets=labels[lab],
-        unlabelled_rows=np.setdiff1d(rows, lab),
-        val_rows=rows[:4],
-        val_targets=labels[:4],
-        num_known=3,
-        num_classes=5,
-    )
-
-
 @pytest.mark.parametrize(("dpp", "ffe"), [(False, False), (True, False), (True, True)])
 def test_run_training_smoke(dpp, ffe):
     from owdfa.training import TrainConfig, run_training
 
     config = TrainConfig(backbone="test_resnet", epochs=2, batch_size=8, eval_batch_size=8, device="cpu")
     method = _cal(dpp=dpp, ffe=ffe, acr_start_epoch=1, dpp_faithful=False)
-    result = run_training(config, _train_data(), method, seed=0)
+    result = run_training(config, tiny_data(16), method, seed=0)
     record = result.history[-1]
     for key in ("ce", "entropy_reg", "ccr", "acr", "loss"):
         assert math.isfinite(record[f"train/{key}"])

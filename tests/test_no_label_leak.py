@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 from safetensors.torch import load_file
+from test_resume import build_tiny_split
 
 from owdfa.config import Section
-from owdfa.data.align import align, read_faces
-from owdfa.data.index import build_index, write_index
-from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE, write_split
-from owdfa.data.synthetic import SyntheticConfig, write_benchmark
+from owdfa.data.align import read_faces
+from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE
 from owdfa.evaluation import kmeans_k_estimate
 from owdfa.pipeline import train
 from owdfa.training import pick_device
@@ -29,23 +28,7 @@ VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("leak")
-    config = SyntheticConfig(image_size=32, identities=8, real_images=24, images_per_method=8)
-    write_benchmark(config, base / "raw", workers=1)
-    rows, _ = build_index(base / "raw")
-    write_index(rows, base / "index.csv")
-    align(Section({"mode": "resize", "image_size": 32}, "align"), base / "raw", base / "index.csv", base / "faces")
-    faces, _ = read_faces(base / "faces")
-    split = {
-        "seed": 1,
-        "budgets": {"real": 24, "known": 8, "novel": 8},
-        "test_fraction": 0.25,
-        "labelled_fraction": 0.75,
-        "val_fraction": 0.2,
-        "allow_short_classes": False,
-        "group_by_video": False,
-        "custom_protocols": {},
-    }
-    write_split(Section(split, "split"), faces, "p1", base / "split")
+    build_tiny_split(base)
     # The same split with every unlabelled and test label permuted.
     shuffled = base / "split_shuffled"
     shuffled.mkdir()
