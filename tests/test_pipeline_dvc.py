@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -265,6 +267,54 @@ def test_evaluate_param_reruns_only_evaluate_and_report(tiny_repo: TinyRepo) -> 
         run = json.loads(tiny_repo.read("reports/runs/p1-baseline-0/run.json"))
         assert run["checkpoint"] == "val_best"
         assert tiny_repo.status() == {}
+
+
+def _out_md5(lock_text: str, stage: str, path: str) -> str:
+    outs = yaml.safe_load(lock_text)["stages"][stage]["outs"]
+    return next(o["md5"] for o in outs if o["path"] == path)
+
+
+def test_killed_repro_resumes_training(tiny_repo: TinyRepo) -> None:
+    """SIGKILL `dvc repro` (and its stage) mid-training, as a pre-empted node would; the next
+    `dvc repro` resumes from the last epoch's checkpoint and records the same outputs as an
+    uninterrupted run. A finished run leaves an empty checkpoint folder that checkout restores."""
+    stage, run = "train@p1-baseline-0", "p1-baseline-0"
+    checkpoints = tiny_repo.path / "data" / "checkpoints" / "train" / run
+    with tiny_repo.params({"train.epochs": 6}):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+            cwd=tiny_repo.path,
+            env=tiny_repo.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while not any(checkpoints.glob("epoch-000[2-5].safetensors")):
+            assert proc.poll() is None, "dvc repro ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert stage in tiny_repo.status(), "killed too late: the stage had finished"
+
+        resumed = tiny_repo.dvc("repro", "--single-item", stage)
+        assert ran_stages(resumed) == {stage} and "resuming after epoch" in resumed, resumed[-3000:]
+        assert stage not in tiny_repo.status()
+        lock = tiny_repo.read("dvc.lock").decode()
+        card = json.loads(tiny_repo.read(f"data/runs/{run}/card.json"))
+        assert len(card["history"]) == 6
+        assert list(checkpoints.iterdir()) == []
+
+        whole = tiny_repo.dvc("repro", "--force", "--single-item", stage)
+        assert "resuming" not in whole
+        assert _out_md5(tiny_repo.read("dvc.lock").decode(), stage, f"data/runs/{run}") == _out_md5(
+            lock, stage, f"data/runs/{run}"
+        )
+
+        shutil.rmtree(tiny_repo.path / "data" / "checkpoints")
+        tiny_repo.dvc("checkout", "-q")
+        assert checkpoints.is_dir() and stage not in tiny_repo.status()
 
 
 def test_exp_run_records_metrics(tiny_repo: TinyRepo) -> None:
