@@ -141,6 +141,8 @@ def evaluate(
     """Score the model on the held-out test split and write the run's metrics, predictions and figures."""
     config = evaluate_config(section)
     device = pick_device(config.device)
+    precision = config.precision if device.type == "cuda" else "fp32"
+    print(f"evaluate {out_dir.name}: device {device}, precision {precision}", flush=True)
     manifest, classes = read_split(split_dir)
     _, images = read_faces(faces_dir)
     test = manifest[manifest["split"] == "test"]
