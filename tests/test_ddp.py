@@ -61,7 +61,7 @@ def one_step_gradients(method_name: str, world: World) -> dict[str, torch.Tensor
     images = torch.rand(8, 3, 32, 32, generator=gen)
     strong = images.flip(-1)
     targets = torch.tensor([0, -1, 1, -1, 2, -1, -1, 0])
-    mine = world.shard(8)
+    mine = world.part(8)
     loss, _ = forward_loss(
         model,
         method,

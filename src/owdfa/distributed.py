@@ -77,13 +77,8 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, rows: int) -> slice:
-        """This rank's contiguous share of a global batch of `rows` rows (rows % size == 0)."""
-        per = rows // self.size
-        return slice(self.rank * per, (self.rank + 1) * per)
-
     def part(self, rows: int) -> slice:
-        """This rank's contiguous share of `rows` items that need not divide evenly (evaluation)."""
+        """This rank's contiguous share of `rows` items, in rank order (equal shares when size divides rows)."""
         return slice(rows * self.rank // self.size, rows * (self.rank + 1) // self.size)
 
     def sum_counts(self, counts: list[int], device: torch.device) -> list[int]:
@@ -256,14 +251,14 @@ class GlobalBatchDropout(nn.Dropout):
 
     def __init__(self, p: float, world: World) -> None:
         super().__init__(p)
-        self.world_size, self.rank = world.size, world.rank
+        self.world = world
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return input
         rows = input.shape[0]
-        mask = F.dropout(input.new_ones((rows * self.world_size, *input.shape[1:])), self.p, True)
-        return input * mask[self.rank * rows : (self.rank + 1) * rows]
+        mask = F.dropout(input.new_ones((rows * self.world.size, *input.shape[1:])), self.p, True)
+        return input * mask[self.world.part(rows * self.world.size)]
 
 
 def _global_batchnorm(bn: nn.modules.batchnorm._BatchNorm) -> GlobalBatchNorm:

@@ -29,7 +29,7 @@ from owdfa.errors import DataError
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
-from owdfa.training import max_softmax, pick_device, predict
+from owdfa.training import describe_device, max_softmax, pick_device, predict
 from owdfa.uncertainty import (
     expected_calibration_error,
     matched_correct,
@@ -141,8 +141,7 @@ def evaluate(
     """Score the model on the held-out test split and write the run's metrics, predictions and figures."""
     config = evaluate_config(section)
     device = pick_device(config.device)
-    precision = config.precision if device.type == "cuda" else "fp32"
-    print(f"evaluate {out_dir.name}: device {device}, precision {precision}", flush=True)
+    print(f"evaluate {out_dir.name}: {describe_device(device, config.precision)}", flush=True)
     manifest, classes = read_split(split_dir)
     _, images = read_faces(faces_dir)
     test = manifest[manifest["split"] == "test"]

@@ -326,7 +326,7 @@ class TrainStep:
         weak = weak_view(x, config.augment, gen)
         strong = strong_view(x, config.augment, gen) if self.method.uses_strong_view else None
         if world.active:  # every rank made the global batch's views (same generator draws); keep our rows
-            mine = world.shard(config.batch_size)
+            mine = world.part(config.batch_size)
             weak, strong = weak[mine], strong[mine] if strong is not None else None
         loss, terms = forward_loss(
             self.forward,
@@ -456,7 +456,7 @@ def _train(
     world.check_same(model)
     start_epoch = len(history)
     if world.is_main:
-        tqdm.write(f"{desc}: {_describe(device, config.precision, world)}")
+        tqdm.write(f"{desc}: {describe_device(device, config.precision, world)}")
         if start_epoch:
             tqdm.write(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {checkpoint_dir}")
     live = _open_live(live_dir, history) if world.is_main else None
@@ -528,7 +528,9 @@ def _train(
     )
 
 
-def _describe(device: torch.device, precision: str, world: World) -> str:
+def describe_device(device: torch.device, precision: str, world: World | None = None) -> str:
+    """What a stage runs on, for its log: the device, the precision actually used and the world size."""
+    world = world or World()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         mode = "bf16 autocast" if precision == "bf16" else "fp32"
@@ -776,23 +778,22 @@ def save_checkpoint(
         os.fsync(handle.fileno())
     os.replace(tmp, final)
     _fsync_dir(directory)
-    for other in directory.iterdir():
-        if other != final and (CHECKPOINT_NAME.match(other.name) or _is_partial(other.name)):
-            other.unlink(missing_ok=True)
+    clear_checkpoints(directory, keep=final)
     return final
 
 
-def clear_checkpoints(directory: Path) -> None:
-    """Once the model directory is written: remove this run's checkpoint files, keep the (empty) folder.
+def clear_checkpoints(directory: Path, keep: Path | None = None) -> None:
+    """Remove the checkpoint files (complete or half-written) in `directory` but `keep`; keep the folder.
 
-    A finished run then leaves no optimizer state on disk, and a forced re-run really trains again
+    After a new checkpoint, the older ones go. Once the model directory is written, all go: a
+    finished run then leaves no optimizer state on disk, and a forced re-run really trains again
     instead of resuming after its last epoch. The folder stays because the stage declares it as an
     output. Only files named like checkpoints are touched.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for path in directory.iterdir():
-        if CHECKPOINT_NAME.match(path.name) or _is_partial(path.name):
+        if path != keep and (CHECKPOINT_NAME.match(path.name) or _is_partial(path.name)):
             path.unlink(missing_ok=True)
 
 
