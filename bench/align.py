@@ -28,7 +28,7 @@ from pathlib import Path
 
 import dlib
 import numpy as np
-from common import merge_into
+from common import cpu_name, merge_into
 from PIL import Image
 
 from owdfa.config import Section
@@ -83,17 +83,10 @@ def _version(package: str) -> str:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "available_cores": available_cores(),
         "dlib": dlib.__version__,

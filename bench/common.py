@@ -1,8 +1,10 @@
-"""Shared by the bench scripts: merging one section into reports/bench.json without losing the others."""
+"""Shared by the bench scripts: merging one section into reports/bench.json without losing the others,
+and naming the machine a result was measured on."""
 
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,3 +24,13 @@ def merge_into(path: Path, key: str, report: dict[str, Any]) -> None:
             sys.exit(f"error: {path}: expected a JSON object")
     merged[key] = report
     atomic_write_json(path, merged)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

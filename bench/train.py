@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import merge_into
+from common import cpu_name, merge_into
 
 from owdfa.config import Section
 from owdfa.data.views import strong_view, weak_view
@@ -169,15 +169,6 @@ def input_pipeline(config: TrainConfig, data: TrainData, device: torch.device, m
         strong_view(x, config.augment, gen)
 
     return step
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def device_info(device: torch.device, config: TrainConfig) -> dict[str, object]:
