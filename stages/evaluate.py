@@ -1,10 +1,10 @@
-"""DVC stage `evaluate@<protocol>-<method>-<seed>`: test-split metrics of one run (params: evaluate)."""
+"""DVC stage `evaluate@<protocol>-<method>-<seed>`: test-split metrics of one run (params: evaluate, numerics)."""
 
 import argparse
 from pathlib import Path
 
 from owdfa.config import Section
-from owdfa.evaluation import evaluate
+from owdfa.numerics import pin_from_params
 from owdfa.stage import run_stage
 
 
@@ -17,6 +17,9 @@ def main() -> None:
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
+    pin_from_params(args.params)  # before torch and NumPy load: the kernels they pick decide the numbers
+    from owdfa.evaluation import evaluate
+
     m = evaluate(
         Section.from_file("evaluate", args.params), args.model, args.split, args.faces, args.out, args.predictions
     )

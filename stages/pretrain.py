@@ -1,4 +1,4 @@
-"""DVC stage `pretrain@<protocol>`: supervised training on the labelled known classes (params: pretrain).
+"""DVC stage `pretrain@<protocol>`: supervised training on the labelled known classes (params: pretrain, numerics).
 
 `pretrain.nproc` and `--checkpoints` work as in the train stage (see stages/train.py).
 """
@@ -7,10 +7,8 @@ import argparse
 from pathlib import Path
 
 from owdfa.config import Section
-from owdfa.distributed import relaunch
-from owdfa.pipeline import PRETRAIN_EXTRA, pretrain
+from owdfa.numerics import pin_from_params
 from owdfa.stage import run_stage
-from owdfa.training import train_config
 
 
 def main() -> None:
@@ -21,6 +19,11 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=None, help="per-epoch checkpoint directory (resume)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
+    pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
+    from owdfa.distributed import relaunch
+    from owdfa.pipeline import PRETRAIN_EXTRA, pretrain
+    from owdfa.training import train_config
+
     section = Section.from_file("pretrain", args.params)
     nproc = train_config(section, extra_keys=PRETRAIN_EXTRA).nproc  # checks the params before launching
     relaunch(nproc if section.bool("enabled") else 1)

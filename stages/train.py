@@ -1,4 +1,4 @@
-"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train).
+"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train, numerics).
 
 `train.nproc: N > 1` re-runs this command under `torchrun --standalone --nproc_per_node N` (one node,
 N data-parallel processes: one per GPU, or gloo processes on the CPU). For several nodes start it
@@ -11,10 +11,8 @@ import argparse
 from pathlib import Path
 
 from owdfa.config import Section
-from owdfa.distributed import relaunch
-from owdfa.pipeline import train
+from owdfa.numerics import pin_from_params
 from owdfa.stage import run_stage
-from owdfa.training import train_config
 
 
 def main() -> None:
@@ -29,6 +27,11 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=None, help="per-epoch checkpoint directory (resume)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
+    pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
+    from owdfa.distributed import relaunch
+    from owdfa.pipeline import train
+    from owdfa.training import train_config
+
     section = Section.from_file("train", args.params)
     relaunch(train_config(section, extra_keys=("methods",)).nproc)  # checks the params before launching
     train(

@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from owdfa.numerics import Numerics, pin
+
+# Before anything imports torch or NumPy: tests compute under the same pinned kernels and thread count
+# as the stages (params.yaml's numerics defaults), so in-process results equal the stages' exactly.
+pin(Numerics())
+
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "owdfa tests",
     "GIT_AUTHOR_EMAIL": "tests@owdfa.invalid",

@@ -50,7 +50,6 @@ TRAIN = {
     "labelled_share": 0.5,
     "augment": {"flip_prob": 0.5, "crop_prob": 0.2, "crop_scale": [0.5, 1.0], "jitter_prob": 0.2, "jitter": 0.4},
     "eval_batch_size": 16,
-    "threads": 0,
     "device": "cpu",
 }
 BASELINE = {"entropy_weight": 1.0, "distill_weight": 0.2, "teacher_temp": 0.1, "student_temp": 1.0}

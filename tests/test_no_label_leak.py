@@ -47,7 +47,7 @@ def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
 def _train_section(variant: str) -> Section:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     section = copy.deepcopy(params["train"])
-    section.update(epochs=3, batch_size=8, lr_step=2, threads=1, device="cpu")
+    section.update(epochs=3, batch_size=8, lr_step=2, device="cpu")
     method = section["methods"][variant]
     if "acr_start_epoch" in method:
         method["acr_start_epoch"] = 0  # exercise ACR's pseudo-labels within the short run

@@ -59,10 +59,10 @@ def build_tiny_split(base: Path) -> tuple[Path, Path]:
 
 
 def write_tiny_params(path: Path, **train: object) -> Path:
-    """params.yaml with a seconds-long train section (CPU, one thread, ACR from epoch 0)."""
+    """params.yaml with a seconds-long train section (CPU, ACR from epoch 0)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     section = copy.deepcopy(params["train"])
-    section.update(epochs=5, batch_size=8, lr_step=2, threads=1, device="cpu")
+    section.update(epochs=5, batch_size=8, lr_step=2, device="cpu")
     section.update(train)
     for method in section["methods"].values():
         if "acr_start_epoch" in method:
@@ -162,7 +162,7 @@ def tiny_data(size: int = 40) -> TrainData:
 
 
 CONFIG = TrainConfig(
-    backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, threads=1, device="cpu"
+    backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, device="cpu"
 )
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from owdfa.errors import DataError, OwdfaError
+from owdfa.numerics import DEFAULT_THREADS, Numerics, pin
 
 if TYPE_CHECKING:  # heavy imports (torch, dlib) wait until a command needs them: `--help` stays fast
     from owdfa.data.faces import FaceAligner, FaceSettings
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     attr.add_argument("--predictor", type=Path, help="dlib 68-landmark model for --align aligned")
     attr.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    attr.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=DEFAULT_THREADS,
+        help=f"CPU compute threads; the numbers depend on them (default {DEFAULT_THREADS}, as params.yaml's numerics)",
+    )
+    attr.add_argument(
+        "--native-numerics",
+        action="store_true",
+        help="let torch pick the widest CPU kernels: faster on some machines, but scores may differ in the last "
+        "digits from the evaluate stage's (default: exact mode, see owdfa.numerics)",
+    )
     return parser
 
 
@@ -418,6 +431,7 @@ def chunk_size(image_size: int) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
+    pin(Numerics(reproducible=not args.native_numerics, threads=args.threads))  # before torch loads
     import torch
 
     from owdfa.training import pick_device

@@ -5,7 +5,8 @@ split, side by side, so nobody has to pick one on the test split. The analysis (
 calibration, MC-dropout uncertainty, SS-k-means K estimate, figures) uses `evaluate.checkpoint`.
 Outputs, all under the run's folder:
   metrics.json  {last: {...}, val_best: {...}, k_hat, k_true, k_error, k_hat_sskmeans, ..., calibration: {...}}
-  run.json      what was evaluated (protocol, method, seed, checkpoint, K̂ per epoch, method settings)
+  run.json      what was evaluated (protocol, method, seed, checkpoint, K̂ per epoch, method settings) and
+                the numerics that training and evaluation computed under (owdfa.numerics)
   confusion.csv, reliability.csv, k_trajectory.csv   data plots for `dvc plots`
   plots/*.png   confusion matrix, reliability diagram, confidence histograms, t-SNE, uncertainty maps,
                 training curves, K̂ per epoch
@@ -29,7 +30,9 @@ from owdfa.errors import DataError
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
-from owdfa.training import describe_device, max_softmax, pick_device, predict
+from owdfa.numerics import describe as describe_numerics
+from owdfa.numerics import deterministic_torch
+from owdfa.training import describe_device, effective_precision, max_softmax, pick_device, predict
 from owdfa.uncertainty import (
     expected_calibration_error,
     matched_correct,
@@ -140,6 +143,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the model on the held-out test split and write the run's metrics, predictions and figures."""
     config = evaluate_config(section)
+    deterministic_torch()
     device = pick_device(config.device)
     print(f"evaluate {out_dir.name}: {describe_device(device, config.precision)}", flush=True)
     manifest, classes = read_split(split_dir)
@@ -226,6 +230,8 @@ def evaluate(
         "k_trajectory": trajectory,
         "mc_dropout_passes": config.mc_dropout_passes,
         "metric_convention": METRIC_CONVENTION,
+        "trained_under": card.get("numerics"),
+        "evaluated_under": describe_numerics(str(device), effective_precision(device, config.precision)),
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_json(out_dir / "run.json", run)

@@ -16,6 +16,7 @@ from owdfa.errors import DataError
 from owdfa.methods import build_method
 from owdfa.methods.base import Supervised
 from owdfa.model_io import load_state, params_hash, read_card, save_model_dir
+from owdfa.numerics import describe as describe_numerics
 from owdfa.training import TrainData, TrainResult, clear_checkpoints, run_training, train_config
 
 PRETRAIN_EXTRA = ("enabled", "seed")
@@ -62,6 +63,7 @@ def _card(
         "val_best_epoch": result.best_val_epoch,
         "history": result.history,
         "trained_on": result.device,
+        "numerics": describe_numerics(result.device, result.precision),
         "params_hash": params_hash(config_params),
         "preprocessing": read_preprocessing(faces_dir),
         **extra,

@@ -20,6 +20,7 @@ import pandas as pd
 
 from owdfa.errors import DataError
 from owdfa.io import atomic_write_json, atomic_write_text
+from owdfa.numerics import summary as numerics_summary
 
 # Per checkpoint (`last` and `val_best`) in the per-run metrics.json.
 CHECKPOINT_KEYS = (
@@ -125,6 +126,26 @@ def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
         text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "loss")
         rows.append([method, str(run.get("loss")), text])
     return ["## Methods", "", *_table(["Method", "loss", "settings (train.methods.<name> in params.yaml)"], rows), ""]
+
+
+def _numerics(grid: _Grid) -> list[str]:
+    """Under which numerics the tables were computed, and whether a fresh clone regenerates them exactly."""
+    seen: dict[str, list[str]] = {}
+    for (protocol, method), infos in grid.info.items():
+        for seed, run in zip(grid.seeds, infos, strict=True):
+            for step in ("trained_under", "evaluated_under"):
+                record = run.get(step)
+                text = numerics_summary(record) if record else "not recorded (a run from before owdfa.numerics)"
+                seen.setdefault(text, []).append(f"{step.split('_')[0]} {run_key(protocol, method, seed)}")
+    exact = all(text.startswith("exact mode") for text in seen)
+    verdict = (
+        "Every training and evaluation run behind these tables ran in **exact mode** (pinned AVX2 kernels and thread "
+        "count): a fresh clone on another x86-64 machine with AVX2 computes the same bits (README: 'Exact results')."
+        if exact
+        else "**Not every run was in exact mode**: another machine (or thread count) may give other numbers."
+    )
+    rows = [[text, str(len(where))] for text, where in sorted(seen.items())]
+    return ["## Numerics", "", verdict, "", *_table(["numerics (owdfa.numerics)", "runs"], rows), ""]
 
 
 class _Grid:
@@ -320,6 +341,7 @@ def build_report(
         lines += _protocol_section(grid, protocol, methods, figures)
     lines += _ablation(grid, protocols, methods)
     lines += _legend({m: grid.info[protocols[0], m][0] for m in methods})
+    lines += _numerics(grid)
     lines.append(
         "Per-run figures (confusion matrix, reliability diagram, confidence histograms, t-SNE of test features, "
         "MC-dropout uncertainty maps, training curves, K̂ per epoch) are in "

@@ -42,6 +42,8 @@ from owdfa.errors import ConfigError
 from owdfa.io import atomic_write_text
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
+from owdfa.numerics import describe as describe_numerics
+from owdfa.numerics import deterministic_torch
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,6 @@ class TrainConfig:
     labelled_share: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval_batch_size: int = 256
-    threads: int = 0
     device: str = "auto"
     nproc: int = 1
     precision: str = "bf16"
@@ -91,7 +92,6 @@ def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainCon
             jitter=aug.float("jitter", min=0.0, max=0.95),
         ),
         eval_batch_size=section.int("eval_batch_size", min=1),
-        threads=section.int("threads", min=0),
         device=section.str("device", choices=("auto", "cpu", "cuda")),
         nproc=section.int("nproc", min=1, default=1),
         precision=section.str("precision", choices=("bf16", "fp32"), default="bf16"),
@@ -130,6 +130,7 @@ class TrainResult:
     best_val_state: dict[str, torch.Tensor] | None
     best_val_epoch: int | None
     device: str
+    precision: str = "fp32"  # what the arithmetic actually was (the CPU always runs fp32)
     is_main: bool = True  # False on every process but rank 0 of a multi-process run: write nothing
 
 
@@ -137,8 +138,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    deterministic_torch()
 
 
 def pick_device(name: str) -> torch.device:
@@ -369,9 +369,7 @@ def run_training(
     """
     world = world_from_env()
     _check_divisible(config.batch_size, world.size, section_name, f"the {world.size} training processes")
-    seed_everything(seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    seed_everything(seed)  # compute threads and kernels: owdfa.numerics, pinned before torch loaded
     device = device_for(world, pick_device(config.device), section_name)
     created = start(world, device) if world.active else False
     try:
@@ -524,19 +522,21 @@ def _train(
         best_val_state=best_state,
         best_val_epoch=best_epoch,
         device=str(device) if not world.active else f"{device.type} x{world.size}",
+        precision=effective_precision(device, config.precision),
         is_main=world.is_main,
     )
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """The arithmetic a run really uses: bf16 autocast on CUDA when asked, fp32 otherwise."""
+    return "bf16 autocast" if device.type == "cuda" and precision == "bf16" else "fp32"
 
 
 def describe_device(device: torch.device, precision: str, world: World | None = None) -> str:
     """What a stage runs on, for its log: the device, the precision actually used and the world size."""
     world = world or World()
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        mode = "bf16 autocast" if precision == "bf16" else "fp32"
-    else:
-        name, mode = f"cpu ({torch.get_num_threads()} threads)", "fp32"
-    return f"device {name}, precision {mode}, world size {world.size}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return f"device {name}, precision {effective_precision(device, precision)}, world size {world.size}"
 
 
 # --- dvclive ------------------------------------------------------------------------------------
@@ -602,7 +602,7 @@ def _trim_live(live_dir: Path, history: list[dict[str, Any]]) -> bool:
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")
-_SOURCES = ("training.py", "distributed.py", "pipeline.py", "methods", "models", "data/views.py")
+_SOURCES = ("training.py", "numerics.py", "distributed.py", "pipeline.py", "methods", "models", "data/views.py")
 
 
 def _sha(*parts: Any) -> str:
@@ -677,6 +677,7 @@ def run_fingerprint(
             "images": [list(images.shape), str(images.dtype)],
             "world_size": world.size,
             "device": device.type,
+            "numerics": describe_numerics(device.type),  # an exact-mode run never continues a native one
             "versions": [torch.__version__, timm.__version__, np.__version__],
             "extra": extra or {},
         },

@@ -1,0 +1,200 @@
+"""CPU numerics pinned so that a run gives the same bits on every x86-64 machine (params: numerics).
+
+Floating-point training on the CPU depends on which kernels run, and those are chosen per machine:
+ATen's vector width (AVX2 or AVX-512), oneDNN's instruction set for convolutions, MKL's code path
+for matrix products, OpenBLAS's kernel for NumPy's (k-means, metrics) and the number of threads
+that split each reduction. In exact mode (`reproducible: true`, the default) every one of these is
+pinned to a level that every x86-64 machine of the last decade has (AVX2 with FMA) and to a fixed
+thread count, so a fresh clone on another machine regenerates `dvc.lock` and `reports/` byte for
+byte. `reproducible: false` leaves the libraries to pick the widest kernels and all cores.
+
+The libraries read these settings once, when they load, so `pin()` must run before torch or NumPy
+is imported: the stages and `owdfa attribute` call it first and import their library afterwards.
+Each pin was measured to matter (`bench/numerics.py`): leaving any one of them out changes the
+trained weights on an AVX-512 machine. NumPy's own SIMD dispatch (exp, log, sums) gave identical
+bits at AVX2 and AVX-512 and is not pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from owdfa.config import Section
+from owdfa.errors import ConfigError, OwdfaError
+
+KEYS = ("reproducible", "threads")
+DEFAULT_THREADS = 2  # the embedded benchmark's committed tables were computed with 2 threads
+REQUIRED_CPU_FLAGS = ("avx2", "fma")
+# What every library reads at load time in exact mode (thread counts are added by `exact_environment`).
+EXACT_ISA = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorised kernels: 8-wide float, not 16-wide
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN convolutions: no AVX-512 / AMX kernels
+    "MKL_CBWR": "AVX2,STRICT",  # MKL conditional numerical reproducibility: the AVX2 branch, strict
+    "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: the AVX2 kernels whatever the CPU
+}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+NUMERIC_MODULES = ("torch", "numpy")
+
+
+_pinned: Numerics | None = None
+
+
+class NumericsError(OwdfaError):
+    """Exact mode cannot be guaranteed in this process."""
+
+
+@dataclass(frozen=True)
+class Numerics:
+    reproducible: bool = True
+    threads: int = DEFAULT_THREADS
+
+    @classmethod
+    def from_section(cls, section: Section) -> Numerics:
+        section.check_unknown(KEYS)
+        numerics = cls(reproducible=section.bool("reproducible"), threads=section.int("threads", min=0))
+        if numerics.reproducible and numerics.threads == 0:
+            raise ConfigError(
+                section.key("threads"),
+                "0 (all cores) gives other numbers on a machine with another core count; "
+                f"set a count (e.g. {DEFAULT_THREADS}) or {section.key('reproducible')}: false",
+            )
+        return numerics
+
+    @property
+    def mode(self) -> str:
+        return "exact" if self.reproducible else "native"
+
+
+def exact_environment(threads: int) -> dict[str, str]:
+    """The environment variables that exact mode sets (before the numeric libraries load)."""
+    return {**EXACT_ISA, **dict.fromkeys(THREAD_VARIABLES, str(threads)), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else None
+
+
+def check_machine(machine: str | None = None, flags: set[str] | None = None) -> None:
+    """Exact mode is defined for x86-64 with AVX2 and FMA; elsewhere say so in one line."""
+    machine = machine or platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        raise ConfigError(
+            "numerics.reproducible",
+            f"exact CPU results are defined for x86-64 machines, this one is {machine}; "
+            "set numerics.reproducible: false (its numbers will differ from the committed tables)",
+        )
+    flags = _cpu_flags() if flags is None else flags
+    missing = [f for f in REQUIRED_CPU_FLAGS if flags is not None and f not in flags]
+    if missing:
+        raise ConfigError(
+            "numerics.reproducible",
+            f"exact mode computes with AVX2 and FMA, which this CPU lacks ({', '.join(missing)}); "
+            "set numerics.reproducible: false",
+        )
+
+
+def pin(numerics: Numerics) -> Numerics:
+    """Set the numeric libraries' environment for `numerics`; call before torch or NumPy is imported.
+
+    In a process that has already loaded them (a notebook, a test session) it only checks that
+    they were loaded under the same settings, and raises `NumericsError` otherwise.
+    """
+    wanted = exact_environment(numerics.threads) if numerics.reproducible else {}
+    if not numerics.reproducible and numerics.threads:
+        wanted = dict.fromkeys(THREAD_VARIABLES, str(numerics.threads))
+    if numerics.reproducible:
+        check_machine()
+    loaded = [name for name in NUMERIC_MODULES if name in sys.modules]
+    if loaded:
+        differs = sorted(k for k, v in wanted.items() if os.environ.get(k) != v)
+        if differs:
+            raise NumericsError(
+                f"numerics: {', '.join(loaded)} was imported before owdfa.numerics.pin() "
+                f"({', '.join(differs)} not set as {numerics.mode} mode needs); call pin() first"
+            )
+    os.environ.update(wanted)  # overrides a user's own ATEN_CPU_CAPABILITY etc. in exact mode
+    global _pinned
+    _pinned = numerics
+    return numerics
+
+
+def pinned() -> Numerics | None:
+    """What `pin()` set in this process (None: nothing was pinned, the libraries chose)."""
+    return _pinned
+
+
+def pin_from_params(params: Path) -> Numerics:
+    return pin(Numerics.from_section(Section.from_file("numerics", params)))
+
+
+def deterministic_torch() -> None:
+    """Deterministic algorithms wherever torch has them (cuBLAS needs its workspace fixed for that)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _config_version(pattern: str) -> str:
+    import torch
+
+    match = re.search(pattern, torch.__config__.show())
+    return match.group(1) if match else "unknown"
+
+
+def describe(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
+    """The numerics a run computed under, for model cards and reports.
+
+    In exact mode it holds only what the pins fix (never this machine's own CPU), so it is the same
+    on every machine that reproduces the run.
+    """
+    import numpy as np
+    import torch
+
+    numerics = pinned()
+    record: dict[str, Any] = {
+        "mode": numerics.mode if numerics else "unpinned",
+        "device": device,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "native"),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "versions": {
+            "torch": torch.__version__,
+            "mkl": _config_version(r"Math Kernel Library Version ([\d.]+)"),
+            "onednn": _config_version(r"MKL-DNN v(\S+)"),
+            "numpy": np.__version__,
+        },
+    }
+    return record
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line for logs and the report."""
+    if record.get("mode") == "exact":
+        isa = (
+            f"{record['aten_cpu_capability']} kernels "
+            f"(oneDNN {record['onednn_max_cpu_isa']}, MKL {record['mkl_cbwr']}, OpenBLAS {record['openblas_coretype']})"
+        )
+    else:
+        isa = f"native kernels ({record.get('aten_cpu_capability')})"
+    versions = record.get("versions", {})
+    return (
+        f"{record.get('mode')} mode: {isa}, {record.get('threads')} threads, {record.get('device')} "
+        f"{record.get('precision')}, torch {versions.get('torch')}, MKL {versions.get('mkl')}, "
+        f"oneDNN {versions.get('onednn')}"
+    )
