@@ -7,14 +7,20 @@
 
 Needs the pipeline's data (run `dvc repro` first). Writes reports/difficulty.json and prints a
 table. Usage: python bench/difficulty.py [--protocols p1 p2 p3]
+Computes under params.yaml's `numerics` (exact mode by default), pinned before torch and NumPy load.
 """
 
+# ruff: noqa: E402  (the numerics pin has to come before the numeric libraries' imports)
 from __future__ import annotations
 
 import argparse
 import json
 import time
 from pathlib import Path
+
+from owdfa.numerics import pin_from_params
+
+pin_from_params(Path("params.yaml"))
 
 import numpy as np
 from sklearn.cluster import KMeans

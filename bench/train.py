@@ -208,7 +208,6 @@ def main() -> None:
         lr=section["lr"],
         weight_decay=section["weight_decay"],
         labelled_share=section["labelled_share"],
-        threads=args.threads,
         device=args.device,
         precision=args.precision,
         compile=args.compile,

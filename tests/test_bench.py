@@ -90,3 +90,24 @@ def test_table_marks_what_was_not_run(bench_json: Path) -> None:
     lines = {line.split("  ")[0]: line for line in text.splitlines()}
     assert "0.020 s" in lines["(d) metrics, 18,000 samples"] and "yes" in lines["(d) metrics, 18,000 samples"]
     assert "not run" in lines["(a) step efficiency"] and "not run" in lines["(e) dvc repro no-op"]
+
+
+def test_numerics_bench_tiny(bench_json: Path) -> None:
+    tiny = ("--image-size", "32", "--batch-size", "8", "--steps", "1", "--rounds", "1", "--threads", "1")
+    text = bench("numerics.py", *tiny, "--out", str(bench_json))
+    report = json.loads(bench_json.read_text())
+    assert report["someone_else"] == {"kept": True}
+    numerics = report["numerics"]
+    assert set(numerics["images_per_s"]) == {
+        "none (reproducible: false)",
+        "ATEN_CPU_CAPABILITY only",
+        "ONEDNN_MAX_CPU_ISA only",
+        "MKL_CBWR only",
+        "all (exact mode)",
+    }
+    assert all(rate > 0 for rate in numerics["images_per_s"].values())
+    # each set-up really ran under its own pins: ATen's kernels are AVX2 exactly where they are pinned
+    assert numerics["aten_capability"]["all (exact mode)"] == "AVX2"
+    assert numerics["aten_capability"]["ATEN_CPU_CAPABILITY only"] == "AVX2"
+    assert numerics["time_vs_unpinned"]["none (reproducible: false)"] == 1.0
+    assert "all (exact mode)" in text

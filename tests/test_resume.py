@@ -161,9 +161,7 @@ def tiny_data(size: int = 40) -> TrainData:
     )
 
 
-CONFIG = TrainConfig(
-    backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, device="cpu"
-)
+CONFIG = TrainConfig(backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, device="cpu")
 
 
 def cal_dpp() -> CAL:

@@ -1,0 +1,181 @@
+"""Exact CPU numerics (owdfa.numerics): the params, the pins, and another machine simulated on this one.
+
+The machine test runs the real pretrain, train (CAL: FFE, convolutions, matrix products) and evaluate
+stages (k-means, metrics) of a tiny config twice: once as this machine is, once as a narrower machine
+would be, with every library's instruction set capped from outside (ATen without vector kernels,
+oneDNN at SSE4.1, MKL's SSE4.2 branch, OpenBLAS's Prescott kernels) and one CPU instead of all. In
+exact mode the two must agree bit for bit; with the pins off (reproducible: false, all cores) they
+must differ, which shows that the masks change the numbers and the test can fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_resume import build_tiny_split
+
+from owdfa.config import Section
+from owdfa.errors import ConfigError
+from owdfa.numerics import (
+    EXACT_ISA,
+    THREAD_VARIABLES,
+    Numerics,
+    NumericsError,
+    check_machine,
+    describe,
+    exact_environment,
+    pin,
+    summary,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a narrower machine looks like to the libraries (each variable is what that library reads).
+NARROW_MACHINE = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "MKL_CBWR": "SSE4_2",
+    "OPENBLAS_CORETYPE": "Prescott",
+}
+
+
+def section(**values: object) -> Section:
+    return Section({"reproducible": True, "threads": 2, **values}, "numerics")
+
+
+def test_params_defaults_and_one_line_errors() -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert Numerics.from_section(Section(params["numerics"], "numerics")) == Numerics(reproducible=True, threads=2)
+    assert Numerics.from_section(section(reproducible=False, threads=0)).mode == "native"
+    for bad, key in (
+        ({"threads": 0}, "numerics.threads"),  # all cores: another machine, another split of each reduction
+        ({"threads": -1}, "numerics.threads"),
+        ({"reproducible": "yes"}, "numerics.reproducible"),
+        ({"thread": 2}, "numerics.thread"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            Numerics.from_section(section(**bad))
+        assert info.value.key == key and "\n" not in str(info.value)
+
+
+def test_exact_environment_pins_every_library_and_the_threads() -> None:
+    env = exact_environment(3)
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["MKL_CBWR"] == "AVX2,STRICT" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    assert all(env[name] == "3" for name in THREAD_VARIABLES)
+
+
+def test_exact_mode_needs_x86_64_with_avx2_and_fma() -> None:
+    check_machine("x86_64", {"avx", "avx2", "fma"})
+    for machine, flags, words in (
+        ("aarch64", None, "x86-64"),
+        ("x86_64", {"avx", "sse4_2"}, "avx2, fma"),
+        ("x86_64", {"avx2"}, "fma"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            check_machine(machine, flags)
+        assert info.value.key == "numerics.reproducible" and words in str(info.value)
+        assert "reproducible: false" in str(info.value)
+
+
+def test_pin_after_torch_loaded_checks_instead_of_pretending() -> None:
+    import torch  # noqa: F401  (loaded by now in any case: conftest pinned first)
+
+    assert pin(Numerics()) == Numerics()  # the same settings: fine
+    with pytest.raises(NumericsError, match="OMP_NUM_THREADS") as info:
+        pin(Numerics(threads=3))
+    assert "\n" not in str(info.value)
+    assert os.environ["OMP_NUM_THREADS"] == "2"  # nothing was changed behind the loaded libraries
+
+
+def test_pin_overrides_a_users_own_caps_before_torch_loads() -> None:
+    probe = (
+        "from owdfa.numerics import Numerics, pin; pin(Numerics(threads=3)); import torch, json; "
+        "print(json.dumps([torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()]))"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '["AVX2", 3]'
+
+
+def test_record_holds_the_pins_not_the_machine() -> None:
+    record = describe("cpu", "fp32")
+    assert record["mode"] == "exact" and record["threads"] == 2
+    assert record["aten_cpu_capability"] == "AVX2"
+    assert record["onednn_max_cpu_isa"] == "AVX2" and record["mkl_cbwr"] == "AVX2,STRICT"
+    assert record["openblas_coretype"] == "Haswell" and record["deterministic_algorithms"] in (True, False)
+    assert set(record["versions"]) == {"torch", "mkl", "onednn", "numpy"}
+    assert "unknown" not in record["versions"].values()
+    text = summary(record)
+    assert text.startswith("exact mode: AVX2 kernels") and "2 threads" in text
+
+
+# --- another machine, simulated -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    return build_tiny_split(tmp_path_factory.mktemp("numerics"))
+
+
+def run_tiny_pipeline(
+    tiny: tuple[Path, Path], out: Path, numerics: dict[str, object], narrow: bool
+) -> dict[str, bytes]:
+    """pretrain + train (CAL) + evaluate as subprocesses; returns every output file's bytes."""
+    faces, split = tiny
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["numerics"].update(numerics)
+    params["pretrain"].update(epochs=1, batch_size=16, device="cpu")
+    params["train"].update(epochs=2, batch_size=16, lr_step=1, device="cpu")
+    params["train"]["methods"]["cal"]["acr_start_epoch"] = 0
+    params["evaluate"].update(device="cpu", mc_dropout_passes=2, tsne_max_points=0)
+    out.mkdir(parents=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if k not in EXACT_ISA and k not in THREAD_VARIABLES}
+    env["DVC_NO_ANALYTICS"] = "1"
+    if narrow:
+        env.update(NARROW_MACHINE)
+    one_cpu = min(os.sched_getaffinity(0))
+    common = ["--split", str(split), "--faces", str(faces), "--params", str(out / "params.yaml")]
+    for stage, args in (
+        ("pretrain", ["--out", str(out / "pretrain")]),
+        ("train", ["--method", "cal", "--seed", "0", "--init", str(out / "pretrain"), "--out", str(out / "run")]),
+        ("evaluate", ["--model", str(out / "run"), "--out", str(out / "report"), "--predictions", str(out / "p.csv")]),
+    ):
+        done = subprocess.run(
+            [sys.executable, f"stages/{stage}.py", *common, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            preexec_fn=(lambda: os.sched_setaffinity(0, {one_cpu})) if narrow else None,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    files = (p for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".png" and p.name != "params.yaml")
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_another_machine_gives_the_same_bits_in_exact_mode_only(tiny, tmp_path) -> None:
+    exact = {"reproducible": True, "threads": 2}
+    wide = run_tiny_pipeline(tiny, tmp_path / "exact-wide", exact, narrow=False)
+    narrow = run_tiny_pipeline(tiny, tmp_path / "exact-narrow", exact, narrow=True)
+    for name in ("pretrain/model.safetensors", "run/model.safetensors", "run/card.json", "p.csv"):
+        assert name in wide, sorted(wide)
+    assert wide.keys() == narrow.keys()
+    differing = [name for name in wide if wide[name] != narrow[name]]
+    assert not differing, f"exact mode differs on a narrower machine: {differing}"
+
+    native = {"reproducible": False, "threads": 0}
+    native_wide = run_tiny_pipeline(tiny, tmp_path / "native-wide", native, narrow=False)
+    native_narrow = run_tiny_pipeline(tiny, tmp_path / "native-narrow", native, narrow=True)
+    # without the pins the same masks change the trained weights: the masks matter, the test can fail
+    assert native_wide["pretrain/model.safetensors"] != native_narrow["pretrain/model.safetensors"]
+    assert native_wide["run/model.safetensors"] != native_narrow["run/model.safetensors"]
+    assert b'"mode": "native"' in native_wide["run/card.json"]
