@@ -11,6 +11,7 @@ must differ, which shows that the masks change the numbers and the test can fail
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,10 +93,10 @@ def test_pin_after_torch_loaded_checks_instead_of_pretending() -> None:
     assert os.environ["OMP_NUM_THREADS"] == "2"  # nothing was changed behind the loaded libraries
 
 
-def test_pin_overrides_a_users_own_caps_before_torch_loads() -> None:
+def test_pin_overrides_a_users_own_caps_and_thread_count() -> None:
     probe = (
-        "from owdfa.numerics import Numerics, pin; pin(Numerics(threads=3)); import torch, json; "
-        "print(json.dumps([torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()]))"
+        "from owdfa.numerics import Numerics, configure_torch, pin; pin(Numerics(threads=3)); import torch, json; "
+        "configure_torch(); print(json.dumps([torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()]))"
     )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
@@ -157,15 +158,17 @@ def run_tiny_pipeline(
         )
         assert done.returncode == 0, done.stderr[-3000:]
     files = (p for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".png" and p.name != "params.yaml")
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
+    result = {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
+    shutil.rmtree(out)  # the next run writes to the same paths, which the cards record
+    return result
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
 def test_another_machine_gives_the_same_bits_in_exact_mode_only(tiny, tmp_path) -> None:
     exact = {"reproducible": True, "threads": 2}
-    wide = run_tiny_pipeline(tiny, tmp_path / "exact-wide", exact, narrow=False)
-    narrow = run_tiny_pipeline(tiny, tmp_path / "exact-narrow", exact, narrow=True)
+    wide = run_tiny_pipeline(tiny, tmp_path / "run", exact, narrow=False)
+    narrow = run_tiny_pipeline(tiny, tmp_path / "run", exact, narrow=True)
     for name in ("pretrain/model.safetensors", "run/model.safetensors", "run/card.json", "p.csv"):
         assert name in wide, sorted(wide)
     assert wide.keys() == narrow.keys()
@@ -173,8 +176,8 @@ def test_another_machine_gives_the_same_bits_in_exact_mode_only(tiny, tmp_path) 
     assert not differing, f"exact mode differs on a narrower machine: {differing}"
 
     native = {"reproducible": False, "threads": 0}
-    native_wide = run_tiny_pipeline(tiny, tmp_path / "native-wide", native, narrow=False)
-    native_narrow = run_tiny_pipeline(tiny, tmp_path / "native-narrow", native, narrow=True)
+    native_wide = run_tiny_pipeline(tiny, tmp_path / "run", native, narrow=False)
+    native_narrow = run_tiny_pipeline(tiny, tmp_path / "run", native, narrow=True)
     # without the pins the same masks change the trained weights: the masks matter, the test can fail
     assert native_wide["pretrain/model.safetensors"] != native_narrow["pretrain/model.safetensors"]
     assert native_wide["run/model.safetensors"] != native_narrow["run/model.safetensors"]

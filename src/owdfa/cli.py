@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from owdfa.errors import DataError, OwdfaError
-from owdfa.numerics import DEFAULT_THREADS, Numerics, pin
+from owdfa.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
 
 if TYPE_CHECKING:  # heavy imports (torch, dlib) wait until a command needs them: `--help` stays fast
     from owdfa.data.faces import FaceAligner, FaceSettings
@@ -433,6 +433,8 @@ def chunk_size(image_size: int) -> int:
 def cmd_attribute(args: argparse.Namespace) -> int:
     pin(Numerics(reproducible=not args.native_numerics, threads=args.threads))  # before torch loads
     import torch
+
+    configure_torch()
 
     from owdfa.training import pick_device
 

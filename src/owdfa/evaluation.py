@@ -30,8 +30,8 @@ from owdfa.errors import DataError
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
+from owdfa.numerics import configure_torch
 from owdfa.numerics import describe as describe_numerics
-from owdfa.numerics import deterministic_torch
 from owdfa.training import describe_device, effective_precision, max_softmax, pick_device, predict
 from owdfa.uncertainty import (
     expected_calibration_error,
@@ -143,7 +143,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the model on the held-out test split and write the run's metrics, predictions and figures."""
     config = evaluate_config(section)
-    deterministic_torch()
+    configure_torch()
     device = pick_device(config.device)
     print(f"evaluate {out_dir.name}: {describe_device(device, config.precision)}", flush=True)
     manifest, classes = read_split(split_dir)

@@ -9,7 +9,8 @@ thread count, so a fresh clone on another machine regenerates `dvc.lock` and `re
 byte. `reproducible: false` leaves the libraries to pick the widest kernels and all cores.
 
 The libraries read these settings once, when they load, so `pin()` must run before torch or NumPy
-is imported: the stages and `owdfa attribute` call it first and import their library afterwards.
+is imported: the stages and `owdfa attribute` call it first and import their library afterwards;
+`configure_torch()` then sets what torch only takes at run time (thread count, deterministic algorithms).
 Each pin was measured to matter (`bench/numerics.py`): leaving any one of them out changes the
 trained weights on an AVX-512 machine. NumPy's own SIMD dispatch (exp, log, sums) gave identical
 bits at AVX2 and AVX-512 and is not pinned.
@@ -138,12 +139,19 @@ def pin_from_params(params: Path) -> Numerics:
     return pin(Numerics.from_section(Section.from_file("numerics", params)))
 
 
-def deterministic_torch() -> None:
-    """Deterministic algorithms wherever torch has them (cuBLAS needs its workspace fixed for that)."""
+def configure_torch() -> None:
+    """Once torch has loaded: deterministic algorithms and the pinned thread count.
+
+    torch caps a larger OMP_NUM_THREADS at this machine's core count when it starts, so the count
+    is set here explicitly: 2 threads on a 1-core machine still split every reduction in two.
+    cuBLAS needs its workspace fixed for deterministic algorithms.
+    """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if _pinned is not None and _pinned.threads:
+        torch.set_num_threads(_pinned.threads)
 
 
 def _config_version(pattern: str) -> str:

@@ -42,8 +42,8 @@ from owdfa.errors import ConfigError
 from owdfa.io import atomic_write_text
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
+from owdfa.numerics import configure_torch
 from owdfa.numerics import describe as describe_numerics
-from owdfa.numerics import deterministic_torch
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    deterministic_torch()
+    configure_torch()
 
 
 def pick_device(name: str) -> torch.device:
