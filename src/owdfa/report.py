@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,12 @@ def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def _numerics(grid: _Grid) -> list[str]:
     """Under which numerics the tables were computed, and whether a fresh clone regenerates them exactly."""
-    seen: dict[str, list[str]] = {}
-    for (protocol, method), infos in grid.info.items():
-        for seed, run in zip(grid.seeds, infos, strict=True):
+    seen: Counter[str] = Counter()
+    for infos in grid.info.values():
+        for run in infos:
             for step in ("trained_under", "evaluated_under"):
                 record = run.get(step)
-                text = numerics_summary(record) if record else "not recorded (a run from before owdfa.numerics)"
-                seen.setdefault(text, []).append(f"{step.split('_')[0]} {run_key(protocol, method, seed)}")
+                seen[numerics_summary(record) if record else "not recorded (a run from before owdfa.numerics)"] += 1
     exact = all(text.startswith("exact mode") for text in seen)
     verdict = (
         "Every training and evaluation run behind these tables ran in **exact mode** (pinned AVX2 kernels and thread "
@@ -144,7 +144,7 @@ def _numerics(grid: _Grid) -> list[str]:
         if exact
         else "**Not every run was in exact mode**: another machine (or thread count) may give other numbers."
     )
-    rows = [[text, str(len(where))] for text, where in sorted(seen.items())]
+    rows = [[text, str(count)] for text, count in sorted(seen.items())]
     return ["## Numerics", "", verdict, "", *_table(["numerics (owdfa.numerics)", "runs"], rows), ""]
 
 
