@@ -147,3 +147,91 @@ def test_model_with_ffe_forward() -> None:
     assert ((out["attention"] > 0) & (out["attention"] < 1)).all()
     assert out["logits"].shape == (2, 5)
     assert torch.isfinite(out["features"]).all()
+
+
+# --- FFE pooling: the official order (8x8 grid pool, then bilinear) at every input size -------------
+
+
+def _grid_pool_by_hand(a: np.ndarray, cells: int) -> np.ndarray:
+    """Per axis stride = size // cells, kernel = size - (cells - 1) * stride, plain window means."""
+    h, w = a.shape
+    sh, sw = h // cells, w // cells
+    kh, kw = h - (cells - 1) * sh, w - (cells - 1) * sw
+    out = np.empty((cells, cells))
+    for i in range(cells):
+        for j in range(cells):
+            out[i, j] = a[i * sh : i * sh + kh, j * sw : j * sw + kw].mean()
+    return out
+
+
+def _bilinear_by_hand(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """align_corners=False: source = (dst + 0.5) * in / out - 0.5, clamped at 0, linear between neighbours."""
+
+    def taps(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
+        result = []
+        for d in range(n_out):
+            src = max((d + 0.5) * n_in / n_out - 0.5, 0.0)
+            i0 = int(np.floor(src))
+            i1 = min(i0 + 1, n_in - 1)
+            result.append((i0, i1, src - i0))
+        return result
+
+    out = np.empty((out_h, out_w))
+    for y, (y0, y1, ly) in enumerate(taps(a.shape[0], out_h)):
+        for x, (x0, x1, lx) in enumerate(taps(a.shape[1], out_w)):
+            top = a[y0, x0] * (1 - lx) + a[y0, x1] * lx
+            bottom = a[y1, x0] * (1 - lx) + a[y1, x1] * lx
+            out[y, x] = top * (1 - ly) + bottom * ly
+    return out
+
+
+@pytest.mark.parametrize(
+    ("size", "fmap"),
+    [(64, 2), (96, 3), (100, 4), (240, 8), (256, 8)],  # test_resnet at 64 px; resnet50's /32 map otherwise
+)
+def test_ffe_weights_pool_to_8x8_then_resize_by_hand(size: int, fmap: int) -> None:
+    from owdfa.models.prototype import ffe_weights
+
+    rng = np.random.default_rng(size)
+    attention = rng.random((size, size))
+    expected = _grid_pool_by_hand(attention, 8)
+    if fmap != 8:
+        expected = _bilinear_by_hand(expected, fmap, fmap)
+    got = ffe_weights(torch.from_numpy(attention)[None, None], (fmap, fmap))[0, 0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_ffe_weights_overlap_at_100px() -> None:
+    # 100 px: stride 12, kernel 16 -> windows [0:16], [12:28], ..., [84:100] (overlapping by 4)
+    from owdfa.models.prototype import ffe_weights
+
+    attention = torch.zeros(1, 1, 100, 100, dtype=torch.float64)
+    attention[..., 12:16, :] = 1.0  # rows inside windows 0 and 1 only
+    pooled = ffe_weights(attention, (8, 8))[0, 0]
+    assert torch.allclose(pooled[0], torch.full((8,), 4 / 16, dtype=torch.float64))
+    assert torch.allclose(pooled[1], torch.full((8,), 4 / 16, dtype=torch.float64))
+    assert torch.count_nonzero(pooled[2:]) == 0
+
+
+def test_model_reweights_the_feature_map_with_the_official_ffe_map() -> None:
+    # At 64 px test_resnet's map is 2x2: the official map is the 8x8 pool resized bilinearly, which
+    # (align_corners=False, 8 -> 2) averages 8x8 cells 1,2 and 5,6 of each axis -- not the 32x32 means.
+    from owdfa.models import AttributionModel
+
+    torch.manual_seed(0)
+    model = AttributionModel("test_resnet", 5, ffe=True).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(images)
+        x = model.normalise(images)
+        fmap = model.backbone.forward_features(x)
+        cells = _grid_pool_by_hand(out["attention"][0, 0].double().numpy(), 8)
+        by_hand = np.array(
+            [
+                [cells[[1, 2]][:, [1, 2]].mean(), cells[[1, 2]][:, [5, 6]].mean()],
+                [cells[[5, 6]][:, [1, 2]].mean(), cells[[5, 6]][:, [5, 6]].mean()],
+            ]
+        )
+        weighted = fmap[:1] * torch.from_numpy(by_hand).float()
+        expected = model.neck(model.backbone.forward_head(weighted, pre_logits=True))  # eval BN: per row
+    torch.testing.assert_close(out["features"][:1], expected, rtol=1e-5, atol=1e-5)
