@@ -15,14 +15,27 @@ from owdfa.methods.dpp import apply_dpp, keep_count, merge_prototypes, usage_ord
 # keep_count
 
 
-def test_keep_count_float32_coverage_boundary():
-    # 28925 / 30307 = 0.95439997... < 0.9544 in float64, but rounds to float32(0.9544) in float32,
-    # so Stage I stops at k_min = 0. Tail = everything: mean 30307/7 = 4329.6, mean step
+def test_keep_count_float32_share_at_the_default_coverage():
+    # 28925 / 30307 = 0.95439997... in float64, but the float32 share is 0.95440000296 (the float32
+    # nearest 0.9544, which lies above it), and that is >= 0.9544 compared as a float64 too, so Stage I
+    # stops at k_min = 0. Tail = everything: mean 30307/7 = 4329.6, mean step
     # (28425+0+400+0+0+18)/6 = 4807.2 -> index 1 kept by its drop (28425), index 2 (500, step 0)
-    # fails -> 2. In float64 k_min would be 1 and the tail rule would keep 4.
+    # fails -> 2. With float64 shares k_min would be 1 and the tail rule would keep 4.
     usage = np.array([100, 500, 82, 28925, 100, 500, 100])
     assert keep_count(usage, 0.9544) == 2
     assert keep_count(torch.tensor(usage), 0.9544) == 2
+
+
+def test_keep_count_compares_float32_shares_with_a_float64_coverage():
+    # The official cut is NumPy searchsorted(float32 cumulative shares, coverage as a Python float).
+    # Sorted usage [90, 7, 3], total 100: shares float32 [0.9, 0.97, 1.0]; float32(0.9) =
+    # 0.89999998 < 0.9, so the first share reaching 0.9 is at index 1: k_min = 1. Tail [7, 3]:
+    # mean 5, mean step 4; index 2: 3 < 5 but |3 - 7| = 4 >= 4 -> kept -> 3 rows.
+    # (Comparing with float32(0.9) would give k_min = 0, tail mean 33.3, mean step 43.5: index 1 kept by
+    # its drop 83, index 2 (3 < 33.3, step 4 < 43.5) not -> 2.)
+    assert np.searchsorted(np.float32([0.9, 0.97, 1.0]), 0.9) == 1  # the official rule, independently
+    assert keep_count([90, 7, 3], 0.9) == 3
+    assert keep_count([3, 90, 7], 0.9) == 3
 
 
 def test_keep_count_flat_tail_is_kept_whole():

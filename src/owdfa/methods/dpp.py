@@ -36,8 +36,10 @@ def usage_order(novel_usage: torch.Tensor | np.ndarray | list) -> torch.Tensor:
 def keep_count(novel_usage: torch.Tensor | np.ndarray | list, coverage: float) -> int:
     """How many novel prototypes survive (Stage I + II), in float32 as the official code.
 
-    Stage I: k_min = first 0-based position of the sorted usages whose cumulative share reaches
-    `coverage` (float32 division, compared with float32(coverage)). Stage II: over the tail
+    Stage I: k_min = first 0-based position of the sorted usages whose float32 cumulative share
+    reaches `coverage` compared as a Python float (float64), NumPy `searchsorted` of the float32
+    shares as the official code does: usage [90, 7, 3] at 0.9 has share float32(0.9) =
+    0.89999998 < 0.9 at position 0, so k_min = 1 (a float32 comparison would give 0). Stage II: over the tail
     s[k_min:], keep extending while s[i] >= mean(tail) or |s[i] - s[i-1]| >= mean |successive
     difference| of the tail; stop at the first failure. Always keeps >= k_min + 1. All-zero
     usage (or a coverage never reached) keeps everything.
@@ -51,7 +53,7 @@ def keep_count(novel_usage: torch.Tensor | np.ndarray | list, coverage: float) -
         return n
     s = torch.sort(values, descending=True, stable=True).values
     cumulative = torch.cumsum(s, dim=0) / total
-    hits = torch.nonzero(cumulative >= torch.tensor(coverage, dtype=torch.float32)).flatten()
+    hits = torch.nonzero(cumulative.double() >= float(coverage)).flatten()
     if hits.numel() == 0:
         return n
     k_min = int(hits[0])
