@@ -115,6 +115,36 @@ def test_uncapped_threshold_above_one_disables_novel_pseudo_labels():
     assert terms["acr_kept_fraction"] == 1.0
 
 
+def test_threshold_arithmetic_is_the_official_float64_around_a_float32_clamp():
+    # Official: per-step float32 sums accumulated as Python floats, means and ratio in float64, the
+    # ratio clamped as a float32 tensor, then gamma * ratio in float64.
+    width = 3
+    known, novel = _row(0.8, 0, width), _row(0.6, 1, width)
+    m = _tau_after(0.8, 0.6, width)
+    probs = torch.softmax(torch.tensor([known, novel]), dim=1).max(dim=1).values  # float32, as the official step
+    ratio = float(probs[1]) / float(probs[0])
+    expected = 0.9 * float(torch.clamp(torch.tensor(ratio, dtype=torch.float32), 0.1, 10.0))
+    assert m.raw_tau_novel == expected  # exactly; a float32 product float32(0.9) * ratio is off in bit 24
+
+
+def test_student_temperature_enters_ce_regulariser_and_acr_confidence_as_official():
+    # student_temp 2: row 0 labelled (class 0) with logits [2 ln 3, 0] -> softmax(z/2) = [3/4, 1/4];
+    # rows 1, 2 unlabelled [2 ln 4, 0] -> [4/5, 1/5] and [2 ln 19, 0] -> [19/20, 1/20] (at T = 1: 16/17 and
+    # 361/362). CE = -ln(3/4) (both views). R = (ln 2 - H(pbar)) / 2 with pbar = [5/6, 1/6].
+    # ACR (known threshold 0.9, one known class): row 1 has 0.8 < 0.9 at T = 2 (refused, although 16/17 >= 0.9
+    # at T = 1), row 2 has 0.95 (kept); its CE is on the raw logits: -ln(361/362).
+    m = _cal(student_temp=2.0, ccr=False, acr_start_epoch=0)
+    weak = [[2 * math.log(3), 0.0], [2 * math.log(4), 0.0], [2 * math.log(19), 0.0]]
+    total, terms = m.step_loss(_step(weak, targets=[0, -1, -1], num_known=1))
+    pbar = [5 / 6, 1 / 6]
+    entropy = -sum(p * math.log(p) for p in pbar)
+    assert terms["ce"] == pytest.approx(-math.log(3 / 4), abs=1e-6)
+    assert terms["entropy_reg"] == pytest.approx((math.log(2) - entropy) / 2, abs=1e-6)
+    assert terms["acr_kept_fraction"] == 0.5
+    assert terms["acr"] == pytest.approx(math.log(362 / 361), abs=1e-6)
+    assert float(total) == pytest.approx(terms["ce"] + terms["entropy_reg"] + terms["acr"], abs=1e-6)
+
+
 def test_initial_threshold_accepts_every_novel_prediction():
     m = _cal(acr_start_epoch=5)
     # epoch 5, no statistics yet: novel row p = 0.4 kept (>= 0.0); known row p = 0.85 < 0.9 refused

@@ -2,18 +2,21 @@
 
 Per step (spec sections 3.1-3.5 and 10.1-10.3):
 * CE on the labelled rows of both views; the mean-entropy regulariser over both views of all rows
-  (C = the active prototypes, i.e. the logits' width);
+  (C = the active prototypes, i.e. the logits' width); both on logits / student_temp;
 * CCR: teacher q = softmax(z_weak / teacher_temp) (detached), rho = max q, lambda = (epoch+1)/E,
   per-row weight (1-lambda)*rho + lambda*(1-rho) (detached), loss = mean over all rows of
   weight * H(q, softmax(z_strong / student_temp));
 * ACR: statistics every step from epoch 0 over all rows whose weak and strong argmax agree
-  (labelled rows too), r = max softmax(z_weak); at each epoch end tau_novel = gamma * clamp(
-  mean r of predicted-novel / mean r of predicted-known, 0.1, 10) in float32, kept when either
-  group was empty (initially 0.0). From `acr_start_epoch` on, unlabelled rows whose weak argmax
-  passes its threshold (>=; gamma when predicted known, the novel threshold otherwise) are
-  trained with CE on their own weak logits and argmax.
-Total = ce + entropy_weight * reg + acr + ccr_weight * ccr. CE, regulariser and ACR use
-temperature 1 (as the official code); `student_temp` only enters CCR.
+  (labelled rows too), r = max softmax(z_weak) at temperature 1; the per-step sums are float32 and
+  are accumulated in float64, the ratio mean_novel / mean_known (float64) is clamped to [0.1, 10] in
+  float32 and tau_novel = gamma * that ratio in float64, kept when either group was empty (initially
+  0.0), as the official code computes it. From `acr_start_epoch` on, unlabelled rows whose
+  max softmax(z_weak / student_temp) passes the threshold of their predicted group (>=; gamma when
+  predicted known, the novel threshold otherwise) are trained with CE on their own weak logits (at
+  temperature 1, as the official code) and argmax.
+Total = ce + entropy_weight * reg + acr + ccr_weight * ccr. As in the official code, CE, the
+regulariser and ACR's confidences divide the logits by `student_temp` (1.0 in every released
+script), CCR's student too; ACR's CE and the threshold statistics use the raw logits.
 
 Labels of unlabelled rows never reach a method (targets are -1) and none is used.
 
@@ -67,7 +70,7 @@ class CAL(Method):
         self._reset_epoch_stats()
 
     def _reset_epoch_stats(self) -> None:
-        self._conf_sum = {"known": torch.zeros((), dtype=torch.float32), "novel": torch.zeros((), dtype=torch.float32)}
+        self._conf_sum = {"known": torch.zeros((), dtype=torch.float64), "novel": torch.zeros((), dtype=torch.float64)}
         self._conf_count = {"known": torch.zeros((), dtype=torch.long), "novel": torch.zeros((), dtype=torch.long)}
         self._usage: torch.Tensor | None = None
 
@@ -100,14 +103,17 @@ class CAL(Method):
         return min(self.raw_tau_novel, 1.0) if self.cap_novel_threshold else self.raw_tau_novel
 
     def update_thresholds(self) -> None:
-        """Epoch end: tau = gamma * clamp(mean_novel / mean_known, 0.1, 10) in float32 (kept if a group is empty)."""
+        """Epoch end: tau = gamma * clamp(mean_novel / mean_known, 0.1, 10) (kept if a group is empty).
+
+        The means and ratio are float64; the clamp runs on the ratio rounded to float32 and the
+        product is float64, as the official code does it.
+        """
         count_k, count_n = int(self._conf_count["known"]), int(self._conf_count["novel"])
         if count_k == 0 or count_n == 0:
             return
-        mean_k = self._conf_sum["known"].cpu() / count_k
-        mean_n = self._conf_sum["novel"].cpu() / count_n
-        ratio = torch.clamp(mean_n / mean_k, RATIO_MIN, RATIO_MAX)
-        self.raw_tau_novel = float(torch.tensor(self.known_threshold, dtype=torch.float32) * ratio)
+        ratio = (float(self._conf_sum["novel"]) / count_n) / (float(self._conf_sum["known"]) / count_k)
+        clamped = float(torch.clamp(torch.tensor(ratio, dtype=torch.float32), RATIO_MIN, RATIO_MAX))
+        self.raw_tau_novel = self.known_threshold * clamped
 
     def _accumulate_stats(self, zw: torch.Tensor, zs: torch.Tensor, num_known: int) -> None:
         with torch.no_grad():
@@ -116,7 +122,7 @@ class CAL(Method):
             known = agree & (pred < num_known)
             novel = agree & (pred >= num_known)
             for group, mask in (("known", known), ("novel", novel)):
-                self._conf_sum[group] = self._conf_sum[group].to(conf.device) + conf[mask].sum()
+                self._conf_sum[group] = self._conf_sum[group].to(conf.device) + conf[mask].sum().double()
                 self._conf_count[group] = self._conf_count[group].to(conf.device) + mask.sum()
 
     # --- the loss ------------------------------------------------------------------------------
@@ -127,8 +133,9 @@ class CAL(Method):
             raise ValueError("CAL needs the strong view")
         labelled = step.labelled
         self._num_known = step.num_known
-        ce = losses.supervised_ce(torch.cat([zw[labelled], zs[labelled]]), step.targets[labelled].repeat(2))
-        reg = losses.mean_entropy_regulariser(torch.cat([zw, zs]), num_views=2)
+        temp = self.student_temp
+        ce = losses.supervised_ce(torch.cat([zw[labelled], zs[labelled]]) / temp, step.targets[labelled].repeat(2))
+        reg = losses.mean_entropy_regulariser(torch.cat([zw, zs]) / temp, num_views=2)
 
         self._accumulate_stats(zw, zs, step.num_known)
         if self.dpp:
@@ -141,7 +148,7 @@ class CAL(Method):
         acr = zw.sum() * 0.0
         kept_fraction = 0.0
         if self.acr and step.epoch >= self.acr_start_epoch:
-            acr, keep = acr_loss(zw, ~labelled, step.num_known, self.known_threshold, self.tau_novel)
+            acr, keep = acr_loss(zw, ~labelled, step.num_known, self.known_threshold, self.tau_novel, temp)
             num_unlabelled = int((~labelled).sum())
             kept_fraction = int(keep.sum()) / num_unlabelled if num_unlabelled else 0.0
 
@@ -252,14 +259,16 @@ def acr_loss(
     num_known: int,
     known_threshold: float,
     novel_threshold: float,
+    student_temp: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard pseudo-label CE of the weak view on its own argmax (spec 3.4 / 10.2); returns (loss, keep mask).
 
-    Only unlabelled rows qualify; a row is kept when its max probability is >= the threshold of
-    its predicted group (known when argmax < num_known). The loss is 0 when no row is kept.
+    Only unlabelled rows qualify; a row is kept when its max softmax(logits / student_temp) is >=
+    the threshold of its predicted group (known when argmax < num_known). The CE itself is on the
+    raw logits, as the official code. The loss is 0 when no row is kept.
     """
     with torch.no_grad():
-        conf, pred = F.softmax(logits_weak.detach(), dim=1).max(dim=1)
+        conf, pred = F.softmax(logits_weak.detach() / student_temp, dim=1).max(dim=1)
         threshold = torch.where(
             pred < num_known,
             torch.tensor(known_threshold, dtype=conf.dtype, device=conf.device),
