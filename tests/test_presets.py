@@ -30,8 +30,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def header_flags(path: Path) -> dict[str, Any]:
-    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
-    return {key: yaml.safe_load(value) for key, value in FLAG.findall(header)}
+    """The -S flags of the header's `dvc exp run` command (its line and the continued lines after it)."""
+    command: list[str] = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if command or "dvc exp run" in line:
+            command.append(line)
+            if not line.rstrip().endswith("\\"):
+                break
+    return {key: yaml.safe_load(value) for key, value in FLAG.findall("\n".join(command))}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
@@ -47,3 +55,19 @@ def test_preset_keys_exist_in_params(preset: Path) -> None:
     params = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
     missing = [key for key in flatten(yaml.safe_load(preset.read_text())) if key not in params]
     assert not missing, f"{preset.name}: keys not in params.yaml: {missing}"
+
+
+def test_cal_preset_is_the_official_arithmetic_and_weights() -> None:
+    # timm 0.4.12's `resnet50` weights are timm >= 1.0's `resnet50.ram_in1k`; the official code runs fp32.
+    flags = header_flags(ROOT / "params" / "owdfa40-cal.yaml")
+    assert flags["train.backbone"] == "resnet50.ram_in1k"
+    assert flags["train.precision"] == flags["pretrain.precision"] == flags["evaluate.precision"] == "fp32"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_flag_a_preset_mentions_exists_in_params(preset: Path) -> None:
+    # the strict-parity line and other optional flags in the header's prose must be valid -S keys too
+    header = "\n".join(line for line in preset.read_text().splitlines() if line.startswith("#"))
+    params = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    mentioned = {key for key, _ in FLAG.findall(header)}
+    assert mentioned - set(params) == set()
