@@ -1,14 +1,30 @@
-"""GCD's semi-supervised k-means and its K estimate, on synthetic Gaussian blobs."""
+"""The two K estimators (GCD's, and our fold-based SS-k-means variant) and SS-k-means, on Gaussian blobs."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+from scipy.optimize import linear_sum_assignment, minimize_scalar
+from sklearn.cluster import KMeans
 
-from owdfa.methods.kmeans_k import estimate_k, ss_kmeans
+from owdfa.config import Section, load_params
+from owdfa.errors import ConfigError
+from owdfa.evaluation import evaluate_config, kmeans_k_estimate
+from owdfa.methods.kmeans_k import (
+    K_ESTIMATORS,
+    gcd_estimate_k,
+    run_k_estimator,
+    ss_kmeans,
+    ss_kmeans_folds_estimate_k,
+)
 from owdfa.metrics import cluster_acc
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def blobs(num_classes: int, dim: int = 8, per_class: int = 100, std: float = 0.05, seed: int = 0):
@@ -96,24 +112,24 @@ def test_ss_kmeans_needs_enough_unlabelled_rows():
 
 
 # --------------------------------------------------------------------------------------------------
-# estimate_k
+# ss_kmeans_folds_estimate_k (our variant)
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("num_classes", "num_known", "seed"), [(6, 3, 0), (6, 3, 1), (10, 5, 0), (10, 5, 2)])
-def test_estimate_k_recovers_true_k(num_classes, num_known, seed):
+def test_ss_folds_estimate_k_recovers_true_k(num_classes, num_known, seed):
     feats, truth = blobs(num_classes, seed=seed)
-    out = estimate_k(feats, hide(truth, num_known, seed=seed), num_known, 2 * num_classes, seed=seed)
+    out = ss_kmeans_folds_estimate_k(feats, hide(truth, num_known, seed=seed), num_known, 2 * num_classes, seed=seed)
     assert abs(out["k_hat"] - num_classes) <= 1, out
     assert out["k_max"] == 2 * num_classes and out["k_hat"] in out["evaluated"]
     assert all(num_known <= k <= 2 * num_classes and 0.0 <= v <= 1.0 for k, v in out["evaluated"].items())
     assert out["evaluated"][out["k_hat"]] == max(out["evaluated"].values())
 
 
-def test_estimate_k_is_deterministic_and_leaves_inputs_alone():
+def test_ss_folds_estimate_k_is_deterministic_and_leaves_inputs_alone():
     feats, truth = blobs(6, seed=7)
     labels = hide(truth, 3)
     feats_copy, labels_copy = feats.copy(), labels.copy()
-    first = estimate_k(feats, labels, 3, 12, seed=11)
-    assert first == estimate_k(feats, labels, 3, 12, seed=11)
+    first = ss_kmeans_folds_estimate_k(feats, labels, 3, 12, seed=11)
+    assert first == ss_kmeans_folds_estimate_k(feats, labels, 3, 12, seed=11)
     assert np.array_equal(feats, feats_copy) and np.array_equal(labels, labels_copy)
 
 
@@ -129,13 +145,15 @@ def test_true_labels_of_unlabelled_rows_cannot_matter():
     assert np.array_equal(labels_a, labels_b)  # the -1 the caller writes is all the API ever sees
     a, b = ss_kmeans(feats, labels_a, 3, 6, seed=4), ss_kmeans(feats, labels_b, 3, 6, seed=4)
     assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
-    assert estimate_k(feats, labels_a, 3, 12, seed=4) == estimate_k(feats, labels_b, 3, 12, seed=4)
+    assert ss_kmeans_folds_estimate_k(feats, labels_a, 3, 12, seed=4) == ss_kmeans_folds_estimate_k(
+        feats, labels_b, 3, 12, seed=4
+    )
 
 
-def test_estimate_k_edge_cases_and_errors():
+def test_ss_folds_estimate_k_edge_cases_and_errors():
     feats, truth = blobs(6)
     labels = hide(truth, 3)
-    assert estimate_k(feats, labels, 3, 3)["k_hat"] == 3
+    assert ss_kmeans_folds_estimate_k(feats, labels, 3, 3)["k_hat"] == 3
     for args in [
         (feats, labels, 3, 2),  # k_max < num_known
         (feats, np.full(truth.size, -1), 0, 6),  # nothing known to score with
@@ -144,20 +162,244 @@ def test_estimate_k_edge_cases_and_errors():
         (feats, labels, 3, 10_000),  # more clusters than rows
     ]:
         with pytest.raises(ValueError):
-            estimate_k(*args)
+            ss_kmeans_folds_estimate_k(*args)
 
 
-def test_timing_3000_by_96():
+def test_ss_folds_timing_3000_by_96():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 96))
     truth = rng.integers(0, 20, 3000)
     feats = (centres[truth] + 0.5 * rng.normal(size=(3000, 96))).astype(np.float32)
     labels = hide(truth, 10)
     start = time.perf_counter()
-    out = estimate_k(feats, labels, 10, 30)
+    out = ss_kmeans_folds_estimate_k(feats, labels, 10, 30)
     elapsed = time.perf_counter() - start
     print(
-        f"\nestimate_k 3000x96 (20 classes, 10 known, k_max 30): k_hat={out['k_hat']}, "
+        f"\nss_kmeans_folds_estimate_k 3000x96 (20 classes, 10 known, k_max 30): k_hat={out['k_hat']}, "
         f"{len(out['evaluated'])} K evaluated, {elapsed:.2f} s"
     )
     assert 10 <= out["k_hat"] <= 30
+
+
+# --------------------------------------------------------------------------------------------------
+# gcd_estimate_k: GCD's estimator (methods/estimate_k/estimate_k.py), checked against the rule
+# re-derived inline from the official file: sklearn KMeans(n_clusters=int(K), random_state=0) with the
+# n_init=10 of the scikit-learn GCD pinned, on L2-normalised features of every row; score = Hungarian
+# accuracy of the labelled rows; bounded Brent on its negative over (num_known, max_classes).
+# --------------------------------------------------------------------------------------------------
+def official_rule(feats: np.ndarray, labels: np.ndarray, num_known: int, k_max: int):
+    """Returns (int(res.x), res.x, {K: labelled acc}, [int(x) per Brent call]) without owdfa code."""
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    lab = labels >= 0
+    scores: dict[int, float] = {}
+    calls: list[int] = []
+
+    def labelled_acc(pred: np.ndarray) -> float:
+        y, p = labels[lab], pred[lab]
+        d = max(p.max(), y.max()) + 1
+        w = np.zeros((d, d), dtype=np.int64)
+        np.add.at(w, (p, y), 1)
+        rows, cols = linear_sum_assignment(w.max() - w)
+        return w[rows, cols].sum() / y.size
+
+    def objective(k_float: float) -> float:
+        k = int(k_float)
+        calls.append(k)
+        scores[k] = labelled_acc(KMeans(n_clusters=k, random_state=0, n_init=10).fit(x).labels_)
+        return -scores[k]
+
+    res = minimize_scalar(objective, bounds=(num_known, k_max), method="bounded")
+    return int(res.x), float(res.x), scores, calls
+
+
+@pytest.mark.parametrize(("num_classes", "num_known", "k_max", "seed"), [(6, 3, 12, 0), (8, 4, 16, 1), (5, 2, 8, 2)])
+def test_gcd_equals_the_official_rule(num_classes, num_known, k_max, seed):
+    """Same K-hat, Brent point, scores and trial sequence as the rule; ties go to Brent's last best point.
+
+    On clean blobs every K that keeps the known blobs whole scores 1.0 on the labelled rows, so the rule
+    need not return the true K (6 true classes give 8 here): GCD's estimator, faithfully, not a bug.
+    """
+    feats, truth = blobs(num_classes, per_class=60, seed=seed)
+    labels = hide(truth, num_known, seed=seed)
+    k_hat, x_opt, scores, calls = official_rule(feats, labels, num_known, k_max)
+    out = gcd_estimate_k(feats, labels, num_known, k_max)
+    assert out["k_hat"] == k_hat and num_classes <= k_hat < k_max and scores[k_hat] == 1.0
+    assert out["x"] == pytest.approx(x_opt, abs=0.0)
+    assert out["evaluated"] == pytest.approx(scores, abs=0.0)
+    assert [k for _, k in out["trace"]] == calls
+    assert out["k_max"] == k_max and out["evaluated"][out["k_hat"]] == max(out["evaluated"].values())
+
+
+def test_gcd_truncates_non_integer_brent_points():
+    feats, truth = blobs(6, per_class=50, seed=3)
+    labels = hide(truth, 2, seed=3)
+    out = gcd_estimate_k(feats, labels, 2, 6)
+    first_x, first_k = out["trace"][0]
+    # bounded Brent's first point is a + (3 - sqrt 5) / 2 * (b - a) = 3.528: int() gives 3, round() 4
+    assert first_x == pytest.approx(2 + (3 - np.sqrt(5)) / 2 * 4) and first_k == 3
+    assert all(k == int(np.floor(x)) for x, k in out["trace"])
+    assert any(x - k >= 0.5 for x, k in out["trace"])  # a point where rounding would have differed
+    assert out["k_hat"] == int(np.floor(out["x"])) and set(out["evaluated"]) == {k for _, k in out["trace"]}
+    assert max(k for _, k in out["trace"]) <= 5  # points stay inside (2, 6): K = k_max is never tried
+
+
+def test_gcd_scores_labelled_rows_only():
+    feats, truth = blobs(6, per_class=50, seed=4)
+    labels = hide(truth, 3, seed=4)
+    lab = labels >= 0
+    out = gcd_estimate_k(feats, labels, 3, 9)
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    differs = False
+    for k, score in out["evaluated"].items():
+        pred = KMeans(n_clusters=k, random_state=0, n_init=10).fit(x).labels_
+        assert score == cluster_acc(labels[lab], pred[lab])
+        # scoring every row, with -1 read as one more class, would give another number
+        differs |= score != cluster_acc(np.where(lab, labels, 3), pred)
+    assert differs
+    # only the -1 reaches the estimator: any hidden truth behind it gives the same answer
+    other = np.where(lab, labels, np.random.default_rng(0).integers(0, 6, truth.size))
+    assert not np.array_equal(other, truth) and np.array_equal(np.where(lab, other, -1), labels)
+    assert gcd_estimate_k(feats, np.where(lab, other, -1), 3, 9) == out
+
+
+def test_gcd_runs_kmeans_as_gcd_ran_it(monkeypatch):
+    """Plain k-means with GCD's settings on every row, normalised; float32 features stay float32."""
+    import owdfa.methods.kmeans_k as kmeans_k
+
+    calls = []
+
+    class Spy(KMeans):
+        def fit(self, X, y=None, sample_weight=None):
+            calls.append((self.get_params(), X))
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(kmeans_k, "KMeans", Spy)
+    feats, truth = blobs(5, per_class=40, seed=5)
+    feats32 = (3.0 * feats).astype(np.float32)
+    gcd_estimate_k(feats32, hide(truth, 2, seed=5), 2, 8)
+    assert calls
+    for params, X in calls:
+        assert params["n_init"] == 10 and params["random_state"] == 0 and params["init"] == "k-means++"
+        assert params["algorithm"] == "lloyd" and params["max_iter"] == 300 and params["tol"] == 1e-4
+        assert X.dtype == np.float32 and X.shape == feats32.shape
+        assert np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-6)
+
+
+def test_gcd_is_deterministic_and_leaves_inputs_alone():
+    feats, truth = blobs(5, per_class=40, seed=6)
+    labels = hide(truth, 2, seed=6)
+    feats_copy, labels_copy = feats.copy(), labels.copy()
+    assert gcd_estimate_k(feats, labels, 2, 8) == gcd_estimate_k(feats, labels, 2, 8)
+    assert np.array_equal(feats, feats_copy) and np.array_equal(labels, labels_copy)
+
+
+def test_gcd_rejects_bad_input():
+    feats, truth = blobs(4, per_class=20, seed=7)
+    labels = hide(truth, 2, seed=7)
+    for args, match in [
+        ((feats, labels, 2, 2), "k_max"),  # empty search interval
+        ((feats, labels, 2, 1), "k_max"),
+        ((feats, np.full(truth.size, -1), 0, 6), "num_known"),  # nothing labelled to score with
+        ((feats, labels, 2, truth.size + 1), "rows"),  # more clusters than rows
+        ((feats, labels, True, 6), "num_known"),
+        ((feats, labels, 2, 6.0), "k_max"),
+        ((feats[:, 0], labels, 2, 6), "2-D"),
+        ((feats, labels[:-1], 2, 6), "labels"),
+        ((feats, labels.astype(float), 2, 6), "integers"),
+        ((feats, np.where(labels == 0, 2, labels), 2, 6), r"\[0, 2\)"),
+        ((feats, np.where(labels == 1, -1, labels), 2, 6), "without a labelled sample"),
+        ((np.where(np.arange(truth.size)[:, None] == 0, np.nan, feats), labels, 2, 6), "NaN"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            gcd_estimate_k(*args)
+
+
+def test_run_k_estimator_dispatches_by_public_name():
+    feats, truth = blobs(5, per_class=40, seed=8)
+    labels = hide(truth, 2, seed=8)
+    assert K_ESTIMATORS == ("gcd", "ss_kmeans_folds")
+    assert run_k_estimator("gcd", feats, labels, 2, 8, seed=3) == gcd_estimate_k(feats, labels, 2, 8)["k_hat"]
+    ours = ss_kmeans_folds_estimate_k(feats, labels, 2, 8, seed=3)["k_hat"]
+    assert run_k_estimator("ss_kmeans_folds", feats, labels, 2, 8, seed=3) == ours
+    for old in ("sskmeans", "kmeans_k", "GCD"):
+        with pytest.raises(ValueError, match="unknown K estimator"):
+            run_k_estimator(old, feats, labels, 2, 8)
+
+
+def test_gcd_timing_3000_by_96():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 96))
+    truth = rng.integers(0, 20, 3000)
+    feats = (centres[truth] + 0.5 * rng.normal(size=(3000, 96))).astype(np.float32)
+    start = time.perf_counter()
+    out = gcd_estimate_k(feats, hide(truth, 10), 10, 40)
+    elapsed = time.perf_counter() - start
+    print(
+        f"\ngcd_estimate_k 3000x96 (20 classes, 10 known, k_max 40): k_hat={out['k_hat']}, "
+        f"{len(out['evaluated'])} K clustered over {len(out['trace'])} Brent calls, {elapsed:.2f} s"
+    )
+    assert 10 <= out["k_hat"] < 40
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate.k_estimators and the evaluate stage's call
+# --------------------------------------------------------------------------------------------------
+def evaluate_section(**changes):
+    params = load_params(ROOT / "params.yaml")["evaluate"]
+    params.update(changes)
+    return Section(params, "evaluate")
+
+
+def test_k_estimators_config():
+    assert evaluate_config(evaluate_section()).k_estimators == ("gcd",)  # the default: GCD's estimator only
+    assert evaluate_config(evaluate_section(k_estimators=[])).k_estimators == ()
+    both = evaluate_config(evaluate_section(k_estimators=["ss_kmeans_folds", "gcd"]))
+    assert both.k_estimators == ("ss_kmeans_folds", "gcd")
+    for value, match in [
+        (["sskmeans"], "unknown estimator"),
+        (["gcd", "gcd"], "twice"),
+        ("gcd", "list of strings"),
+        (True, "list of strings"),
+    ]:
+        with pytest.raises(ConfigError, match=match) as err:
+            evaluate_config(evaluate_section(k_estimators=value))
+        assert err.value.key == "evaluate.k_estimators"
+    with pytest.raises(ConfigError) as err:  # the old switch is gone, not silently ignored
+        evaluate_config(evaluate_section(kmeans_k=True))
+    assert err.value.key == "evaluate.kmeans_k"
+
+
+class PixelFeatures(torch.nn.Module):
+    """Stand-in model: its features are the image's pixels, so blobs in pixel space are blobs in features."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = x.float().flatten(1) / 255.0
+        return {"logits": features[:, :3], "features": features}
+
+
+def test_kmeans_k_estimate_returns_each_chosen_estimator():
+    rng = np.random.default_rng(0)
+    num_classes, per_class = 5, 40
+    centres = rng.integers(0, 256, size=(num_classes, 4, 4, 3))
+    target = np.repeat(np.arange(num_classes), per_class)
+    images = np.clip(centres[target] + rng.normal(0, 8, size=(target.size, 4, 4, 3)), 0, 255).astype(np.uint8)
+    split = np.where(target >= 2, "unlabelled", np.where(rng.random(target.size) < 0.5, "labelled", "unlabelled"))
+    split[(target < 2) & (np.arange(target.size) % 10 == 0)] = "val"
+    rows = np.arange(target.size + 20)
+    manifest = pd.DataFrame(
+        {"row": rows, "split": [*split, *["test"] * 20], "target": [*target, *rng.integers(0, 5, 20)]}
+    )
+    images = np.concatenate([images, np.zeros((20, 4, 4, 3), np.uint8)])
+    device = torch.device("cpu")
+    args = (PixelFeatures(), manifest, images, 2, 4.0, 64, device, 0, "fp32")
+    # expected: the rule on the training rows only (test rows dropped), val rows labelled,
+    # K searched in [2, round(4.0 x 2)]
+    train = split != "test"
+    feats = images[: target.size][train].reshape(int(train.sum()), -1).astype(np.float32) / 255.0
+    labels = np.where(split[train] == "unlabelled", -1, target[train])
+    expected_gcd = official_rule(feats, labels, 2, 8)[0]
+    expected_ours = ss_kmeans_folds_estimate_k(feats, labels, 2, 8, seed=0)["k_hat"]
+    assert kmeans_k_estimate(*args, ("gcd",)) == {"gcd": expected_gcd}
+    assert kmeans_k_estimate(*args, ()) == {}
+    both = kmeans_k_estimate(*args)  # default: every estimator, in K_ESTIMATORS order
+    assert both == {"gcd": expected_gcd, "ss_kmeans_folds": expected_ours} and list(both) == list(K_ESTIMATORS)

@@ -1,20 +1,25 @@
-"""GCD's semi-supervised k-means and its K estimate (the baseline compared against CAL's DPP).
+"""Two K estimators on model features: GCD's own, and our fold-based SS-k-means variant.
 
-Written from the description in Vaze et al., "Generalized Category Discovery" (CVPR 2022):
+* :func:`gcd_estimate_k` (public label ``gcd``) is GCD's estimator as the official code runs it
+  (Vaze et al., "Generalized Category Discovery", CVPR 2022; ``methods/estimate_k/estimate_k.py``,
+  ``test_kmeans_for_scipy`` + ``scipy_optimise``): plain scikit-learn k-means with ``random_state=0``
+  on the L2-normalised features of every training row, a ``K`` scored by the Hungarian cluster
+  accuracy of the labelled rows only, and bounded Brent (``scipy.optimize.minimize_scalar``) over
+  ``[num_known, k_max]`` with each trial point truncated by ``int()``. This is the estimator behind
+  the "GCD" K figures CAL's paper compares DPP against.
+* :func:`ss_kmeans_folds_estimate_k` (public label ``ss_kmeans_folds``) is *our* variant, not GCD's:
+  it runs :func:`ss_kmeans` (GCD's label-pinned *clustering* method) inside the K search. With
+  labelled rows pinned the labelled score would be trivially 100 %, so labelled rows are split into
+  pinned and held-out ones. Holding out only half of each class's rows leaves the score flat for every
+  K below the truth (known clusters stay anchored whatever the novel ones do), so each known class is
+  also held out *entirely* in one of two complementary folds (see :func:`_folds`), where too small a K
+  shows up as merged classes.
 
-* :func:`ss_kmeans` clusters labelled and unlabelled features together. Known class ``c`` owns
-  cluster ``c`` (``0..num_known-1``); its centroid starts at the class mean and its labelled samples
-  never move. The other ``k - num_known`` centroids start from k-means++ on the unlabelled features
-  (distances counted to every centroid chosen so far, the class means included). Each Lloyd step
-  re-assigns only the unlabelled samples and recomputes every centroid from all its members.
-* :func:`estimate_k` L2-normalises the features, clusters them with SS-k-means for candidate
-  ``K`` in ``[num_known, k_max]`` and keeps the ``K`` with the best Hungarian accuracy on held-out
-  labelled rows, searched with bounded Brent (``scipy.optimize.minimize_scalar``). GCD scores plain
-  k-means on the labelled rows; with labelled rows pinned that score would be trivially 100 %, so
-  labelled rows are split into pinned and held-out ones. Holding out only half of each class's
-  rows leaves the score flat for every K below the truth (known clusters stay anchored whatever the
-  novel ones do), so each known class is also held out *entirely* in one of two complementary folds
-  (see :func:`_folds`), where too small a K shows up as merged classes.
+:func:`ss_kmeans` clusters labelled and unlabelled features together. Known class ``c`` owns cluster
+``c`` (``0..num_known-1``); its centroid starts at the class mean and its labelled samples never move.
+The other ``k - num_known`` centroids start from k-means++ on the unlabelled features (distances
+counted to every centroid chosen so far, the class means included). Each Lloyd step re-assigns only
+the unlabelled samples and recomputes every centroid from all its members.
 
 Only the ``-1`` / label values passed in are used; true labels of unlabelled samples are never seen.
 """
@@ -27,10 +32,18 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import sparse
 from scipy.optimize import minimize_scalar
+from sklearn.cluster import KMeans
 
 from owdfa.metrics import cluster_acc
 
-__all__ = ["estimate_k", "ss_kmeans"]
+__all__ = [
+    "GCD_KMEANS_PARAMS",
+    "K_ESTIMATORS",
+    "gcd_estimate_k",
+    "run_k_estimator",
+    "ss_kmeans",
+    "ss_kmeans_folds_estimate_k",
+]
 
 UNLABELLED = -1
 
@@ -200,7 +213,7 @@ def _folds(y: np.ndarray, num_known: int, rng: np.random.Generator) -> list[tupl
     return folds
 
 
-def estimate_k(
+def ss_kmeans_folds_estimate_k(
     features: ArrayLike,
     labels: ArrayLike,
     num_known: int,
@@ -210,9 +223,10 @@ def estimate_k(
     n_init: int = 2,
     n_repeats: int = 2,
 ) -> dict[str, object]:
-    """GCD's K estimate: the ``K`` in ``[num_known, k_max]`` whose SS-k-means best clusters held-out labelled rows.
+    """Our variant (``ss_kmeans_folds``): the ``K`` whose SS-k-means best clusters held-out labelled rows.
 
-    Features are L2-normalised. Labelled rows are split into pinned and held-out ones (see
+    Not GCD's estimator (that is :func:`gcd_estimate_k`, which scores plain k-means on all labelled
+    rows). Features are L2-normalised. Labelled rows are split into pinned and held-out ones (see
     :func:`_folds`; ``n_repeats`` seeded splits of two folds each); for a candidate ``K`` the score is
     the mean over folds of ``cluster_acc`` of the held-out rows' labels vs. their SS-k-means clusters.
     Bounded Brent over ``K`` (rounded to an int inside the objective, evaluations cached) maximises
@@ -259,3 +273,98 @@ def estimate_k(
         for n in sorted(unseen):
             score(n)
     return {"k_hat": int(ties[len(ties) // 2]), "evaluated": dict(sorted(evaluated.items())), "k_max": k_max}
+
+
+# --------------------------------------------------------------------------------------------------
+# GCD's K estimator, as the official code runs it
+# --------------------------------------------------------------------------------------------------
+# GCD calls ``KMeans(n_clusters=K, random_state=0)`` and relies on the defaults of the scikit-learn it
+# pinned (requirements.txt: 1.1.1; environment.yml: 0.21.3). Both used n_init=10; since 1.4 the
+# default is n_init="auto" (a single k-means++ run), so the old values are passed explicitly here.
+# 1.1.1's default algorithm is "lloyd"; 0.21.3's "auto" meant Elkan, which in exact arithmetic gives
+# Lloyd's result from the same seeds (it only skips provably useless distance computations).
+# scikit-learn does not promise the same k-means++ draws for random_state=0 across versions, so this is
+# GCD's procedure and settings, not a bit-for-bit replay of its runs.
+GCD_KMEANS_PARAMS: dict[str, object] = {
+    "init": "k-means++",
+    "n_init": 10,
+    "max_iter": 300,
+    "tol": 1e-4,
+    "algorithm": "lloyd",
+    "random_state": 0,
+}
+# minimize_scalar(method="bounded") options: GCD passes only disp=True (printing, no effect on the
+# result), so scipy's defaults apply; pinned here so a future default change cannot move K-hat.
+GCD_BRENT_OPTIONS: dict[str, float] = {"xatol": 1e-5, "maxiter": 500}
+
+
+def _gcd_features(features: ArrayLike) -> np.ndarray:
+    """L2-normalised rows as ``torch.nn.functional.normalize`` does it (``x / max(|x|, 1e-12)``).
+
+    GCD clusters its saved float32 features in float32, so float32 input stays float32 (k-means
+    then runs in float32 too); anything else is computed in float64.
+    """
+    raw = np.asarray(features)
+    x = raw.astype(np.float32 if raw.dtype == np.float32 else np.float64, copy=True)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def gcd_estimate_k(features: ArrayLike, labels: ArrayLike, num_known: int, k_max: int) -> dict[str, object]:
+    """GCD's K estimate: bounded Brent over ``K`` on plain k-means' accuracy on the labelled rows.
+
+    ``labels`` holds the class of labelled rows and ``-1`` for unlabelled ones; all rows are
+    clustered, only labelled rows are scored, so an unlabelled row's true class cannot matter.
+    Each Brent trial point ``x`` in ``(num_known, k_max)`` is clustered with ``K = int(x)``
+    (truncation, as GCD); the score is ``cluster_acc`` (GCD's: one Hungarian matching on a square
+    contingency matrix). K-means is seeded with ``random_state=0``, so there is no seed argument.
+    ``k_hat = int(res.x)``: the K of Brent's best point (GCD prints ``res.x``; its score is the one at
+    ``int(res.x)``). A ``K`` Brent revisits is not re-clustered (same data, same seed: same result).
+
+    Returns ``{"k_hat", "x" (res.x), "evaluated" {K: labelled accuracy}, "trace" [(x, K)] in Brent's
+    order, "k_max"}``.
+    """
+    _, y, num_known = _validate(features, labels, num_known)
+    num_known = _int(num_known, "num_known", 1)
+    k_max = _int(k_max, "k_max", num_known + 1)
+    if k_max > y.shape[0]:
+        raise ValueError(f"k_max ({k_max}) exceeds the number of rows ({y.shape[0]}) k-means can split")
+    x = _gcd_features(features)
+    labelled = y >= 0
+    y_lab = y[labelled]
+    evaluated: dict[int, float] = {}
+    trace: list[tuple[float, int]] = []
+
+    def negative_score(point: float) -> float:
+        k = int(point)
+        trace.append((float(point), k))
+        if k not in evaluated:
+            pred = KMeans(n_clusters=k, **GCD_KMEANS_PARAMS).fit(x).labels_
+            evaluated[k] = cluster_acc(y_lab, pred[labelled].astype(np.int64))
+        return -evaluated[k]
+
+    res = minimize_scalar(negative_score, bounds=(num_known, k_max), method="bounded", options=GCD_BRENT_OPTIONS)
+    return {
+        "k_hat": int(res.x),
+        "x": float(res.x),
+        "evaluated": dict(sorted(evaluated.items())),
+        "trace": trace,
+        "k_max": k_max,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# the estimators by public name
+# --------------------------------------------------------------------------------------------------
+K_ESTIMATORS = ("gcd", "ss_kmeans_folds")
+
+
+def run_k_estimator(
+    name: str, features: ArrayLike, labels: ArrayLike, num_known: int, k_max: int, *, seed: int = 0
+) -> int:
+    """K-hat of the estimator called ``name`` (one of :data:`K_ESTIMATORS`); ``seed`` only feeds ours."""
+    if name == "gcd":
+        return int(gcd_estimate_k(features, labels, num_known, k_max)["k_hat"])
+    if name == "ss_kmeans_folds":
+        return int(ss_kmeans_folds_estimate_k(features, labels, num_known, k_max, seed=seed)["k_hat"])
+    raise ValueError(f"unknown K estimator {name!r}; choose from {list(K_ESTIMATORS)}")
