@@ -27,7 +27,7 @@ def write_run(runs: Path, predictions: Path, protocol: str, method: str, seed: i
         "last": checkpoint,
         "val_best": {k: v - 0.01 for k, v in checkpoint.items()},
         "k_hat": 15,
-        "k_hat_sskmeans": 9 + seed,
+        "k_hat_gcd": 9 + seed,
         "calibration": {
             "ece": 0.1, "known_confidence": 0.8, "novel_confidence": 0.6, "known_epistemic": 0.01,
             "novel_epistemic": 0.02,
@@ -62,18 +62,40 @@ def test_report_tables_and_summary(tmp_path, runs):
     cal = summary["p1"]["cal"]
     assert cal["all_acc"] == pytest.approx(0.61) and cal["all_acc_std"] == round(np.std([0.6, 0.62], ddof=1), 6)
     assert cal["val_best_all_acc"] == pytest.approx(0.60)
-    assert cal["k_hat_sskmeans"] == pytest.approx(9.5) and cal["ece"] == pytest.approx(0.1)
+    assert cal["k_hat_gcd"] == pytest.approx(9.5) and cal["ece"] == pytest.approx(0.1)
+    assert cal["k_hat_ss_kmeans_folds"] is None and "k_hat_sskmeans" not in cal  # not run: null, old key gone
     assert json.loads((out / "metrics.json").read_text()) == summary
     text = (out / "results.md").read_text()
     assert "**Last epoch.** OW-DFA convention" in text
     assert "**Selected epoch** (best accuracy on the labelled validation split" in text
     assert "selected epochs, counted from 1 of 10: 8)" in text  # the cards count epochs from 0
     assert "| cal | 61.0 ± 1.4 | 50.0 ± 0.0 |" in text
-    assert "GCD v2 convention" in text and "| Method | K̂ prototypes | error |" in text
+    assert "GCD v2 convention" in text
+    # only the estimators that ran get a column, each named for what it is
+    assert "| Method | K̂ prototypes | error | K̂ GCD (k-means + Brent) | error | K |" in text
+    assert "| cal | 15.0 ± 0.0 | 0.0 % | 9.5 ± 0.7 | 36.7 % | 15 |" in text
+    assert "GCD: GCD's own K estimator as its official code runs it" in text and "SS-k-means folds" not in text
     assert "## Ablation (CAL's Table 4)" in text and "| I | cal_abl1 | CE + R, FFE |" in text
     assert "[confidence, known vs novel](figures/p1-confidence.png)" in text
     assert (out / "figures" / "p1-confidence.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "figures" / "p1-k_trajectory.png").is_file()
+
+
+def test_k_table_names_both_estimators_when_both_ran(tmp_path, runs):
+    for seed in SEEDS:
+        for method in METHODS:
+            path = runs[0] / run_key("p1", method, seed) / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["k_hat_ss_kmeans_folds"] = 12
+            path.write_text(json.dumps(metrics))
+    summary = build_report(runs[0], ["p1"], METHODS, SEEDS, tmp_path / "out", runs[1])
+    assert summary["p1"]["cal"]["k_hat_ss_kmeans_folds"] == 12 and summary["p1"]["cal"]["k_hat_gcd"] == 9.5
+    text = (tmp_path / "out" / "results.md").read_text()
+    header = (
+        "| Method | K̂ prototypes | error | K̂ GCD (k-means + Brent) | error | K̂ SS-k-means folds (ours) | error | K |"
+    )
+    assert header in text and "| cal | 15.0 ± 0.0 | 0.0 % | 9.5 ± 0.7 | 36.7 % | 12.0 ± 0.0 | 20.0 % | 15 |" in text
+    assert "SS-k-means folds: our variant, not GCD's" in text
 
 
 def test_report_is_bit_identical_on_a_rerun(tmp_path, runs):
@@ -98,3 +120,18 @@ def test_missing_run_is_one_line(tmp_path, runs):
     old.write_text(json.dumps({"all_acc": 0.5}))
     with pytest.raises(DataError, match="older evaluate stage"):
         build_report(runs[0], ["p1"], ["cal"], [0], tmp_path / "out")
+
+
+def test_faithful_dpp_gets_both_classifiers_side_by_side(tmp_path, runs):
+    for seed in SEEDS:
+        path = runs[0] / run_key("p1", "cal", seed) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["last_all_prototypes"] = {**metrics["last"], "all_acc": 0.3, "novel_acc": 0.1, "known_acc": 0.7}
+        path.write_text(json.dumps(metrics))
+    build_report(runs[0], ["p1"], METHODS, SEEDS, tmp_path / "out", runs[1])
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "**Faithful DPP, both classifiers**" in text
+    assert "| Method | All ACC, K̂ rows | Novel ACC, K̂ rows | Known ACC, K̂ rows | All ACC, all rows |" in text
+    # cal: last all_acc 0.60 / 0.62 -> 61.0 ± 1.4, novel 41.0 ± 1.4, known 80.0; all rows 30.0, 10.0, 70.0
+    assert "| cal | 61.0 ± 1.4 | 41.0 ± 1.4 | 80.0 ± 0.0 | 30.0 ± 0.0 | 10.0 ± 0.0 | 70.0 ± 0.0 |" in text
+    assert "| cal_abl1 | " not in text.split("**Faithful DPP, both classifiers**")[1].split("\n\n")[1]

@@ -2,9 +2,12 @@
 
 Metrics are computed for the last epoch and for the epoch selected on the labelled validation
 split, side by side, so nobody has to pick one on the test split. The analysis (predictions,
-calibration, MC-dropout uncertainty, SS-k-means K estimate, figures) uses `evaluate.checkpoint`.
+calibration, MC-dropout uncertainty, the `evaluate.k_estimators` K estimates, figures) uses
+`evaluate.checkpoint`.
 Outputs, all under the run's folder:
-  metrics.json  {last: {...}, val_best: {...}, k_hat, k_true, k_error, k_hat_sskmeans, ..., calibration: {...}}
+  metrics.json  {last: {...}, val_best: {...}, [last_all_prototypes, val_best_all_prototypes: faithful DPP],
+                k_hat (of the analysed checkpoint), k_true, k_error, k_hat_<estimator>, k_error_<estimator>,
+                calibration: {...}}  (<estimator>: gcd | ss_kmeans_folds, see owdfa.methods.kmeans_k)
   run.json      what was evaluated (protocol, method, seed, checkpoint, K̂ per epoch, method settings) and
                 the numerics that training and evaluation computed under (owdfa.numerics)
   confusion.csv, reliability.csv, k_trajectory.csv   data plots for `dvc plots`
@@ -26,7 +29,7 @@ from owdfa import plots
 from owdfa.config import Section
 from owdfa.data.align import read_faces
 from owdfa.data.split import read_split
-from owdfa.errors import DataError
+from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
@@ -47,7 +50,7 @@ EVALUATE_KEYS = (
     "checkpoint",
     "batch_size",
     "device",
-    "kmeans_k",
+    "k_estimators",
     "kmeans_max_factor",
     "seed",
     "ece_bins",
@@ -63,7 +66,7 @@ class EvaluateConfig:
     checkpoint: str
     batch_size: int
     device: str
-    kmeans_k: bool
+    k_estimators: tuple[str, ...]  # names from owdfa.methods.kmeans_k.K_ESTIMATORS, in the order given
     kmeans_max_factor: float
     seed: int
     ece_bins: int
@@ -83,7 +86,7 @@ def evaluate_config(section: Section) -> EvaluateConfig:
         checkpoint=section.str("checkpoint", choices=("last", "val_best")),
         batch_size=section.int("batch_size", min=1),
         device=section.str("device", choices=("auto", "cpu", "cuda")),
-        kmeans_k=section.bool("kmeans_k"),
+        k_estimators=_k_estimators(section),
         kmeans_max_factor=section.float("kmeans_max_factor", min=1.0),
         seed=section.int("seed", min=0),
         ece_bins=section.int("ece_bins", min=1, max=100),
@@ -96,6 +99,21 @@ def evaluate_config(section: Section) -> EvaluateConfig:
     )
 
 
+def _k_estimators(section: Section) -> tuple[str, ...]:
+    """`k_estimators`: a list of distinct estimator names, possibly empty (no K estimate at all)."""
+    from owdfa.methods.kmeans_k import K_ESTIMATORS
+
+    names = section.str_list("k_estimators")
+    for name in names:
+        if name not in K_ESTIMATORS:
+            raise ConfigError(
+                section.key("k_estimators"), f"unknown estimator {name!r}; choose from {list(K_ESTIMATORS)}"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(section.key("k_estimators"), f"an estimator is listed twice: {names}")
+    return tuple(names)
+
+
 def kmeans_k_estimate(
     model,
     manifest: pd.DataFrame,
@@ -104,21 +122,25 @@ def kmeans_k_estimate(
     max_factor: float,
     batch_size: int,
     device,
-    seed,
+    seed: int,
     precision: str = "bf16",
-) -> int:
-    """GCD's SS-k-means K estimate on the model's features of the *training* images.
+    estimators: tuple[str, ...] | None = None,
+) -> dict[str, int]:
+    """K-hat per estimator (default: all of K_ESTIMATORS) on the model's features of the *training* images.
 
     Labelled and validation images carry their (known) labels; unlabelled ones carry -1. The test
-    split is not used, so the estimate cannot see held-out labels.
+    split is not used, so no estimate can see held-out labels. Both estimators search K in
+    ``[num_known, max(num_known + 1, round(max_factor * num_known))]`` (GCD's ``max_classes``); ``seed``
+    feeds only ``ss_kmeans_folds``: GCD's k-means is always seeded with ``random_state=0``.
     """
-    from owdfa.methods.kmeans_k import estimate_k
+    from owdfa.methods.kmeans_k import K_ESTIMATORS, run_k_estimator
 
     train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
     _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device, precision)
     labels = np.where(train["split"].to_numpy() == "unlabelled", -1, train["target"].to_numpy(np.int64))
     k_max = max(num_known + 1, int(round(max_factor * num_known)))
-    return int(estimate_k(feats, labels, num_known, k_max, seed=seed)["k_hat"])
+    names = K_ESTIMATORS if estimators is None else estimators
+    return {name: run_k_estimator(name, feats, labels, num_known, k_max, seed=seed) for name in names}
 
 
 def _clean(value: Any) -> Any:
@@ -136,6 +158,18 @@ def _checkpoint_metrics(model_dir: Path, checkpoint: str, images, rows, targets,
     model.to(device)
     logits, features, pred = predict(model, images, rows, config.batch_size, device, config.precision)
     return model, card, logits, features, pred, evaluate_predictions(targets, pred, num_known)
+
+
+def _all_prototype_metrics(model, images, rows, targets, num_known, config, device) -> dict[str, Any]:
+    """Faithful DPP's second classifier: every one of the 10 x |known| rows active, the pruned (zeroed,
+    possibly drifted) ones included, as the official offline evaluation rebuilds a saved checkpoint."""
+    pruned = int(model.num_active)
+    model.num_active.fill_(int(model.prototypes.shape[0]))
+    try:
+        _, _, pred = predict(model, images, rows, config.batch_size, device, config.precision)
+    finally:
+        model.num_active.fill_(pruned)
+    return evaluate_predictions(targets, pred, num_known)
 
 
 def evaluate(
@@ -162,15 +196,21 @@ def evaluate(
     for checkpoint in ("last", "val_best") if has_val_best else ("last",):
         result = _checkpoint_metrics(model_dir, checkpoint, images, rows, targets, num_known, config, device)
         metrics[checkpoint] = result[-1]
+        method_state = result[1].get("method_state") or {}
+        if method_state.get("dpp_faithful"):
+            metrics[f"{checkpoint}_all_prototypes"] = _all_prototype_metrics(
+                result[0], images, rows, targets, num_known, config, device
+            )
         if checkpoint == config.checkpoint:
             analysed = result
     model, card, logits, features, pred, _ = analysed
 
-    # K-hat: DPP's last pruned count when the method estimates K, else the classifier's active rows.
+    # K-hat: the analysed checkpoint's active prototypes (DPP's pruned count at that epoch; K when known).
     trajectory = [int(k) for k in (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]]
-    metrics.update(k_hat=trajectory[-1], k_true=k_true, k_error=k_error(trajectory[-1], k_true))
-    if config.kmeans_k:
-        k_est = kmeans_k_estimate(
+    k_hat = int(model.num_active)
+    metrics.update(k_hat=k_hat, k_true=k_true, k_error=k_error(k_hat, k_true))
+    if config.k_estimators:
+        estimates = kmeans_k_estimate(
             model,
             manifest,
             images,
@@ -180,8 +220,10 @@ def evaluate(
             device,
             config.seed,
             config.precision,
+            config.k_estimators,
         )
-        metrics.update(k_hat_sskmeans=k_est, k_error_sskmeans=k_error(k_est, k_true))
+        for name, k_est in estimates.items():
+            metrics[f"k_hat_{name}"], metrics[f"k_error_{name}"] = k_est, k_error(k_est, k_true)
 
     # Calibration and uncertainty: MC dropout over the head (the model's only dropout).
     mc = mc_dropout_predict(model, images, rows, config.mc_dropout_passes, config.batch_size, device, config.seed)

@@ -37,7 +37,31 @@ CHECKPOINT_KEYS = (
     "gcd_v2_new_acc",
 )
 # Top level of the per-run metrics.json (K estimates) and its `calibration` section.
-K_KEYS = ("k_hat", "k_hat_sskmeans")
+# K columns: (key, table header, what the number is). Which estimators ran is evaluate.k_estimators;
+# a column whose key no run of the protocol has is left out of the table.
+K_COLUMNS = (
+    (
+        "k_hat",
+        "K̂ prototypes",
+        "Prototypes: K̂ from the classifier (DPP's pruned count; the true K, fixed, when K is known).",
+    ),
+    (
+        "k_hat_gcd",
+        "K̂ GCD (k-means + Brent)",
+        "GCD: GCD's own K estimator as its official code runs it: plain scikit-learn k-means (k-means++, "
+        "n_init=10, random_state=0) on the L2-normalised features of all training images, each K scored by the "
+        "Hungarian accuracy on the labelled images only, K searched by bounded Brent over [known, round(f × known)] "
+        "(f = `evaluate.kmeans_max_factor`), each trial point truncated to an int.",
+    ),
+    (
+        "k_hat_ss_kmeans_folds",
+        "K̂ SS-k-means folds (ours)",
+        "SS-k-means folds: our variant, not GCD's: semi-supervised k-means with part of the labelled images "
+        "pinned, scored on labelled images held out in two complementary folds of the known classes, same search "
+        "range.",
+    ),
+)
+K_KEYS = tuple(key for key, _, _ in K_COLUMNS)
 CALIBRATION_KEYS = ("ece", "known_confidence", "novel_confidence", "known_epistemic", "novel_epistemic")
 # The stable key set of reports/metrics.json per protocol and method (each also with `_std`).
 SUMMARY_KEYS = (
@@ -95,6 +119,8 @@ def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
     flat.update({k: metrics.get(k) for k in K_KEYS})
     selected = metrics.get("val_best") or {}
     flat.update({f"val_best_{k}": selected.get(k) for k in CHECKPOINT_KEYS})
+    every_row = metrics.get("last_all_prototypes") or {}  # faithful DPP's second classifier
+    flat.update({f"all_prototypes_{k}": every_row.get(k) for k in CHECKPOINT_KEYS})
     flat.update(metrics.get("calibration") or {})
     return flat
 
@@ -199,20 +225,28 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
             [[m, *(grid.cell(protocol, m, k) for k, _ in GCD_COLUMNS)] for m in methods],
         ),
         "",
-        "**Number of classes** (last epoch). Prototypes: K̂ from the classifier (DPP's pruned count; the true K, "
-        "fixed, when K is known). SS-k-means: GCD's estimate (Brent search on labelled accuracy) on the model's "
-        "features of the training images. Error = abs(K̂−K)/K.",
+    ]
+    lines += _both_classifiers(grid, protocol, methods)
+    checkpoint = info.get("checkpoint", "last")
+    columns = [
+        c for c in K_COLUMNS if c[0] == "k_hat" or any(grid.stat(protocol, m, c[0])[0] is not None for m in methods)
+    ]
+    lines += [
+        f"**Number of classes** ({checkpoint} checkpoint; the k-means estimates cluster the model's features of "
+        "the training images: labelled, validation and unlabelled). "
+        + " ".join(text for _, _, text in columns)
+        + " Error = abs(K̂−K)/K.",
         "",
     ]
     rows = []
     for m in methods:
         cells = [m]
-        for key in K_KEYS:
+        for key, _, _ in columns:
             mean, std = grid.stat(protocol, m, key)
             cells += [_cell(mean, std, len(grid.seeds), percent=False), _k_error(mean, total)]
         rows.append([*cells, str(total)])
-    lines += [*_table(["Method", "K̂ prototypes", "error", "K̂ SS-k-means", "error", "K"], rows), ""]
-    checkpoint = info.get("checkpoint", "last")
+    header = ["Method", *(h for _, header, _ in columns for h in (header, "error")), "K"]
+    lines += [*_table(header, rows), ""]
     lines += [
         f"**Calibration and confidence** ({checkpoint} checkpoint). ECE: expected calibration error of the "
         "max-softmax confidence, correctness after the joint Hungarian matching, 15 equal-width bins. Mean "
@@ -238,6 +272,32 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
     if figures:
         lines += ["Figures: " + ", ".join(f"[{name}]({path})" for name, path in figures.items()) + ".", ""]
     return lines
+
+
+def _both_classifiers(grid: _Grid, protocol: str, methods: list[str]) -> list[str]:
+    """Faithful DPP's two classifiers side by side (methods with `dpp_faithful` only)."""
+    faithful = [m for m in methods if grid.stat(protocol, m, "all_prototypes_all_acc")[0] is not None]
+    if not faithful:
+        return []
+    keys = (("all_acc", "All ACC"), ("novel_acc", "Novel ACC"), ("known_acc", "Known ACC"))
+    header = ["Method", *(f"{h}, K̂ rows" for _, h in keys), *(f"{h}, all rows" for _, h in keys)]
+    rows = [
+        [
+            m,
+            *(grid.cell(protocol, m, k) for k, _ in keys),
+            *(grid.cell(protocol, m, f"all_prototypes_{k}") for k, _ in keys),
+        ]
+        for m in faithful
+    ]
+    return [
+        "**Faithful DPP, both classifiers** (last epoch, OW-DFA convention, percent). K̂ rows: the pruned "
+        "classifier, the one the official code's per-epoch metrics use. All rows: every one of the 10 × |known| "
+        "prototypes, the zeroed ones included, as the official offline evaluation of a saved checkpoint computes "
+        "(it does not save the pruned count).",
+        "",
+        *_table(header, rows),
+        "",
+    ]
 
 
 def _k_error(mean: float | None, k_true: int) -> str:

@@ -22,7 +22,9 @@ Labels of unlabelled rows never reach a method (targets are -1) and none is used
 
 Unknown K (`dpp`): the classifier starts with dpp_initial_factor * num_known rows; top-1 usage of
 every weak-view row is counted during the epoch and `owdfa.methods.dpp.apply_dpp` prunes at every
-epoch end (see `CAL.finalise` for the saved count).
+epoch end. The pruned count is a saved buffer (`num_active`); with `dpp_faithful` the evaluate stage
+also scores every checkpoint with all rows, as the official offline evaluation (which does not save
+the count) does, beside the pruned classifier its training logs used.
 """
 
 from __future__ import annotations
@@ -188,19 +190,6 @@ class CAL(Method):
             self.k_trajectory.append(num_active)
             record["k_hat"] = float(num_active)
         return record
-
-    def finalise(self, model: torch.nn.Module) -> None:
-        """Faithful DPP reproduces the official saved-count defect (spec section 8.9).
-
-        The official code keeps the pruned count in a plain attribute that is not saved, and its
-        offline evaluation rebuilds the classifier with all dpp_initial_factor x num_known rows, so
-        the zeroed (and, with stale Adam moments, drifted) rows count as extra clusters. With
-        `dpp_faithful` the final model's `num_active` buffer is therefore reset to the full row
-        count; the fixed mode keeps the pruned count (a buffer, saved with the weights). Only the
-        final model is affected: snapshots taken during training keep the count of their epoch.
-        """
-        if self.dpp and self.dpp_faithful:
-            model.num_active.fill_(int(model.prototypes.shape[0]))
 
     def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tau_novel": self.tau_novel}
