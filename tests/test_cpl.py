@@ -134,6 +134,52 @@ def test_glv_gradient_flows_through_both_sides_of_the_pair():
     assert torch.allclose(both[2], z.grad[2])  # row 2 is nobody's partner: same gradient
 
 
+def test_glv_forward_is_bce_with_the_log_clamped_at_minus_100():
+    # Official GLV = nn.BCELoss(<p_i, p_j>, 1) = -mean_i max(log <p_i, p_j>, -100).
+    # p0 = [1, 0], p1 = [1e-50, 1 - 1e-50] (= [1e-50, 1] in float64), pairs 0<->1: both agreements 1e-50,
+    # log 1e-50 = -115.1 -> clamped to -100 -> loss 100 (a clamp of the probability at 1e-7 gave 16.1).
+    probs = t([[1.0, 0.0], [1e-50, 1.0]])
+    assert C.glv_loss(probs, torch.tensor([1, 0])).item() == pytest.approx(100.0, abs=1e-9)
+    # Agreements .5 and .25: (ln 2 + ln 4) / 2 = 1.039721 (no clamp in the usual range).
+    probs = t([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]])
+    assert C.glv_loss(probs, torch.tensor([1, 0, 0])).item() == pytest.approx(
+        (math.log(2) + math.log(2) + math.log(2)) / 3, abs=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("agreement", "expected_grad"),
+    [
+        # BCE's gradient w.r.t. its input x (target 1, mean over N = 2 rows): (x - 1) / max(x (1 - x), 1e-12) / 2.
+        # Rows 0 and 1 pair with each other, both agreements are x = <p0, p1>, and dx/dp0 = p1 for both, so
+        # dL/dp0 = 2 * (x - 1) / max(x (1 - x), 1e-12) / 2 * p1.
+        # x = 1e-9: x (1 - x) > 1e-12, so dL/dp0 = -p1 / x = [-1, -(1e9 - 1)] (the log's own gradient).
+        (1e-9, [-1.0, -(1e9 - 1.0)]),
+        # x = 1e-13: x (1 - x) < 1e-12, BCE divides by 1e-12: dL/dp0 = -(1 - x) / 1e-12 * [x, 1 - x]
+        #          = [-(1 - 1e-13) * .1, -(1 - 1e-13)^2 * 1e12] (ten times smaller than -p1 / x).
+        (1e-13, [-(1 - 1e-13) * 0.1, -((1 - 1e-13) ** 2) * 1e12]),
+    ],
+)
+def test_glv_gradient_at_tiny_agreement_is_bces(agreement, expected_grad):
+    p0 = t([1.0, 0.0]).requires_grad_(True)
+    p1 = t([agreement, 1.0 - agreement])
+    C.glv_loss(torch.stack([p0, p1]), torch.tensor([1, 0])).backward()
+    # rel 1e-8: PyTorch holds the 1e-12 as a float32 constant (9.99999996e-13, 4e-9 relative).
+    assert p0.grad.tolist() == pytest.approx(expected_grad, rel=1e-8)
+    # The same as the official nn.BCELoss on the agreements, computed here directly.
+    q0 = t([1.0, 0.0]).requires_grad_(True)
+    x = torch.stack([(q0 * p1).sum(), (p1 * q0).sum()])
+    torch.nn.BCELoss()(x, torch.ones(2, dtype=torch.float64)).backward()
+    assert torch.allclose(p0.grad, q0.grad, rtol=1e-12, atol=0.0)
+
+
+def test_glv_tolerates_rounding_above_one():
+    # <p, p> may round above 1 in float arithmetic; BCE rejects inputs > 1, GLV clamps them to 1 (loss 0).
+    probs = t([[1.0 + 1e-12, 0.0]])
+    loss = C.glv_loss(probs, torch.tensor([0]))
+    assert loss.item() == 0.0
+
+
 def test_labelled_partners_are_same_class_others_or_self():
     targets = torch.tensor([0, 0, 0, 1, -1])
     seen = set()

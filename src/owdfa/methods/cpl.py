@@ -1,16 +1,18 @@
 """CPL (ICCV'23, "Contrastive Pseudo Learning for Open-World DeepFake Attribution") as a loss object.
 
-Written from the prose of the method spec (§1.2, §3.6, §8.15-17); no official code is reused.
-CPL trains on a single view per image, so `uses_strong_view` is False and only the weak-view
-outputs are read. The objective, with p = softmax(z) of the weak logits z:
+Written from the prose of the method spec (§1.2, §2.2, §3.6, §8.15-17); no official code is reused.
+CPL trains on a single view per image, so `uses_strong_view` is False: the loop then feeds CPL's
+own view (`single_view`) through the weak slot and only the `*_weak` outputs are read. The
+objective, with p = softmax(z) of those logits z:
 
     L = CE_margin + glv_weight * GLV + csp_weight * CSP - entropy_weight * H(mean_i p_i)
 
 * CE_margin: the official `MarginLoss(m=-0.2, s=1)`. Its margin is negative, which *raises* the
   target logit (an easier CE, spec §8.17); params store the positive `margin_boost` = -m = 0.2
   (the params reader only accepts non-negative floats) that is added to the target logit.
-* GLV (Global-Local Voting): every row i gets a partner j(i) and the term is
-  -mean_i log <p_i, p_j(i)> with gradient through both sides. Labelled rows pair with a random
+* GLV (Global-Local Voting): every row i gets a partner j(i) and the term is the official
+  nn.BCELoss of <p_i, p_j(i)> against 1, i.e. -mean_i max(log <p_i, p_j(i)>, -100) with PyTorch's
+  BCE gradient (so a tiny agreement still pulls), through both sides. Labelled rows pair with a random
   other labelled row of the same class (themselves when unique). An unlabelled row u pairs with
   its nearest other row n(u) by cosine of the detached BNNeck features if the local vote passes
   (u's best patch-weighted similarity to any other row >= the best any other row has towards
@@ -23,6 +25,12 @@ outputs are read. The objective, with p = softmax(z) of the weak logits z:
 Randomness (labelled partners, Gumbel noise) comes from a private torch.Generator re-seeded every
 step from (torch.initial_seed(), step counter), so a run is reproducible from its seed and never
 consumes the global RNG. Targets of unlabelled rows are -1 and only rows with target >= 0 are read.
+
+The rest of CPL's recipe lives in the training loop, chosen by this class: its single view is
+`owdfa.data.views.single_view` (flip, random resized crop, albumentations brightness/contrast), its
+batches come from the class-balanced sampler (`sampler = "class_balanced"`,
+`owdfa.training.BalancedSampler`), and the `cpl` variant in params.yaml carries the official
+optimiser differences (weight decay 1e-5, StepLR gamma 0.2) as `optimizer:` overrides.
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ import torch.nn.functional as F
 from owdfa.methods import losses
 from owdfa.methods.base import Method, StepInput
 
-LOG_EPS = 1e-7  # <p_i, p_j> is clamped to this before the log (the BCE target is 1)
 GUMBEL_EPS = 1e-10
 
 
@@ -97,11 +104,18 @@ def unlabelled_votes(features: torch.Tensor, patches: torch.Tensor) -> tuple[tor
 
 
 def glv_loss(probs: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
-    """-mean_i log <p_i, p_partner(i)>, gradient through both sides."""
+    """Mean BCE(<p_i, p_partner(i)>, 1), gradient through both sides, as the official nn.BCELoss.
+
+    F.binary_cross_entropy clamps the log at -100 in the forward pass and keeps its own gradient
+    (x - 1) / max(x (1 - x), 1e-12), so a row whose agreement is tiny still gets a (large) pull
+    instead of none. An agreement above 1 can only be rounding, which BCE would reject: it is
+    clamped to 1, where the BCE gradient is 0 anyway. PyTorch refuses BCE inside autocast; the loop
+    computes every loss outside it, on float32 outputs.
+    """
     if probs.shape[0] == 0:
         return probs.sum() * 0.0
-    agreement = (probs * probs[partners]).sum(dim=1)
-    return -torch.log(agreement.clamp_min(LOG_EPS)).mean()
+    agreement = (probs * probs[partners]).sum(dim=1).clamp(max=1.0)
+    return F.binary_cross_entropy(agreement, torch.ones_like(agreement))
 
 
 def gumbel_soft_labels(logits: torch.Tensor, generator: torch.Generator, tau: float = 1.0) -> torch.Tensor:
@@ -146,6 +160,7 @@ class CPL(Method):
 
     name: ClassVar[str] = "cpl"
     uses_strong_view: ClassVar[bool] = False
+    sampler: ClassVar[str] = "class_balanced"
     margin_boost: float = 0.2
     glv_weight: float = 0.5
     csp_weight: float = 0.5
