@@ -36,11 +36,11 @@ from owdfa.methods import Method, build_method
 from owdfa.models import AttributionModel
 from owdfa.training import (
     HostBatches,
-    Sampler,
     TrainConfig,
     TrainData,
     TrainStep,
     _autocast,
+    build_sampler,
     pick_device,
     seed_everything,
 )
@@ -109,7 +109,7 @@ def training_step(config: TrainConfig, data: TrainData, device: torch.device, me
         method=method,
         optimizer=torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay),
         params=params,
-        sampler=Sampler.build(data, config, method),
+        sampler=build_sampler(data, config, method),
         host=HostBatches(data.images, device),
         gen=torch.Generator().manual_seed(0),
         config=config,
@@ -157,7 +157,7 @@ def forward_backward(
 
 def input_pipeline(config: TrainConfig, data: TrainData, device: torch.device, method: Method) -> Callable[[], object]:
     """Sampling, batch assembly and both views on the device, as the step does them."""
-    sampler = Sampler.build(data, config, method)
+    sampler = build_sampler(data, config, method)
     host = HostBatches(data.images, device)
     gen = torch.Generator().manual_seed(0)
 

@@ -17,7 +17,14 @@ from owdfa.methods import build_method
 from owdfa.methods.base import Supervised
 from owdfa.model_io import load_state, params_hash, read_card, save_model_dir
 from owdfa.numerics import describe as describe_numerics
-from owdfa.training import TrainData, TrainResult, clear_checkpoints, run_training, train_config
+from owdfa.training import (
+    TrainData,
+    TrainResult,
+    clear_checkpoints,
+    run_training,
+    train_config,
+    with_method_optimizer,
+)
 
 PRETRAIN_EXTRA = ("enabled", "seed")
 
@@ -153,11 +160,13 @@ def train(
 ) -> dict[str, Any]:
     """One training run; with `checkpoints`, an interrupted run resumes from its last epoch.
 
+    The variant's `optimizer:` overrides, if any, replace the train section's optimiser settings.
     In a multi-process run only rank 0 writes the model directory (and the curves, checkpoints).
     """
     config = train_config(section, extra_keys=("methods",))
     methods = section.section("methods")
     method = build_method(method_name, methods)
+    config = with_method_optimizer(config, methods.section(method_name))
     data, classes = load_train_data(split_dir, faces_dir)
     result = run_training(
         config,

@@ -1,8 +1,10 @@
 """The one training loop shared by every method (pretrain, baselines, CAL, CPL).
 
-Each step draws a batch by CAL's sampler (with replacement; each draw labelled with probability
-`labelled_share`), makes a weak and a strong view and runs them through the network in two passes
-(so BatchNorm sees per-view batches, as in CAL); the method turns the outputs into a loss.
+Each step draws a batch by the method's sampler (`Method.sampler`: CAL's, with replacement and each
+draw labelled with probability `labelled_share`; or CPL's class-balanced one), makes a weak and a
+strong view and runs them through the network in two passes (so BatchNorm sees per-view batches, as
+in CAL), or CPL's single view for a single-view method; the method turns the outputs into a loss.
+A method variant may override the optimiser settings (`with_method_optimizer`).
 After each epoch the method's hook runs, the labelled validation split is scored, dvclive logs
 the curves and a checkpoint is written. Model selection uses validation only; the test split is
 never touched here. On CUDA it uses bf16 autocast (unless `precision: fp32`) and channels_last; on
@@ -24,8 +26,8 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from owdfa.config import Section
-from owdfa.data.views import AugmentConfig, strong_view, weak_view
+from owdfa.data.views import AugmentConfig, single_view, strong_view, weak_view
 from owdfa.distributed import World, device_for, prepare_model, start, stop, world_from_env
 from owdfa.errors import ConfigError
 from owdfa.io import atomic_write_text
@@ -67,6 +69,18 @@ class TrainConfig:
 
 
 TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
+OPTIMIZER_KEYS = ("lr", "weight_decay", "lr_step", "lr_gamma")
+
+
+def _optimizer_settings(section: Section, keys: Iterable[str]) -> dict[str, Any]:
+    """The optimiser keys `keys` of `section`, range-checked (shared by the train section and the overrides)."""
+    readers = {
+        "lr": lambda: section.float("lr", min=0.0),
+        "weight_decay": lambda: section.float("weight_decay", min=0.0),
+        "lr_step": lambda: section.int("lr_step", min=1),
+        "lr_gamma": lambda: section.float("lr_gamma", min=0.0, max=1.0),
+    }
+    return {key: readers[key]() for key in keys}
 
 
 def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainConfig:
@@ -79,10 +93,7 @@ def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainCon
         dropout=section.float("dropout", min=0.0, max=0.95),
         epochs=section.int("epochs", min=1),
         batch_size=section.int("batch_size", min=2),
-        lr=section.float("lr", min=0.0),
-        weight_decay=section.float("weight_decay", min=0.0),
-        lr_step=section.int("lr_step", min=1),
-        lr_gamma=section.float("lr_gamma", min=0.0, max=1.0),
+        **_optimizer_settings(section, OPTIMIZER_KEYS),
         labelled_share=section.float("labelled_share", min=0.0, max=1.0),
         augment=AugmentConfig(
             flip_prob=aug.float("flip_prob", min=0.0, max=1.0),
@@ -99,6 +110,20 @@ def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainCon
     )
     _check_divisible(config.batch_size, config.nproc, section.name, f"{section.key('nproc')} = {config.nproc}")
     return config
+
+
+def with_method_optimizer(config: TrainConfig, variant: Section) -> TrainConfig:
+    """`config` with the variant's `optimizer:` overrides (any of lr, weight_decay, lr_step, lr_gamma).
+
+    The methods' official optimiser settings differ (CAL: weight decay 1e-3, StepLR gamma 0.05;
+    CPL: 1e-5, 0.2), so a variant (`train.methods.<variant>`) may replace the train section's values
+    for its own runs; keys it leaves out keep the train section's. Unknown keys are typos.
+    """
+    if not variant.has("optimizer"):
+        return config
+    overrides = variant.section("optimizer")
+    overrides.check_unknown(OPTIMIZER_KEYS)
+    return replace(config, **_optimizer_settings(overrides, [k for k in OPTIMIZER_KEYS if overrides.has(k)]))
 
 
 def _check_divisible(batch_size: int, processes: int, section_name: str, what: str) -> None:
@@ -261,6 +286,135 @@ class Sampler:
         targets = torch.where(is_lab, self.labelled_targets[lab_pick], torch.full_like(lab_pick, -1))
         return rows, targets
 
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing carries between steps: every draw depends on the generator alone."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"Sampler keeps no state; got {sorted(state)}")
+
+
+def least_drawn_class(counts: list[int], u: float) -> int:
+    """The labelled class a balanced draw takes: one drawn least so far, picked by `u` in [0, 1).
+
+    The official search (owdfa/datasets/utils/sampler.py, `get_class`) lists the tied classes in
+    ascending order but lists the first of them twice unless it is class 0 (a new minimum is
+    appended once more on the same pass; spec §8.19), then picks uniformly from that list.
+    """
+    low = min(counts)
+    tied = [c for c, n in enumerate(counts) if n == low]
+    candidates = tied if tied[0] == 0 else [tied[0], *tied]
+    return candidates[int(u * len(candidates))]
+
+
+class BalancedSampler:
+    """CPL's sampler: the official MultilabelBalancedRandomSampler in "balance" mode (spec §2.2).
+
+    Draws alternate, the very first being unlabelled: an unlabelled draw takes the next row of the
+    unlabelled pool, a labelled draw the next row of a least-drawn labelled class
+    (`least_drawn_class`). Each pool is walked cyclically in a random order fixed once (at the first
+    draw), and the per-pool counts and the alternation carry on across epochs, as in the official
+    sampler, whose counters are never reset. An epoch is len(labelled) + len(unlabelled) draws. The
+    loop trains on whole batches only, so the last (draws mod batch_size) draws of each epoch, the
+    official short last batch, are drawn and dropped, keeping the stream aligned with the official
+    one. Without unlabelled rows, or for a method not using them, every draw is labelled.
+
+    All randomness (orders, tie-breaks) comes from the loop's generator, so every rank draws the
+    same global batch; `state_dict` holds what carries between epochs, for resuming.
+    """
+
+    def __init__(self, data: TrainData, batch_size: int, use_unlabelled: bool) -> None:
+        if len(data.labelled_rows) == 0:
+            raise ValueError("the class-balanced sampler needs labelled rows")
+        self.data, self.batch_size, self.use_unlabelled = data, batch_size, use_unlabelled
+        targets = np.asarray(data.labelled_targets)
+        # Positions into data.labelled_rows per labelled class (ascending class id), then the unlabelled pool.
+        self._members = [np.flatnonzero(targets == c) for c in np.unique(targets)]
+        self._members.append(np.arange(len(data.unlabelled_rows) if use_unlabelled else 0))
+        self._orders: list[np.ndarray] | None = None
+        self._counts = [0] * len(self._members)
+        self._unlabelled_next = True
+        self._step_in_epoch = 0
+
+    @classmethod
+    def build(cls, data: TrainData, config: TrainConfig, method: Method) -> BalancedSampler:
+        return cls(data, config.batch_size, method.uses_unlabelled and len(data.unlabelled_rows) > 0)
+
+    @property
+    def draws_per_epoch(self) -> int:
+        return sum(len(m) for m in self._members)
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.draws_per_epoch // self.batch_size)
+
+    def draw(self, gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        """Cache rows and targets (-1 for unlabelled draws) of one global batch."""
+        if self._orders is None:
+            self._orders = [m[torch.randperm(len(m), generator=gen).numpy()] for m in self._members]
+        count = self.batch_size
+        self._step_in_epoch += 1
+        if self._step_in_epoch == self.steps:  # the epoch's last batch: also use up the short one
+            count += max(0, self.draws_per_epoch - self.steps * self.batch_size)
+            self._step_in_epoch = 0
+        ties = torch.rand(count, generator=gen, dtype=torch.float64).tolist()
+        unlabelled = len(self._members) - 1
+        rows = np.empty(count, dtype=np.int64)
+        targets = np.empty(count, dtype=np.int64)
+        for i, u in enumerate(ties):
+            take_unlabelled = self.use_unlabelled and self._unlabelled_next
+            pool = unlabelled if take_unlabelled else least_drawn_class(self._counts[:-1], u)
+            if self.use_unlabelled:
+                self._unlabelled_next = not self._unlabelled_next
+            order = self._orders[pool]
+            position = int(order[self._counts[pool] % len(order)])
+            self._counts[pool] += 1
+            if pool == unlabelled:
+                rows[i], targets[i] = self.data.unlabelled_rows[position], -1
+            else:
+                rows[i], targets[i] = self.data.labelled_rows[position], self.data.labelled_targets[position]
+        keep = self.batch_size
+        return rows[:keep], torch.from_numpy(targets[:keep])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pools' fixed orders (once drawn), the draw counts, the alternation and the step in the epoch."""
+        state: dict[str, Any] = {
+            "counts": list(self._counts),
+            "unlabelled_next": self._unlabelled_next,
+            "step_in_epoch": self._step_in_epoch,
+        }
+        if self._orders is not None:
+            state["orders"] = torch.from_numpy(np.concatenate(self._orders).astype(np.int64))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["counts"]) != len(self._members):
+            raise ValueError(f"sampler state for {len(state['counts'])} pools, this data has {len(self._members)}")
+        self._counts = [int(n) for n in state["counts"]]
+        self._unlabelled_next = bool(state["unlabelled_next"])
+        self._step_in_epoch = int(state["step_in_epoch"])
+        self._orders = None
+        if "orders" in state:
+            flat = state["orders"].numpy()
+            bounds = np.cumsum([0, *(len(m) for m in self._members)])
+            if len(flat) != bounds[-1]:
+                raise ValueError(f"sampler orders hold {len(flat)} positions, this data has {bounds[-1]}")
+            self._orders = [flat[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+SAMPLERS: dict[str, type[Sampler] | type[BalancedSampler]] = {
+    "labelled_share": Sampler,
+    "class_balanced": BalancedSampler,
+}
+
+
+def build_sampler(data: TrainData, config: TrainConfig, method: Method) -> Sampler | BalancedSampler:
+    """The sampler the method's recipe names (`Method.sampler`)."""
+    if method.sampler not in SAMPLERS:
+        raise ValueError(f"{type(method).__name__}.sampler = {method.sampler!r}; known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[method.sampler].build(data, config, method)
+
 
 def forward_loss(
     forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
@@ -302,15 +456,16 @@ def forward_loss(
 class TrainStep:
     """One step of the loop (also what bench/train.py times); returns the loss terms.
 
-    Draw the global batch, make its views, forward this rank's rows, the method's loss on the
-    gathered outputs, backward, mean gradient over ranks, Adam update.
+    Draw the global batch, make its views (weak and strong; or, for a single-view method, CPL's
+    `single_view` in the weak slot), forward this rank's rows, the method's loss on the gathered
+    outputs, backward, mean gradient over ranks, Adam update.
     """
 
     forward: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     method: Method
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
-    sampler: Sampler
+    sampler: Sampler | BalancedSampler
     host: HostBatches
     gen: torch.Generator
     config: TrainConfig
@@ -323,8 +478,10 @@ class TrainStep:
         rows, targets = self.sampler.draw(gen)
         targets = targets.to(self.device)
         x = self.host(rows)
-        weak = weak_view(x, config.augment, gen)
-        strong = strong_view(x, config.augment, gen) if self.method.uses_strong_view else None
+        if self.method.uses_strong_view:
+            weak, strong = weak_view(x, config.augment, gen), strong_view(x, config.augment, gen)
+        else:
+            weak, strong = single_view(x, config.augment, gen), None
         if world.active:  # every rank made the global batch's views (same generator draws); keep our rows
             mine = world.part(config.batch_size)
             weak, strong = weak[mine], strong[mine] if strong is not None else None
@@ -423,7 +580,7 @@ def _train(
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     gen = torch.Generator().manual_seed(seed)
-    sampler = Sampler.build(data, config, method)
+    sampler = build_sampler(data, config, method)
     step = TrainStep(
         forward=torch.compile(model) if config.compile else model,
         method=method,
@@ -449,7 +606,7 @@ def _train(
         found = load_checkpoint(checkpoint_dir, fingerprint, note=desc if world.is_main else None)
         if found is not None:
             history, best_acc, best_state, best_epoch = _restore(
-                found, model, optimizer, scheduler, gen, method, device
+                found, model, optimizer, scheduler, gen, method, sampler, device
             )
     world.check_same(model)
     start_epoch = len(history)
@@ -503,6 +660,7 @@ def _train(
                 scheduler=scheduler,
                 gen=gen,
                 method=method,
+                sampler=sampler,
                 history=history,
                 best=(best_acc, best_state, best_epoch),
                 device=device,
@@ -514,7 +672,6 @@ def _train(
             )
     if live is not None:
         live.end()
-    method.finalise(model)
     world.barrier()
     return TrainResult(
         model=model.cpu(),
@@ -735,6 +892,7 @@ def save_checkpoint(
     scheduler: Any,
     gen: torch.Generator,
     method: Method,
+    sampler: Sampler | BalancedSampler,
     history: list[dict[str, Any]],
     best: tuple[float, dict[str, torch.Tensor] | None, int | None],
     device: torch.device,
@@ -760,6 +918,8 @@ def save_checkpoint(
     tensors.update(rng_tensors)
     method_tensors, method_rest = _split("method", method.state_dict())
     tensors.update(method_tensors)
+    sampler_tensors, sampler_rest = _split("sampler", sampler.state_dict())
+    tensors.update(sampler_tensors)
     meta = {
         "format": CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
@@ -771,6 +931,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "rng": rng_meta,
         "method": method_rest,
+        "sampler": sampler_rest,
     }
     final = directory / f"epoch-{len(history):04d}.safetensors"
     tmp = directory / f".{final.name}.tmp"
@@ -863,6 +1024,7 @@ def _restore(
     scheduler: Any,
     gen: torch.Generator,
     method: Method,
+    sampler: Sampler | BalancedSampler,
     device: torch.device,
 ) -> tuple[list[dict[str, Any]], float, dict[str, torch.Tensor] | None, int | None]:
     tensors, meta = found.tensors, found.meta
@@ -876,6 +1038,7 @@ def _restore(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     scheduler.load_state_dict(meta["scheduler"])
     method.load_state_dict(_join("method", tensors, meta["method"]))
+    sampler.load_state_dict(_join("sampler", tensors, meta["sampler"]))
     _set_rng_state(tensors, meta["rng"], gen, device)
     best_state = _join("best", tensors, {}) or None
     return list(meta["history"]), float(meta["best_acc"]), best_state, meta["best_epoch"]

@@ -7,7 +7,10 @@ Labels of unlabelled rows never reach a method: the loop passes -1 for them.
 
 Runs name *variants* (`train.methods.<variant>` in params.yaml), each choosing a loss class with
 `loss:` and setting every hyper-parameter of it, so ablations are just more variants
-(`cal_no_acr: {loss: cal, acr: false, ...}`) and `dvc exp run -S` reaches every switch.
+(`cal_no_acr: {loss: cal, acr: false, ...}`) and `dvc exp run -S` reaches every switch. A variant
+may also carry an `optimizer:` mapping overriding the train section's lr, weight_decay, lr_step or
+lr_gamma for its runs (methods differ in their official optimiser settings); the training code
+reads it (`owdfa.training.with_method_optimizer`), the loss object ignores it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class Method:
     name: ClassVar[str] = ""
     uses_unlabelled: ClassVar[bool] = True
     uses_strong_view: ClassVar[bool] = True
+    # How the loop draws batches (owdfa.training.SAMPLERS): "labelled_share" = CAL's sampler (each
+    # draw labelled with probability train.labelled_share, with replacement); "class_balanced" =
+    # CPL's (alternating unlabelled / least-drawn labelled class). Part of a method's recipe.
+    sampler: ClassVar[str] = "labelled_share"
 
     def step_loss(self, step: StepInput) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -64,9 +71,6 @@ class Method:
         """Update the model or thresholds after an epoch; return values to log."""
         return {}
 
-    def finalise(self, model: torch.nn.Module) -> None:
-        """Last chance to adjust the model before it is saved (no-op by default)."""
-
     def state(self) -> dict[str, Any]:
         """Values worth recording in the model card (thresholds, estimated K, ...)."""
         return {}
@@ -85,9 +89,12 @@ class Method:
 
     @classmethod
     def from_section(cls, section: Section) -> Method:
-        """Every field must be given and typed right; unknown keys are typos."""
+        """Every field must be given and typed right; unknown keys are typos.
+
+        `optimizer` is allowed beside the fields: it belongs to the training config, which checks it.
+        """
         names = [f.name for f in fields(cls)] if hasattr(cls, "__dataclass_fields__") else []
-        section.check_unknown([*names, "loss"])
+        section.check_unknown([*names, "loss", "optimizer"])
         kwargs: dict[str, Any] = {}
         for f in fields(cls) if names else ():
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
