@@ -71,3 +71,26 @@ def test_every_flag_a_preset_mentions_exists_in_params(preset: Path) -> None:
     params = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
     mentioned = {key for key, _ in FLAG.findall(header)}
     assert mentioned - set(params) == set()
+
+
+def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
+    # CPL's official config: Adam lr 2e-4, weight decay 1e-5, StepLR(10, 0.2), 50 epochs, batch 128, fp32.
+    from owdfa.config import Section
+    from owdfa.training import train_config, with_method_optimizer
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    train = params["train"]
+    for key, value in flatten(yaml.safe_load((ROOT / "params" / "owdfa40-cpl.yaml").read_text())).items():
+        if key.startswith("train."):
+            train[key.removeprefix("train.")] = value
+    section = Section(train, "train")
+    config = with_method_optimizer(
+        train_config(section, extra_keys=("methods",)), section.section("methods").section("cpl")
+    )
+    assert (config.lr, config.weight_decay, config.lr_step, config.lr_gamma) == (2e-4, 1e-5, 10, 0.2)
+    assert (config.epochs, config.batch_size, config.precision, config.backbone) == (
+        50,
+        128,
+        "fp32",
+        "resnet50.ram_in1k",
+    )
