@@ -135,12 +135,17 @@ def test_non_4d_input_rejected() -> None:
         FrequencyAttention()(torch.randn(3, 8, 8))
 
 
-def test_model_with_ffe_forward() -> None:
+def _ffe_model_and_images():
+    """A seeded test_resnet with FFE (eval mode) and two random 64 px uint8 images."""
     from owdfa.models import AttributionModel
 
     torch.manual_seed(0)
     model = AttributionModel("test_resnet", 5, ffe=True).eval()
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    return model, torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+
+
+def test_model_with_ffe_forward() -> None:
+    model, images = _ffe_model_and_images()
     with torch.no_grad():
         out = model(images)
     assert out["attention"].shape == (2, 1, 64, 64)
@@ -216,11 +221,7 @@ def test_ffe_weights_overlap_at_100px() -> None:
 def test_model_reweights_the_feature_map_with_the_official_ffe_map() -> None:
     # At 64 px test_resnet's map is 2x2: the official map is the 8x8 pool resized bilinearly, which
     # (align_corners=False, 8 -> 2) averages 8x8 cells 1,2 and 5,6 of each axis -- not the 32x32 means.
-    from owdfa.models import AttributionModel
-
-    torch.manual_seed(0)
-    model = AttributionModel("test_resnet", 5, ffe=True).eval()
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    model, images = _ffe_model_and_images()
     with torch.no_grad():
         out = model(images)
         x = model.normalise(images)
