@@ -26,18 +26,19 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from owdfa.config import Section, load_params
-from owdfa.data.align import read_faces
+from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
+from owdfa.inference import pick_device, predict
 from owdfa.io import atomic_write_json
 from owdfa.methods.base import Supervised
 from owdfa.metrics import evaluate_predictions, per_class_acc
 from owdfa.model_io import load_model
 from owdfa.pipeline import load_train_data
-from owdfa.training import TrainData, pick_device, predict, run_training, train_config
+from owdfa.training import TrainData, run_training, train_config
 
 
 def upper_bound(train_section: Section, split_dir: Path, faces_dir: Path, seed: int) -> dict[str, float]:
-    config = train_config(train_section, extra_keys=("methods",))
+    config = train_config(train_section)
     data, classes = load_train_data(split_dir, faces_dir)
     manifest, _ = read_split(split_dir)
     train_rows = manifest[manifest["split"].isin(["labelled", "unlabelled"])]

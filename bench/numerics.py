@@ -45,7 +45,7 @@ def child(steps: int, image_size: int, batch_size: int) -> None:
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     config = TrainConfig(backbone=section["backbone"], dropout=section["dropout"], batch_size=batch_size)
     seed_everything(0)
-    method = build_method("cal", Section(section["methods"], "train.methods"))
+    method = build_method("cal", Section.from_file("methods", ROOT / "params.yaml"))
     step = training_step(config, synthetic_data(4 * batch_size, image_size), torch.device("cpu"), method)
     for _ in range(2):
         step()

@@ -32,6 +32,7 @@ from common import cpu_name, merge_into
 
 from owdfa.config import Section
 from owdfa.data.views import strong_view, weak_view
+from owdfa.inference import autocast, pick_device
 from owdfa.methods import Method, build_method
 from owdfa.models import AttributionModel
 from owdfa.training import (
@@ -39,9 +40,7 @@ from owdfa.training import (
     TrainConfig,
     TrainData,
     TrainStep,
-    _autocast,
     build_sampler,
-    pick_device,
     seed_everything,
 )
 
@@ -148,7 +147,7 @@ def forward_backward(
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        with _autocast(device, config.precision):
+        with autocast(device, config.precision):
             loss = out(weak).float().mean() + out(strong).float().mean()
         loss.backward()
 
@@ -191,7 +190,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per repeat (best of 3 repeats)")
-    parser.add_argument("--variant", default="cal", help="train.methods variant in params.yaml")
+    parser.add_argument("--variant", default="cal", help="methods variant in params.yaml")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--compile", action="store_true")
@@ -217,7 +216,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     data = synthetic_data(max(1024, 2 * args.batch_size), args.image_size)
-    method = build_method(args.variant, Section(section["methods"], "train.methods"))
+    method = build_method(args.variant, Section.from_file("methods", ROOT / "params.yaml"))
 
     calls = {
         "step": training_step(config, data, device, method),

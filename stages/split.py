@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from owdfa.config import Section
-from owdfa.data.align import read_faces
+from owdfa.data.face_cache import read_faces
 from owdfa.data.split import write_split
 from owdfa.stage import run_stage
 

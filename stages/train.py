@@ -1,4 +1,4 @@
-"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train, numerics).
+"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train, methods.<method>, numerics).
 
 `train.nproc: N > 1` re-runs this command under `torchrun --standalone --nproc_per_node N` (one node,
 N data-parallel processes: one per GPU, or gloo processes on the CPU). For several nodes start it
@@ -33,9 +33,11 @@ def main() -> None:
     from owdfa.training import train_config
 
     section = Section.from_file("train", args.params)
-    relaunch(train_config(section, extra_keys=("methods",)).nproc)  # checks the params before launching
+    methods = Section.from_file("methods", args.params)
+    relaunch(train_config(section).nproc)  # checks the params before launching
     train(
         section,
+        methods,
         args.method,
         args.seed,
         args.split,

@@ -231,7 +231,7 @@ PARAMS = dict(
 
 
 def test_from_section_and_validation():
-    m = CAL.from_section(Section(PARAMS, "train.methods.cal"))
+    m = CAL.from_section(Section(PARAMS, "methods.cal"))
     assert m.dpp and m.num_prototypes(3, 5) == 30 and m.model_options() == {"ffe": False}
     assert _cal().num_prototypes(3, 5) == 5
     with pytest.raises(ConfigError, match="known_threshold"):

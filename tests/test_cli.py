@@ -24,9 +24,9 @@ from PIL import Image
 from skimage import data
 
 from owdfa import cli
+from owdfa.inference import predict
 from owdfa.model_io import save_model_dir
 from owdfa.models import AttributionModel
-from owdfa.training import predict
 
 SIZE = 32
 NAMES = ["Real", "Swap_A", "Reenact_B", "Gan_C", "Diff_D"]

@@ -291,7 +291,7 @@ def test_from_section_reads_every_field():
         "detach_confidence": False,
         "require_full_batch": True,
     }
-    method = CPL.from_section(Section(params, "train.methods.cpl"))
+    method = CPL.from_section(Section(params, "methods.cpl"))
     assert method == CPL()
     assert method.model_options() == {"patch_features": True}
     assert CPL.uses_strong_view is False

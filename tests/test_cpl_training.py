@@ -297,8 +297,8 @@ def params_train() -> dict:
 def test_cpl_variant_carries_the_official_weight_decay_and_gamma():
     # Official configs/train.yaml (CPL block): Adam lr 2e-4, weight_decay 1e-5, StepLR step 10, gamma 0.2.
     train = params_train()
-    base = training.train_config(Section(train, "train"), extra_keys=("methods",))
-    methods = Section(train["methods"], "train.methods")
+    base = training.train_config(Section(train, "train"))
+    methods = Section.from_file("methods", ROOT / "params.yaml")
     cpl = with_method_optimizer(base, methods.section("cpl"))
     assert cpl.weight_decay == 1e-5 and cpl.lr_gamma == 0.2
     assert (cpl.lr, cpl.lr_step) == (base.lr, base.lr_step)  # shared schedule: official lr/step equal CAL's
@@ -309,23 +309,23 @@ def test_optimizer_override_keys_are_checked():
     base = TrainConfig()
 
     def variant(optimizer):
-        return Section({"loss": "cpl", "optimizer": optimizer}, "train.methods.cpl")
+        return Section({"loss": "cpl", "optimizer": optimizer}, "methods.cpl")
 
     assert with_method_optimizer(base, variant({"lr": 1e-3, "lr_step": 3})) == TrainConfig(lr=1e-3, lr_step=3)
     for bad, key in (
-        ({"momentum": 0.9}, "train.methods.cpl.optimizer.momentum"),
-        ({"lr_gamma": 1.5}, "train.methods.cpl.optimizer.lr_gamma"),
-        ({"lr_step": 0}, "train.methods.cpl.optimizer.lr_step"),
-        ({"weight_decay": "small"}, "train.methods.cpl.optimizer.weight_decay"),
+        ({"momentum": 0.9}, "methods.cpl.optimizer.momentum"),
+        ({"lr_gamma": 1.5}, "methods.cpl.optimizer.lr_gamma"),
+        ({"lr_step": 0}, "methods.cpl.optimizer.lr_step"),
+        ({"weight_decay": "small"}, "methods.cpl.optimizer.weight_decay"),
     ):
         with pytest.raises(ConfigError) as err:
             with_method_optimizer(base, variant(bad))
         assert key in str(err.value)
-    with pytest.raises(ConfigError, match="train.methods.cpl.optimizer"):
+    with pytest.raises(ConfigError, match="methods.cpl.optimizer"):
         with_method_optimizer(base, variant([0.2]))
     # The loss object accepts the key beside its fields (it is the training config's).
-    params = {**yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["methods"]["cpl"]}
-    assert CPL.from_section(Section(params, "train.methods.cpl")) == CPL()
+    params = {**yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]["cpl"]}
+    assert CPL.from_section(Section(params, "methods.cpl")) == CPL()
 
 
 def test_pipeline_train_hands_the_overridden_config_to_training(monkeypatch, tmp_path):
@@ -341,9 +341,10 @@ def test_pipeline_train_hands_the_overridden_config_to_training(monkeypatch, tmp
     monkeypatch.setattr(pipeline, "load_train_data", lambda *a: (data_of({0: [0]}, [1]), {"protocol": "p1"}))
     monkeypatch.setattr(pipeline, "run_training", capture)
     section = Section(params_train(), "train")
+    methods = Section.from_file("methods", ROOT / "params.yaml")
     for variant in ("cpl", "cal"):
         with pytest.raises(Captured):
-            pipeline.train(section, variant, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
+            pipeline.train(section, methods, variant, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
     cpl, cal = seen
     assert (cpl.weight_decay, cpl.lr_gamma) == (1e-5, 0.2)
     assert (cal.weight_decay, cal.lr_gamma) == (section.float("weight_decay"), section.float("lr_gamma"))
@@ -361,7 +362,7 @@ def test_overrides_reach_adam_and_steplr(monkeypatch):
     data = data_of({0: [0, 1], 1: [2, 3]}, list(range(4, 8)), size=8)
     data.images = np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
     base = TrainConfig(backbone="test_resnet", epochs=3, batch_size=4, lr=1e-3, lr_step=1, device="cpu")
-    variant = Section({"loss": "cpl", "optimizer": {"weight_decay": 1.0e-5, "lr_gamma": 0.2}}, "train.methods.cpl")
+    variant = Section({"loss": "cpl", "optimizer": {"weight_decay": 1.0e-5, "lr_gamma": 0.2}}, "methods.cpl")
     result = run_training(with_method_optimizer(base, variant), data, CPL(), seed=0)
     assert [g["weight_decay"] for g in adams[0].param_groups] == [1e-5]
     # StepLR(step 1, gamma .2), logged before each epoch's scheduler step: 1e-3, 2e-4, 4e-5.

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_no_label_leak import _train_section
+from test_no_label_leak import _train_sections
 from test_resume import build_tiny_split
 
 from owdfa.config import Section
-from owdfa.data.align import read_faces
+from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
 from owdfa.evaluation import evaluate
+from owdfa.inference import pick_device, predict
 from owdfa.metrics import evaluate_predictions
 from owdfa.model_io import load_model, load_state, read_card, save_model_dir
 from owdfa.pipeline import train
-from owdfa.training import pick_device, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def faithful_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("faithful")
     faces, split = build_tiny_split(base)
     model_dir = base / "model"
-    train(_train_section("cal_dpp_faithful"), "cal_dpp_faithful", 0, split, faces, None, model_dir, None)
+    train(*_train_sections("cal_dpp_faithful"), "cal_dpp_faithful", 0, split, faces, None, model_dir, None)
     return faces, split, model_dir
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from skimage import data
 
 from owdfa.config import Section
-from owdfa.data.align import align, read_faces
+from owdfa.data.align import align
+from owdfa.data.face_cache import read_faces
 from owdfa.data.faces import (
     PREDICTOR_FILE,
     FaceAligner,

@@ -14,14 +14,14 @@ from sklearn.cluster import KMeans
 
 from owdfa.config import Section, load_params
 from owdfa.errors import ConfigError
-from owdfa.evaluation import evaluate_config, kmeans_k_estimate
-from owdfa.methods.kmeans_k import (
+from owdfa.estimate_k import (
     K_ESTIMATORS,
     gcd_estimate_k,
     run_k_estimator,
     ss_kmeans,
     ss_kmeans_folds_estimate_k,
 )
+from owdfa.evaluation import evaluate_config, kmeans_k_estimate
 from owdfa.metrics import cluster_acc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_gcd_scores_labelled_rows_only():
 
 def test_gcd_runs_kmeans_as_gcd_ran_it(monkeypatch):
     """Plain k-means with GCD's settings on every row, normalised; float32 features stay float32."""
-    import owdfa.methods.kmeans_k as kmeans_k
+    import owdfa.estimate_k as kmeans_k
 
     calls = []
 

@@ -196,7 +196,7 @@ def test_baseline_weights_from_params():
         "teacher_temp": 0.1,
         "student_temp": 1.0,
     }
-    method = build_method("baseline", Section({"baseline": params}, "train.methods"))
+    method = build_method("baseline", Section({"baseline": params}, "methods"))
     total, _ = method.step_loss(step())
     assert total.item() == pytest.approx(CE + 2.0 * REG + 0.5 * DISTILL, abs=1e-9)
 

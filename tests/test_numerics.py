@@ -132,7 +132,7 @@ def run_tiny_pipeline(
     params["numerics"].update(numerics)
     params["pretrain"].update(epochs=1, batch_size=16, device="cpu")
     params["train"].update(epochs=2, batch_size=16, lr_step=1, device="cpu")
-    params["train"]["methods"]["cal"]["acr_start_epoch"] = 0
+    params["methods"]["cal"]["acr_start_epoch"] = 0
     params["evaluate"].update(device="cpu", mc_dropout_passes=2, tsne_max_points=0)
     out.mkdir(parents=True)
     (out / "params.yaml").write_text(yaml.safe_dump(params))

@@ -84,9 +84,7 @@ def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
         if key.startswith("train."):
             train[key.removeprefix("train.")] = value
     section = Section(train, "train")
-    config = with_method_optimizer(
-        train_config(section, extra_keys=("methods",)), section.section("methods").section("cpl")
-    )
+    config = with_method_optimizer(train_config(section), Section(params["methods"]["cpl"], "methods.cpl"))
     assert (config.lr, config.weight_decay, config.lr_step, config.lr_gamma) == (2e-4, 1e-5, 10, 0.2)
     assert (config.epochs, config.batch_size, config.precision, config.backbone) == (
         50,

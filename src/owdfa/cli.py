@@ -7,7 +7,7 @@
 evaluate stage's for the same picture: robust decoding (`owdfa.data.faces.decode_rgb`), the align
 stage's `FaceAligner` with the settings recorded in the card (`preprocessing`, the params'
 `align:` section; a card without it means mode `resize` at the card's `image_size`), then
-`owdfa.training.predict` (eval mode, argmax over the active prototypes). Folders are searched
+`owdfa.inference.predict` (eval mode, argmax over the active prototypes). Folders are searched
 recursively in sorted order for the align stage's image suffixes (dotfiles and `__MACOSX` skipped);
 files named explicitly are always tried. Weights are read from safetensors only: a pickled
 checkpoint is never unpickled (`owdfa.model_io`).
@@ -436,7 +436,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     configure_torch()
 
-    from owdfa.training import pick_device
+    from owdfa.inference import pick_device
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: CUDA is not available on this machine")
@@ -478,7 +478,7 @@ def run_attribution(
     from tqdm import tqdm
 
     from owdfa.data.faces import decode_rgb
-    from owdfa.training import max_softmax, predict
+    from owdfa.inference import max_softmax, predict
 
     detecting = aligner.mode != "resize"
     tty = sys.stderr.isatty()

@@ -7,7 +7,7 @@ calibration, MC-dropout uncertainty, the `evaluate.k_estimators` K estimates, fi
 Outputs, all under the run's folder:
   metrics.json  {last: {...}, val_best: {...}, [last_all_prototypes, val_best_all_prototypes: faithful DPP],
                 k_hat (of the analysed checkpoint), k_true, k_error, k_hat_<estimator>, k_error_<estimator>,
-                calibration: {...}}  (<estimator>: gcd | ss_kmeans_folds, see owdfa.methods.kmeans_k)
+                calibration: {...}}  (<estimator>: gcd | ss_kmeans_folds, see owdfa.estimate_k)
   run.json      what was evaluated (protocol, method, seed, checkpoint, K̂ per epoch, method settings) and
                 the numerics that training and evaluation computed under (owdfa.numerics)
   confusion.csv, reliability.csv, k_trajectory.csv   data plots for `dvc plots`
@@ -27,15 +27,15 @@ import pandas as pd
 
 from owdfa import plots
 from owdfa.config import Section
-from owdfa.data.align import read_faces
+from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
 from owdfa.errors import ConfigError, DataError
+from owdfa.inference import describe_device, effective_precision, max_softmax, pick_device, predict
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
 from owdfa.numerics import configure_torch
 from owdfa.numerics import describe as describe_numerics
-from owdfa.training import describe_device, effective_precision, max_softmax, pick_device, predict
 from owdfa.uncertainty import (
     expected_calibration_error,
     matched_correct,
@@ -66,7 +66,7 @@ class EvaluateConfig:
     checkpoint: str
     batch_size: int
     device: str
-    k_estimators: tuple[str, ...]  # names from owdfa.methods.kmeans_k.K_ESTIMATORS, in the order given
+    k_estimators: tuple[str, ...]  # names from owdfa.estimate_k.K_ESTIMATORS, in the order given
     kmeans_max_factor: float
     seed: int
     ece_bins: int
@@ -101,7 +101,7 @@ def evaluate_config(section: Section) -> EvaluateConfig:
 
 def _k_estimators(section: Section) -> tuple[str, ...]:
     """`k_estimators`: a list of distinct estimator names, possibly empty (no K estimate at all)."""
-    from owdfa.methods.kmeans_k import K_ESTIMATORS
+    from owdfa.estimate_k import K_ESTIMATORS
 
     names = section.str_list("k_estimators")
     for name in names:
@@ -133,7 +133,7 @@ def kmeans_k_estimate(
     ``[num_known, max(num_known + 1, round(max_factor * num_known))]`` (GCD's ``max_classes``); ``seed``
     feeds only ``ss_kmeans_folds``: GCD's k-means is always seeded with ``random_state=0``.
     """
-    from owdfa.methods.kmeans_k import K_ESTIMATORS, run_k_estimator
+    from owdfa.estimate_k import K_ESTIMATORS, run_k_estimator
 
     train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
     _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device, precision)

@@ -40,6 +40,15 @@ EXACT_ISA = {
     "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: the AVX2 kernels whatever the CPU
 }
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# How an idle OpenMP thread waits at a barrier: scheduling only, never the numbers. torch's pip
+# wheel runs on GNU libgomp, whose default spins ~300,000 iterations (a few ms) at every barrier;
+# when another process holds the core a partner thread needs (a second sweep job, any busy
+# process), that spin burns the partner's time slice and each job ran several times slower than
+# one after another. A short spin keeps a job alone at today's speed and makes jobs at once no
+# slower than in turn (bench/concurrency.py, reports/bench.json "concurrency"). pin() sets it
+# unless the user set either variable (then theirs stands, whole).
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+WAIT_POLICY = {"GOMP_SPINCOUNT": "10000"}
 NUMERIC_MODULES = ("torch", "numpy")
 
 
@@ -125,9 +134,16 @@ def pin(numerics: Numerics) -> Numerics:
                 f"({', '.join(differs)} not set as {numerics.mode} mode needs); call pin() first"
             )
     os.environ.update(wanted)  # overrides a user's own ATEN_CPU_CAPABILITY etc. in exact mode
+    if not loaded and not any(name in os.environ for name in WAIT_VARIABLES):
+        os.environ.update(WAIT_POLICY)  # both modes; a loaded libgomp would not read it any more
     global _pinned
     _pinned = numerics
     return numerics
+
+
+def wait_policy() -> str:
+    """The OpenMP wait variables in this environment, e.g. 'GOMP_SPINCOUNT=10000' ('libgomp default': none)."""
+    return " ".join(f"{name}={os.environ[name]}" for name in WAIT_VARIABLES if name in os.environ) or "libgomp default"
 
 
 def pinned() -> Numerics | None:
@@ -181,6 +197,7 @@ def describe(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
         "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "native"),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "omp_wait": wait_policy(),
         "versions": {
             "torch": torch.__version__,
             "mkl": _config_version(r"Math Kernel Library Version ([\d.]+)"),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from owdfa.config import Section
-from owdfa.data.align import read_faces, read_preprocessing
+from owdfa.data.face_cache import read_faces, read_preprocessing
 from owdfa.data.split import read_split
 from owdfa.distributed import world_from_env
 from owdfa.errors import DataError
@@ -20,7 +20,7 @@ from owdfa.numerics import describe as describe_numerics
 from owdfa.training import (
     TrainData,
     TrainResult,
-    clear_checkpoints,
+    close_checkpoints,
     run_training,
     train_config,
     with_method_optimizer,
@@ -124,7 +124,7 @@ def pretrain(
 def _finish(checkpoints: Path | None) -> None:
     """The model directory is safe on disk: the checkpoints have served (a kill before this resumes)."""
     if checkpoints is not None:
-        clear_checkpoints(checkpoints)
+        close_checkpoints(checkpoints)
 
 
 def _data_identity(classes: dict[str, Any], faces_dir: Path) -> dict[str, Any]:
@@ -149,6 +149,7 @@ def initial_state(init_dir: Path | None) -> dict | None:
 
 def train(
     section: Section,
+    methods: Section,
     method_name: str,
     seed: int,
     split_dir: Path,
@@ -160,13 +161,13 @@ def train(
 ) -> dict[str, Any]:
     """One training run; with `checkpoints`, an interrupted run resumes from its last epoch.
 
-    The variant's `optimizer:` overrides, if any, replace the train section's optimiser settings.
+    `section` is the train section; of `methods` (the variants) only `method_name` is read. The
+    variant's `optimizer:` overrides, if any, replace the train section's optimiser settings.
     In a multi-process run only rank 0 writes the model directory (and the curves, checkpoints).
     """
-    config = train_config(section, extra_keys=("methods",))
-    methods = section.section("methods")
     method = build_method(method_name, methods)
-    config = with_method_optimizer(config, methods.section(method_name))
+    variant = methods.section(method_name)
+    config = with_method_optimizer(train_config(section), variant)
     data, classes = load_train_data(split_dir, faces_dir)
     result = run_training(
         config,
@@ -183,11 +184,11 @@ def train(
     card = _card(
         result,
         classes,
-        section.as_dict(),
+        {"train": section.as_dict(), "method": variant.as_dict()},
         faces_dir,
         method=method_name,
         loss=method.name,
-        method_params=methods.raw(method_name),
+        method_params=variant.as_dict(),
         model_options=result.model.options,
         method_state=method.state(),
         seed=seed,

@@ -84,7 +84,7 @@ OWDFA_COLUMNS = (
     ("known_acc", "Known ACC"),
 )
 GCD_COLUMNS = (("gcd_v2_all_acc", "All"), ("gcd_v2_old_acc", "Old"), ("gcd_v2_new_acc", "New"))
-# CAL's ablation (its Table 4) as variants of params.yaml's train.methods.
+# CAL's ablation (its Table 4) as variants of params.yaml's methods.
 ABLATION_ROWS = (
     ("cal_abl1", "I", "CE + R, FFE"),
     ("cal_abl2", "II", "+ CCR, no FFE"),
@@ -152,7 +152,7 @@ def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
         settings = run.get("method_params") or {}
         text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "loss")
         rows.append([method, str(run.get("loss")), text])
-    return ["## Methods", "", *_table(["Method", "loss", "settings (train.methods.<name> in params.yaml)"], rows), ""]
+    return ["## Methods", "", *_table(["Method", "loss", "settings (methods.<name> in params.yaml)"], rows), ""]
 
 
 def _numerics(grid: _Grid) -> list[str]:

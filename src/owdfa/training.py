@@ -41,6 +41,8 @@ from owdfa.config import Section
 from owdfa.data.views import AugmentConfig, single_view, strong_view, weak_view
 from owdfa.distributed import World, device_for, prepare_model, start, stop, world_from_env
 from owdfa.errors import ConfigError
+from owdfa.import_closure import REPO_ROOT, module_closure
+from owdfa.inference import autocast, batch_images, describe_device, effective_precision, pick_device, predict
 from owdfa.io import atomic_write_text
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
@@ -116,7 +118,7 @@ def with_method_optimizer(config: TrainConfig, variant: Section) -> TrainConfig:
     """`config` with the variant's `optimizer:` overrides (any of lr, weight_decay, lr_step, lr_gamma).
 
     The methods' official optimiser settings differ (CAL: weight decay 1e-3, StepLR gamma 0.05;
-    CPL: 1e-5, 0.2), so a variant (`train.methods.<variant>`) may replace the train section's values
+    CPL: 1e-5, 0.2), so a variant (`methods.<variant>`) may replace the train section's values
     for its own runs; keys it leaves out keep the train section's. Unknown keys are typos.
     """
     if not variant.has("optimizer"):
@@ -166,19 +168,6 @@ def seed_everything(seed: int) -> None:
     configure_torch()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def batch_images(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC cache rows -> uint8 NCHW tensor on device (normalisation happens in the model)."""
-    batch = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-
-
 class HostBatches:
     """Training batches from the uint8 cache; on CUDA through reused pinned buffers.
 
@@ -208,42 +197,6 @@ class HostBatches:
         on_device = buffer.to(self.device, non_blocking=True)
         copied.record()
         return on_device.permute(0, 3, 1, 2)
-
-
-def _autocast(device: torch.device, precision: str = "bf16"):
-    enabled = device.type == "cuda" and precision == "bf16"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-@torch.no_grad()
-def predict(
-    model: AttributionModel,
-    images: np.ndarray,
-    rows: np.ndarray,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "bf16",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eval-mode logits, features and argmax predictions over the active prototypes."""
-    model.eval()
-    logits, feats = [], []
-    for start_row in range(0, len(rows), batch_size):
-        x = batch_images(images, rows[start_row : start_row + batch_size], device)
-        with _autocast(device, precision):
-            out = model(x)
-        logits.append(out["logits"].float().cpu())
-        feats.append(out["features"].float().cpu())
-    if not logits:
-        empty = np.zeros((0,), dtype=np.int64)
-        return np.zeros((0, int(model.num_active))), np.zeros((0, model.feature_dim)), empty
-    all_logits = torch.cat(logits).numpy()
-    return all_logits, torch.cat(feats).numpy(), all_logits.argmax(axis=1)
-
-
-def max_softmax(logits: np.ndarray) -> np.ndarray:
-    """Confidence of each prediction: the largest softmax probability over the active prototypes."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -435,7 +388,7 @@ def forward_loss(
     `targets` are the global batch's; with one process the gathers are identities.
     """
     world = world or World()
-    with _autocast(device, precision):
+    with autocast(device, precision):
         out_w = forward(weak)
         out_s = forward(strong) if strong is not None else None
     step = StepInput(
@@ -684,18 +637,6 @@ def _train(
     )
 
 
-def effective_precision(device: torch.device, precision: str) -> str:
-    """The arithmetic a run really uses: bf16 autocast on CUDA when asked, fp32 otherwise."""
-    return "bf16 autocast" if device.type == "cuda" and precision == "bf16" else "fp32"
-
-
-def describe_device(device: torch.device, precision: str, world: World | None = None) -> str:
-    """What a stage runs on, for its log: the device, the precision actually used and the world size."""
-    world = world or World()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return f"device {name}, precision {effective_precision(device, precision)}, world size {world.size}"
-
-
 # --- dvclive ------------------------------------------------------------------------------------
 
 
@@ -759,7 +700,13 @@ def _trim_live(live_dir: Path, history: list[dict[str, Any]]) -> bool:
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")
-_SOURCES = ("training.py", "numerics.py", "distributed.py", "pipeline.py", "methods", "models", "data/views.py")
+FINISHED_NOTE = "FINISHED.txt"
+FINISHED_TEXT = (
+    "The run finished and wrote its model directory, so no resume state is kept here.\n"
+    "A killed run leaves its last epoch's checkpoint in this folder and resumes from it.\n"
+)
+# The training stages' library entry point: its import closure is the code a checkpoint was made by.
+TRAINING_ENTRY = "owdfa.pipeline"
 
 
 def _sha(*parts: Any) -> str:
@@ -781,14 +728,15 @@ def _tensor_bytes(state: dict[str, torch.Tensor] | None) -> bytes:
 
 
 def _code_bytes() -> bytes:
-    """The training code itself: a checkpoint of other code must not be continued by this code."""
-    root = Path(__file__).resolve().parent
+    """The training code itself: a checkpoint of other code must not be continued by this code.
+
+    The files are those `owdfa.pipeline` imports, directly or not (`owdfa.import_closure`, the same
+    source the stages' DVC code deps are checked against), so the two can never disagree.
+    """
     h = hashlib.sha256()
-    for name in _SOURCES:
-        path = root / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(file.relative_to(root).as_posix().encode())
-            h.update(file.read_bytes())
+    for name in module_closure(TRAINING_ENTRY):
+        h.update(name.encode())
+        h.update((REPO_ROOT / name).read_bytes())
     return h.digest()
 
 
@@ -947,16 +895,25 @@ def save_checkpoint(
 def clear_checkpoints(directory: Path, keep: Path | None = None) -> None:
     """Remove the checkpoint files (complete or half-written) in `directory` but `keep`; keep the folder.
 
-    After a new checkpoint, the older ones go. Once the model directory is written, all go: a
-    finished run then leaves no optimizer state on disk, and a forced re-run really trains again
-    instead of resuming after its last epoch. The folder stays because the stage declares it as an
-    output. Only files named like checkpoints are touched.
+    After a new checkpoint, the older ones go (and the finished note, which no longer holds).
+    Only files named like checkpoints, or the note, are touched.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for path in directory.iterdir():
-        if path != keep and (CHECKPOINT_NAME.match(path.name) or _is_partial(path.name)):
+        if path != keep and (CHECKPOINT_NAME.match(path.name) or _is_partial(path.name) or path.name == FINISHED_NOTE):
             path.unlink(missing_ok=True)
+
+
+def close_checkpoints(directory: Path) -> None:
+    """The run's model directory is safe on disk: remove every checkpoint and leave a note saying so.
+
+    A finished run then leaves no optimizer state on disk, and a forced re-run really trains again
+    instead of resuming after its last epoch. The folder stays because the stage declares it as an
+    output, and the note keeps it from being empty, which DVC would warn about on every run.
+    """
+    clear_checkpoints(directory)
+    atomic_write_text(Path(directory) / FINISHED_NOTE, FINISHED_TEXT)
 
 
 def _is_partial(name: str) -> bool:

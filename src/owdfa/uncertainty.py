@@ -27,8 +27,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from owdfa.inference import autocast, batch_images
 from owdfa.metrics import match_clusters
-from owdfa.training import _autocast, batch_images
 
 __all__ = [
     "OCCLUSION_FILL",
@@ -213,7 +213,7 @@ def _summarise(log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _head_features(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    with _autocast(device):
+    with autocast(device):
         return model.forward_maps(x)["features"].float()
 
 

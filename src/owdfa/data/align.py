@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from owdfa.config import Section
+from owdfa.data.face_cache import FACES_FILE, IMAGES_FILE, PREPROCESSING_FILE
 from owdfa.data.faces import (
     MODES,
     PREDICTOR_FILE,
@@ -48,22 +49,12 @@ from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
 
 __all__ = [
-    "FACES_FILE",
-    "IMAGES_FILE",
     "MODES",
-    "PREPROCESSING_FILE",
     "align",
     "load_rgb",
     "read_align_params",
-    "read_faces",
-    "read_preprocessing",
 ]
 
-FACES_FILE = "faces.csv"
-IMAGES_FILE = "images.npy"
-# The face preprocessing that made the cache, copied into every model card so that `owdfa attribute`
-# prepares new images exactly as training saw them.
-PREPROCESSING_FILE = "preprocessing.json"
 PARAM_KEYS = ("mode", "image_size", "detector", "margin", "padding", "predictor", "workers")
 DEFAULTS = {"upsample": 0, "threshold": 0.0, "margin": 1.2, "padding": 0.25, "predictor": "auto", "workers": 0}
 
@@ -265,21 +256,3 @@ def _finish_images(partial: Path, final: Path, kept: int, shape: tuple[int, int,
     target.flush()
     del target, source
     partial.unlink()
-
-
-def read_preprocessing(faces_dir: Path) -> dict | None:
-    """The align settings recorded beside the cache (None for a cache from before they were recorded)."""
-    path = faces_dir / PREPROCESSING_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_faces(faces_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The cache's table and images (memory-mapped: OWDFA-40-sized caches need not fit in RAM)."""
-    table_path, images_path = faces_dir / FACES_FILE, faces_dir / IMAGES_FILE
-    if not table_path.is_file() or not images_path.is_file():
-        raise DataError(f"{faces_dir}: face cache not found (run the align stage first)")
-    table = pd.read_csv(table_path, keep_default_na=False)
-    images = np.load(images_path, mmap_mode="r")
-    if len(images) != len(table):
-        raise DataError(f"{faces_dir}: {IMAGES_FILE} holds {len(images)} images but {FACES_FILE} {len(table)} rows")
-    return table, images

@@ -5,7 +5,7 @@ named terms; epoch hooks let a method keep statistics (ACR thresholds) or edit t
 (DPP). The training loop never looks inside, so CAL, CPL and the baselines share it.
 Labels of unlabelled rows never reach a method: the loop passes -1 for them.
 
-Runs name *variants* (`train.methods.<variant>` in params.yaml), each choosing a loss class with
+Runs name *variants* (`methods.<variant>` in params.yaml), each choosing a loss class with
 `loss:` and setting every hyper-parameter of it, so ablations are just more variants
 (`cal_no_acr: {loss: cal, acr: false, ...}`) and `dvc exp run -S` reaches every switch. A variant
 may also carry an `optimizer:` mapping overriding the train section's lr, weight_decay, lr_step or
@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import torch
 
 from owdfa.config import Section
-from owdfa.errors import ConfigError
 from owdfa.methods import losses
 
 
@@ -157,27 +156,3 @@ class Baseline(Method):
         )
         total = ce + self.entropy_weight * reg + self.distill_weight * distill
         return total, {"ce": float(ce.detach()), "entropy_reg": float(reg.detach()), "distill": float(distill.detach())}
-
-
-def _registry() -> dict[str, type[Method]]:
-    classes: list[type[Method]] = [Baseline]
-    for module_name, class_name in (("owdfa.methods.cal", "CAL"), ("owdfa.methods.cpl", "CPL")):
-        try:
-            module = __import__(module_name, fromlist=[class_name])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        classes.append(getattr(module, class_name))
-    return {c.name: c for c in classes}
-
-
-def build_method(variant: str, methods: Section) -> Method:
-    """Instantiate the run variant `variant` from `train.methods.<variant>`."""
-    if not methods.has(variant):
-        known = ", ".join(sorted(methods.keys()))
-        raise ConfigError("run.methods", f"unknown method {variant!r}; train.methods defines {known}")
-    section = methods.section(variant)
-    registry = _registry()
-    loss = section.str("loss", choices=sorted(registry))
-    return registry[loss].from_section(section)
