@@ -1,48 +1,58 @@
 """Concurrent jobs on one CPU machine: how the OpenMP wait policy and thread count share the cores.
 
-For each candidate policy: one job alone, then `--jobs` (default 2) jobs started together. A job
-is a fresh Python process (it calls `owdfa.numerics.pin()` first, as the stages do, then loads
-torch) that times real CAL training steps (`bench/train.py`'s `training_step`, the params' CAL
-variant) after a warm-up. Reported per candidate: seconds per step alone and together, slowdown
-(together / alone), throughput (jobs x steps / the slowest job's wall) and `vs serial`: that
-throughput over running the same jobs one after another with the same policy (>= 1: starting
-them together does not lose). `alone vs today` compares one job alone with libgomp's default.
-Every number is the median over `--repeats` rounds; the candidates take turns within each round.
+For each candidate policy: one job alone, then `--jobs` (default 2) jobs started together, and with
+`--busy` one job next to jobs - 1 single-threaded busy loops. A job is a fresh Python process (it
+calls `owdfa.numerics.pin()` first, as the stages do, then loads torch) that times real CAL
+training steps (`bench/train.py`'s `training_step`, the params' CAL variant) after a warm-up; a
+timed run stops early after `--max-seconds` (libgomp's default spin can take seconds per step).
+Reported per candidate: ms per step alone and together, slowdown (together / alone), throughput
+(all steps / the slowest job's wall) and `vs serial`: that throughput over running the same jobs
+one after another with the same policy (>= 1: starting them together does not lose). `alone vs
+today` compares one job alone with libgomp's default. Every number is the median over `--repeats`
+rounds; the candidates take turns within each round (and alone/together swap order every round).
 
 Candidates: libgomp's default (spin about 300,000 iterations at every barrier, ~ms), shorter spins
 (GOMP_SPINCOUNT), no spinning (OMP_WAIT_POLICY=PASSIVE), each with `numerics.threads` threads,
 and `threads = cores // jobs` (which changes the numbers in exact mode, so it is shown for
 comparison only). torch's pip wheel uses GNU libgomp, which reads these variables once when it
-loads; the candidate's are set in the worker before torch is imported.
+loads; the worker sets the candidate's (instead of pin()'s) before torch is imported.
 
 Why it matters: a libgomp thread that reaches a barrier spins while it waits; when another process
-holds the core its partner needs, the spin burns the time slice that partner would have used, so
-two 2-thread jobs on 2 cores (or one job next to any busy process) ran several times slower than
-one after another. `owdfa.numerics.pin()` therefore sets a short spin (`WAIT_POLICY` there, chosen
-from this bench; a user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT wins).
+holds the core its partner needs, the spin burns the time slice that partner would have used.
+Measured on 2 cores (Intel Xeon, 3 x 12 steps; ms per step alone / each of 2 together / vs serial):
+libgomp default 225 / 1315 / 0.34, GOMP_SPINCOUNT=1000 267 / 455 / 1.16, 2000 249 / 471 / 1.05,
+10000 224 / 616 / 0.72, PASSIVE 290 / 441 / 1.30, 1 thread each 394 / 428 / 1.72. Next to one busy
+loop: default 1331, 2000 472. No value keeps a job alone within 5 % of today and 2 jobs at once no
+slower than in turn; `owdfa.numerics.pin()` sets GOMP_SPINCOUNT=2000 (`WAIT_POLICY`), the longest
+spin that still does the latter, at about +10 % for a job alone (a user's own OMP_WAIT_POLICY or
+GOMP_SPINCOUNT wins, e.g. GOMP_SPINCOUNT=300000 for libgomp's default on a machine kept idle).
 
 Sweeps (`dvc queue start -j J`, `dvc exp run --run-all -j J`): in exact mode every job uses
 `numerics.threads` threads whatever the machine (the count is part of the numbers), so use
-J = cores // numerics.threads, i.e. 1 on a 2-core machine with the default 2 threads and 8 on a
-16-core one. More jobs than that oversubscribe the cores: with the short spin they still finish
-about as soon as one after another (throughput ~ serial), not faster, and each job takes J times
-as long; with libgomp's default spin they were many times slower. To run more jobs at once on
-few cores, lower `numerics.threads` (e.g. 1: J = cores), which gives other, equally valid numbers
-than the committed tables.
+J = cores // numerics.threads: 1 on this 2-core machine with the default 2 threads, 8 on a
+16-core one. More jobs than that oversubscribe the cores: with pin()'s short spin they finish
+about as soon as one after another (throughput ~ serial: nothing gained, nothing lost) and each job
+takes about J times as long; with libgomp's default spin they were up to 5 times slower than in turn
+(chaotic: vs serial 0.19-0.86 over three runs).
+Lowering `numerics.threads` to 1 (J = cores) gained ~5 % throughput here over one 2-thread job at
+a time, and gives other (equally valid) numbers than the committed tables.
 
 Merges {"concurrency": ...} into reports/bench.json.
 Usage: python bench/concurrency.py                        # about 5 minutes on 2 cores
-       python bench/concurrency.py --jobs 4 --steps 10    # four jobs at once
+       python bench/concurrency.py --busy                 # also next to a busy loop (+1 minute)
+       python bench/concurrency.py --jobs 4 --steps 8     # four jobs at once
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,9 +82,9 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def candidates(jobs: int, threads: int) -> dict[str, dict[str, Any]]:
+def candidates(jobs: int, threads: int, spins: list[int]) -> dict[str, dict[str, Any]]:
     """name -> {"threads": ..., "env": the wait variables (none set: libgomp's default)}."""
-    spins = {f"GOMP_SPINCOUNT={n}": {"GOMP_SPINCOUNT": str(n)} for n in (1000, 10000, 100000)}
+    spins = {f"GOMP_SPINCOUNT={n}": {"GOMP_SPINCOUNT": str(n)} for n in spins}
     out = {
         "libgomp default": {"threads": threads, "env": {}},
         **{name: {"threads": threads, "env": env} for name, env in spins.items()},
@@ -123,93 +133,141 @@ def worker(args: argparse.Namespace) -> None:
         if line.strip() != "run":
             break
         start = time.perf_counter()
-        for _ in range(args.steps):
+        done = 0
+        while done < args.steps and (done == 0 or time.perf_counter() - start < args.max_seconds):
             step()
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+            done += 1
+        print(json.dumps({"seconds": time.perf_counter() - start, "steps": done}), flush=True)
 
 
 # --- the parent ---------------------------------------------------------------------------------
 
 
-def read_reply(process: subprocess.Popen[str]) -> dict[str, Any]:
-    line = process.stdout.readline() if process.stdout else ""
+def read_reply(process: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
+    line = process.stdout.readline().decode() if process.stdout else ""
     if not line:
         process.wait()
-        sys.exit(f"error: a worker exited ({process.returncode}):\n{(process.stderr.read() if process.stderr else '')[-3000:]}")
+        sys.exit(f"error: a worker exited ({process.returncode}):\n{log.read_text()[-3000:]}")
     return json.loads(line)
 
 
-def round_of(candidate: dict[str, Any], args: argparse.Namespace, together_first: bool) -> tuple[float, list[float]]:
-    """One round for one candidate: (alone seconds, [seconds of each job together])."""
+Timing = tuple[float, int]  # (seconds, steps) of one job's timed run
+
+
+def stop(workers: list[subprocess.Popen[bytes]]) -> None:
+    """End of stdin: each worker leaves its loop and exits."""
+    for process in workers:
+        if process.stdin:
+            process.stdin.close()
+    for process in workers:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+Round = tuple[Timing, list[Timing], Timing | None]  # alone, [each job together], alone next to busy loops
+
+
+def round_of(candidate: dict[str, Any], args: argparse.Namespace, together_first: bool) -> Round:
+    """One round for one candidate: the job alone, every job together, (--busy) the job next to busy loops."""
     env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     cmd = [sys.executable, __file__, "--worker", "--threads", str(candidate["threads"])]
     cmd += ["--worker-env", json.dumps(candidate["env"]), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += ["--max-seconds", str(args.max_seconds)]
     cmd += ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--variant", args.variant]
-    workers = [
-        subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(args.jobs)
-    ]
-    try:
-        for process in workers:
-            read_reply(process)
+    with tempfile.TemporaryDirectory(prefix="concurrency-") as tmp, contextlib.ExitStack() as stack:
+        logs = [Path(tmp) / f"worker{i}.log" for i in range(args.jobs)]
+        workers = [  # stderr to a file: a full pipe would stall a worker that warns a lot
+            subprocess.Popen(
+                cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stack.enter_context(log.open("w"))
+            )
+            for log in logs
+        ]
+        stack.callback(stop, workers)
+        for process, log in zip(workers, logs, strict=True):
+            read_reply(process, log)
 
-        def run(chosen: list[subprocess.Popen[str]]) -> list[float]:
-            for process in chosen:  # all told at once: they start within a millisecond
+        def run(count: int) -> list[Timing]:
+            for process in workers[:count]:  # all told at once: they start within a millisecond
                 assert process.stdin is not None
-                process.stdin.write("run\n")
+                process.stdin.write(b"run\n")
                 process.stdin.flush()
-            return [float(read_reply(process)["seconds"]) for process in chosen]
+            replies = [read_reply(process, log) for process, log in zip(workers[:count], logs[:count], strict=True)]
+            return [(float(reply["seconds"]), int(reply["steps"])) for reply in replies]
 
         if together_first:
-            together = run(workers)
-            alone = run(workers[:1])[0]
+            together = run(args.jobs)
+            alone = run(1)[0]
         else:
-            alone = run(workers[:1])[0]
-            together = run(workers)
-    finally:
-        for process in workers:
-            if process.stdin:
-                process.stdin.close()
-        for process in workers:
-            process.wait(timeout=60)
-    return alone, together
+            alone = run(1)[0]
+            together = run(args.jobs)
+        busy = None
+        if args.busy:  # one job next to jobs - 1 single-threaded busy loops (any other work on the machine)
+            loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.jobs - 1)]
+            try:
+                time.sleep(0.5)
+                busy = run(1)[0]
+            finally:
+                for loop in loops:
+                    loop.kill()
+                    loop.wait()
+    return alone, together, busy
 
 
-def summarise(
-    rounds: dict[str, list[tuple[float, list[float]]]], specs: dict[str, dict[str, Any]], args: argparse.Namespace
-) -> dict[str, dict[str, Any]]:
-    base_alone = statistics.median(alone for alone, _ in rounds["libgomp default"])
-    out = {}
+def summarise(rounds: dict[str, list[Round]], specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Medians over the rounds of seconds per step alone and together, and what they mean for a sweep."""
+
+    def per_step(timing: Timing) -> float:
+        return timing[0] / timing[1]
+
+    out: dict[str, dict[str, Any]] = {}
     for name, results in rounds.items():
-        alone = statistics.median(a for a, _ in results)
-        slowest = statistics.median(max(t) for _, t in results)
-        mean_job = statistics.median(statistics.fmean(t) for _, t in results)
-        out[name] = {
+        alone = statistics.median(per_step(a) for a, _, _ in results)
+        together = statistics.median(statistics.fmean(per_step(t) for t in ts) for _, ts, _ in results)
+        # throughput together: every step the jobs did over the slowest job's wall
+        rate = statistics.median(sum(n for _, n in ts) / max(s for s, _ in ts) for _, ts, _ in results)
+        row: dict[str, Any] = {
             "threads": specs[name]["threads"],
             "env": specs[name]["env"],
-            "alone_ms_per_step": round(1000 * alone / args.steps, 1),
-            "together_ms_per_step": round(1000 * mean_job / args.steps, 1),
-            "slowdown": round(mean_job / alone, 3),
-            "alone_steps_per_s": round(args.steps / alone, 3),
-            "together_steps_per_s": round(args.jobs * args.steps / slowest, 3),
-            "vs_serial": round(args.jobs * alone / slowest, 3),
-            "alone_vs_today": round(alone / base_alone, 3),
-            "rounds": [{"alone_s": round(a, 3), "together_s": [round(x, 3) for x in t]} for a, t in results],
+            "alone_ms_per_step": round(1000 * alone, 1),
+            "together_ms_per_step": round(1000 * together, 1),
+            "slowdown": round(together / alone, 3),
+            "alone_steps_per_s": round(1 / alone, 3),
+            "together_steps_per_s": round(rate, 3),
+            "vs_serial": round(rate * alone, 3),
         }
+        if all(b is not None for _, _, b in results):
+            busy = statistics.median(per_step(b) for _, _, b in results if b is not None)
+            row.update(busy_ms_per_step=round(1000 * busy, 1), busy_slowdown=round(busy / alone, 3))
+        row["rounds"] = [
+            {"alone": [round(a[0], 3), a[1]], "together": [[round(s, 3), n] for s, n in ts]}
+            | ({"busy": [round(b[0], 3), b[1]]} if b else {})
+            for a, ts, b in results
+        ]
+        out[name] = row
+    if "libgomp default" in out:
+        today = out["libgomp default"]["alone_ms_per_step"]
+        for row in out.values():
+            row["alone_vs_today"] = round(row["alone_ms_per_step"] / today, 3)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2, help="jobs at once")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per job")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps per job")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop a timed run early after this long")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each number is their median")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="numerics.threads")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--variant", default="cal")
+    parser.add_argument("--spins", type=int, nargs="*", default=[1000, 2000, 10000], help="GOMP_SPINCOUNT candidates")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument("--busy", action="store_true", help="also one job next to jobs - 1 busy loops")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-env", default="{}", help=argparse.SUPPRESS)
@@ -219,15 +277,18 @@ def main() -> None:
         return
     if args.jobs < 1 or args.steps < 1 or args.repeats < 1:
         parser.error("--jobs, --steps and --repeats must be at least 1")
-    specs = candidates(args.jobs, args.threads)
-    if args.only:
-        specs = {name: specs[name] for name in specs if name in args.only or name == "libgomp default"}
-    rounds: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in specs}
+    specs = candidates(args.jobs, args.threads, args.spins)
+    if args.only is not None:
+        unknown = set(args.only) - set(specs)
+        if unknown:
+            parser.error(f"--only: no candidate {sorted(unknown)}; there are {list(specs)}")
+        specs = {name: specs[name] for name in specs if name in args.only}
+    rounds: dict[str, list[Round]] = {name: [] for name in specs}
     started = time.perf_counter()
     for index in range(args.repeats):
         for name, spec in specs.items():  # candidates take turns: drifts of the machine hit all alike
             rounds[name].append(round_of(spec, args, together_first=index % 2 == 1))
-    results = summarise(rounds, specs, args)
+    results = summarise(rounds, specs)
     report = {
         "config": {
             "backbone": "params.yaml train.backbone",
@@ -237,6 +298,7 @@ def main() -> None:
             "jobs": args.jobs,
             "threads": args.threads,
             "timed_steps": args.steps,
+            "max_seconds": args.max_seconds,
             "warmup_steps": args.warmup,
             "median_of_repeats": args.repeats,
         },
@@ -250,14 +312,22 @@ def main() -> None:
         f"CAL training step, {args.image_size} px, batch {args.batch_size}: 1 job alone vs {args.jobs} at once, "
         f"{cores()} cores, {cpu_name()}, median of {args.repeats} x {args.steps} steps"
     )
-    print(f"  {'candidate':<34}{'thr':>4}{'alone ms':>10}{'together ms':>13}{'slowdown':>10}{'vs serial':>11}{'alone vs today':>16}")
+    busy = args.busy
+    print(
+        f"  {'candidate':<30}{'thr':>4}{'alone ms':>10}{'together ms':>13}{'slowdown':>10}{'vs serial':>11}"
+        f"{'alone vs today':>16}" + (f"{'busy ms':>9}{'busy x':>8}" if busy else "")
+    )
     for name, row in results.items():
         mark = " *" if row["env"] == WAIT_POLICY and row["threads"] == args.threads else ""
+        today = f"{row['alone_vs_today']:16.2f}" if "alone_vs_today" in row else f"{'-':>16}"
         print(
-            f"  {name + mark:<34}{row['threads']:>4}{row['alone_ms_per_step']:>10.1f}{row['together_ms_per_step']:>13.1f}"
-            f"{row['slowdown']:>10.2f}{row['vs_serial']:>11.2f}{row['alone_vs_today']:>16.2f}"
+            f"  {name + mark:<30}{row['threads']:>4}{row['alone_ms_per_step']:>10.1f}"
+            f"{row['together_ms_per_step']:>13.1f}{row['slowdown']:>10.2f}{row['vs_serial']:>11.2f}{today}"
+            + (f"{row['busy_ms_per_step']:>9.1f}{row['busy_slowdown']:>8.2f}" if busy else "")
         )
     print("  * = what owdfa.numerics.pin() sets; vs serial >= 1: together is no slower than one after another")
+    if busy:
+        print(f"  busy: one job next to {args.jobs - 1} busy loop(s); busy x = its ms per step / alone")
 
 
 if __name__ == "__main__":

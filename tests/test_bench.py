@@ -111,3 +111,35 @@ def test_numerics_bench_tiny(bench_json: Path) -> None:
     assert numerics["aten_capability"]["ATEN_CPU_CAPABILITY only"] == "AVX2"
     assert numerics["time_vs_unpinned"]["none (reproducible: false)"] == 1.0
     assert "all (exact mode)" in text
+
+
+def test_concurrency_bench_tiny(bench_json: Path) -> None:
+    tiny = ("--image-size", "32", "--batch-size", "8", "--steps", "1", "--warmup", "1", "--repeats", "1")
+    only = ("--spins", "1000", "--only", "libgomp default", "GOMP_SPINCOUNT=1000", "--busy")
+    text = bench("concurrency.py", *tiny, *only, "--out", str(bench_json))
+    report = json.loads(bench_json.read_text())
+    assert report["someone_else"] == {"kept": True}
+    concurrency = report["concurrency"]
+    assert concurrency["machine"]["cores"] >= 1 and concurrency["machine"]["cpu_name"]
+    assert set(concurrency["candidates"]) == {"libgomp default", "GOMP_SPINCOUNT=1000"}
+    spin = concurrency["candidates"]["GOMP_SPINCOUNT=1000"]
+    assert spin["env"] == {"GOMP_SPINCOUNT": "1000"} and spin["threads"] == 2
+    assert spin["alone_ms_per_step"] > 0 and spin["together_ms_per_step"] > 0 and spin["busy_ms_per_step"] > 0
+    assert len(spin["rounds"][0]["together"]) == 2  # two jobs at once
+    assert concurrency["candidates"]["libgomp default"]["alone_vs_today"] == 1.0
+    assert "vs serial" in text and "GOMP_SPINCOUNT=1000" in text
+
+
+def test_concurrency_bench_reads_variants_from_either_section() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from concurrency import load_variant
+    finally:
+        sys.path.remove(str(BENCH))
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    variants = params.get("methods") or params["train"]["methods"]
+    top = load_variant({"methods": variants, "train": {}}, "cal")
+    old = load_variant({"run": {"methods": ["cal"]}, "train": {"methods": variants}}, "cal")
+    assert type(top) is type(old) and top.name == "cal"

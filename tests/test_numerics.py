@@ -10,6 +10,7 @@ must differ, which shows that the masks change the numbers and the test can fail
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from owdfa.errors import ConfigError
 from owdfa.numerics import (
     EXACT_ISA,
     THREAD_VARIABLES,
+    WAIT_POLICY,
+    WAIT_VARIABLES,
     Numerics,
     NumericsError,
     check_machine,
@@ -101,6 +104,44 @@ def test_pin_overrides_a_users_own_caps_and_thread_count() -> None:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == '["AVX2", 3]'
+
+
+def pinned_wait(numerics: str, **env: str) -> dict[str, str]:
+    """The wait variables after pin() in a fresh process (torch not loaded) started with `env` added."""
+    probe = (
+        f"import json, os; from owdfa.numerics import Numerics, pin, WAIT_VARIABLES; pin({numerics}); "
+        "print(json.dumps({k: os.environ[k] for k in WAIT_VARIABLES if k in os.environ}))"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", probe], env={**base, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_pin_sets_a_short_openmp_spin_in_both_modes() -> None:
+    # libgomp's default spin made concurrent jobs many times slower (bench/concurrency.py)
+    assert WAIT_POLICY and set(WAIT_POLICY) <= set(WAIT_VARIABLES)
+    assert pinned_wait("Numerics()") == WAIT_POLICY
+    assert pinned_wait("Numerics(reproducible=False, threads=0)") == WAIT_POLICY
+    assert not set(WAIT_VARIABLES) & set(exact_environment(2))  # scheduling, not part of the numbers
+
+
+def test_a_users_own_wait_policy_stands_whole() -> None:
+    assert pinned_wait("Numerics()", OMP_WAIT_POLICY="PASSIVE") == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert pinned_wait("Numerics()", GOMP_SPINCOUNT="300000") == {"GOMP_SPINCOUNT": "300000"}
+
+
+def test_wait_variables_after_torch_loaded_are_not_an_inconsistency(monkeypatch) -> None:
+    import torch  # noqa: F401
+
+    monkeypatch.setenv("GOMP_SPINCOUNT", "12345")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert pin(Numerics()) == Numerics()  # no NumericsError: the wait policy changes no numbers
+    assert os.environ["GOMP_SPINCOUNT"] == "12345"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    pin(Numerics())
+    assert not set(WAIT_VARIABLES) & set(os.environ)  # not set behind a loaded libgomp: it would not read it
+    # the cards stay the same bytes whatever the wait policy: it is not in the record
+    assert not {"omp_wait_policy", "gomp_spincount"} & {key.lower() for key in describe()}
 
 
 def test_record_holds_the_pins_not_the_machine() -> None:

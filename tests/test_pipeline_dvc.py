@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 PROTOCOLS = ["p1", "p2"]
-RUNS = [f"{p}-baseline-0" for p in PROTOCOLS]
+METHODS = ["baseline", "cal"]
+RUNS = [f"{p}-{m}-0" for p in PROTOCOLS for m in METHODS]
 STAGES = [
     "fetch",
     "index",
@@ -43,6 +44,8 @@ STAGES = [
     "report",
 ]
 EVALUATE_STAGES = {f"evaluate@{r}" for r in RUNS}
+TRAIN_STAGES = {f"train@{r}" for r in RUNS}
+PRETRAIN_STAGES = {f"pretrain@{p}" for p in PROTOCOLS}
 
 # Dotted params key -> value: the tiny config (seconds per stage, mostly interpreter start-up).
 TINY_PARAMS: dict[str, Any] = {
@@ -60,7 +63,7 @@ TINY_PARAMS: dict[str, Any] = {
     "train.lr_step": 1,
     "train.batch_size": 16,
     "run.protocols": PROTOCOLS,
-    "run.methods": ["baseline"],
+    "run.methods": METHODS,
     "run.seeds": [0],
 }
 
@@ -187,6 +190,8 @@ def test_stage_code_comes_from_the_copy(tiny_repo: TinyRepo) -> None:
 
 def test_repro_runs_every_stage_and_writes_reports(tiny_repo: TinyRepo) -> None:
     assert ran_stages(tiny_repo.first_repro) == set(STAGES)
+    warnings = [line for line in tiny_repo.first_repro.splitlines() if "WARNING" in line]
+    assert warnings == [], warnings  # a clean run warns of nothing (no empty output folders)
 
     metrics = flatten(json.loads(tiny_repo.read("reports/metrics.json")))
     for protocol in PROTOCOLS:
@@ -359,3 +364,94 @@ def test_bad_params_give_one_line_error(tiny_repo: TinyRepo, changes: dict[str, 
     assert expected in errors[0], errors[0]
     assert "Traceback" not in out, out[-3000:]
     assert f"failed to reproduce '{target}'" in out
+
+
+# --- what a change re-runs: exactly the stages that read it -------------------------------------
+
+
+def changed_stages(tiny_repo: TinyRepo) -> set[str]:
+    return set(tiny_repo.status())
+
+
+@contextmanager
+def edited(tiny_repo: TinyRepo, rel: str) -> Iterator[None]:
+    """Append a comment line to a source file of the tiny repo; the workspace is reset afterwards."""
+    path = tiny_repo.path / rel
+    path.write_text(path.read_text() + "# edited by a test\n")
+    try:
+        yield
+    finally:
+        tiny_repo.reset()
+
+
+def test_a_method_variant_key_reruns_only_that_variants_runs(tiny_repo: TinyRepo) -> None:
+    cal_runs = {f"train@{p}-cal-0" for p in PROTOCOLS}
+    with tiny_repo.params({"methods.cal.ccr_weight": 0.3}):
+        assert changed_stages(tiny_repo) == cal_runs
+        out = tiny_repo.dvc("repro")
+        assert ran_stages(out) == cal_runs | {f"evaluate@{p}-cal-0" for p in PROTOCOLS} | {"report"}, out[-3000:]
+    with tiny_repo.params({"methods.baseline.distill_weight": 0.3}):
+        assert changed_stages(tiny_repo) == {f"train@{p}-baseline-0" for p in PROTOCOLS}
+    with tiny_repo.params({"methods.cpl.glv_weight": 0.3}):  # a variant no run uses
+        assert changed_stages(tiny_repo) == set()
+
+
+def test_an_evaluate_key_changes_only_the_evaluate_stages(tiny_repo: TinyRepo) -> None:
+    with tiny_repo.params({"evaluate.ece_bins": 10}):
+        assert changed_stages(tiny_repo) == EVALUATE_STAGES
+
+
+def test_an_evaluate_only_source_file_reruns_evaluate_and_recomputes_the_metrics(tiny_repo: TinyRepo) -> None:
+    metrics = tiny_repo.path / "reports" / "runs" / "p1-cal-0" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    with edited(tiny_repo, "src/owdfa/estimate_k.py"):
+        assert changed_stages(tiny_repo) == EVALUATE_STAGES
+        out = tiny_repo.dvc("repro")
+        # the metrics are identical (a comment changed), so dvc rightly keeps `report`
+        assert ran_stages(out) == EVALUATE_STAGES, out[-3000:]
+        assert metrics.stat().st_mtime_ns > before
+        assert tiny_repo.status() == {}
+
+
+def test_a_training_source_file_reruns_training_not_evaluation(tiny_repo: TinyRepo) -> None:
+    with edited(tiny_repo, "src/owdfa/training.py"):
+        assert changed_stages(tiny_repo) == PRETRAIN_STAGES | TRAIN_STAGES
+        out = tiny_repo.dvc("repro")
+        # the same weights, bit for bit: nothing downstream of training has to run again
+        assert ran_stages(out) == PRETRAIN_STAGES | TRAIN_STAGES, out[-3000:]
+        assert tiny_repo.status() == {}
+
+
+def test_grid_runs_as_a_queued_experiment_and_writes_its_table(tiny_repo: TinyRepo) -> None:
+    """`owdfa grid` queues `dvc exp run --queue`, runs `dvc queue start` and writes the experiment's report."""
+    grids = tiny_repo.path / "grids.yaml"
+    grids.write_text(
+        "two-seeds:\n  description: p1 baseline, seeds 0 and 1\n"
+        "  set: {run.protocols: [p1], run.methods: [baseline], run.seeds: [0, 1]}\n"
+    )
+    tiny_repo.git("add", "grids.yaml")
+    tiny_repo.git("commit", "-q", "-m", "a grid")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from owdfa.cli import main; raise SystemExit(main())"]
+            + ["grid", "two-seeds", "--grids", "grids.yaml"],
+            cwd=tiny_repo.path,
+            env=tiny_repo.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = tiny_repo.read("reports/grid/results-two-seeds.md").decode()
+        assert "Generated by `owdfa grid two-seeds`" in results and "seeds 0, 1" in results, results[:600]
+        assert "| baseline |" in results and "Protocol p2" not in results
+        metrics = json.loads(tiny_repo.read("reports/grid/metrics-two-seeds.json"))
+        assert 0.0 <= metrics["p1"]["baseline"]["all_acc"] <= 1.0
+        log = tiny_repo.dvc("queue", "logs", "grid-two-seeds")
+        # seed 0's runs are the committed ones: only the new seed and the report run
+        assert ran_stages(log) == {"train@p1-baseline-1", "evaluate@p1-baseline-1", "report"}, log[-3000:]
+        # the workspace is untouched but for the grid files
+        assert tiny_repo.git("status", "--porcelain").split() == ["??", "reports/grid/"]
+    finally:
+        tiny_repo.git("reset", "-q", "--hard", "HEAD~1")
+        tiny_repo.reset()

@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="let torch pick the widest CPU kernels: faster on some machines, but scores may differ in the last "
         "digits from the evaluate stage's (default: exact mode, see owdfa.numerics)",
     )
+    grid = commands.add_parser(
+        "grid",
+        help="regenerate grid tables (reports/grid/) as queued DVC experiments",
+        description="Queue one `dvc exp run` per grid of params/grids.yaml, run the queue and write each "
+        "experiment's report to reports/grid/results-NAME.md and metrics-NAME.json. Run it in the repository.",
+    )
+    grid.add_argument("names", metavar="NAME", nargs="*", help="grids to run (default: list them)")
+    grid.add_argument(
+        "-j", "--jobs", type=_positive_int, default=1, help="queue workers: cores // numerics.threads (default 1)"
+    )
+    grid.add_argument("--grids", type=Path, default=Path("params/grids.yaml"), help="the grids file")
     return parser
 
 
@@ -140,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "info":
             return cmd_info(args.model_dir, args.format)
+        if args.command == "grid":
+            return cmd_grid(args.names, args.jobs, args.grids)
         return cmd_attribute(args)
     except BrokenPipeError:  # `owdfa ... | head`: the reader left, which is no error of ours
         _silence_stdout()
@@ -163,6 +176,21 @@ def _silence_stdout() -> None:
 
 def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# grid
+
+
+def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
+    from owdfa.grid import load_grids, run_grids
+
+    if not names:
+        for grid in load_grids(grids_file).values():
+            print(f"{grid.name}: {grid.description}\n  {grid.command()}")
+        return 0
+    run_grids(names, Path.cwd(), jobs=jobs, grids_file=grids_file)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

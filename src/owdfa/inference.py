@@ -22,8 +22,7 @@ def pick_device(name: str) -> torch.device:
 def batch_images(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 NHWC cache rows -> uint8 NCHW tensor on device (normalisation happens in the model)."""
     batch = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    return batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device, precision: str = "bf16"):

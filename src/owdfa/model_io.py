@@ -87,5 +87,5 @@ def load_model(model_dir: Path, checkpoint: str = "last") -> tuple[AttributionMo
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise DataError(f"{model_dir}: weights do not match the card's model ({first})") from None
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # as it was trained (and the inputs arrive)
     return model, card

@@ -43,12 +43,15 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 # How an idle OpenMP thread waits at a barrier: scheduling only, never the numbers. torch's pip
 # wheel runs on GNU libgomp, whose default spins ~300,000 iterations (a few ms) at every barrier;
 # when another process holds the core a partner thread needs (a second sweep job, any busy
-# process), that spin burns the partner's time slice and each job ran several times slower than
-# one after another. A short spin keeps a job alone at today's speed and makes jobs at once no
-# slower than in turn (bench/concurrency.py, reports/bench.json "concurrency"). pin() sets it
-# unless the user set either variable (then theirs stands, whole).
+# process), that spin burns the partner's time slice. bench/concurrency.py (CAL step, 2 threads,
+# 2 cores, ms per step; reports/bench.json "concurrency"): libgomp's default 225 alone, 513-3190
+# each with a second job, 1331 next to one busy loop; GOMP_SPINCOUNT=2000 244-249 alone (+9-11 %),
+# 468-471 with a second job (2 jobs at once finish as soon as one after another), 472 next to a
+# busy loop. Shorter (1000, PASSIVE) shares better still but costs a job alone 19-29 %; longer
+# (10000) keeps it alone at today's speed but 2 jobs at once lose 28 % against one after another.
+# pin() sets it unless the user set either variable (then theirs stands, whole).
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-WAIT_POLICY = {"GOMP_SPINCOUNT": "10000"}
+WAIT_POLICY = {"GOMP_SPINCOUNT": "2000"}
 NUMERIC_MODULES = ("torch", "numpy")
 
 
@@ -118,7 +121,9 @@ def pin(numerics: Numerics) -> Numerics:
     """Set the numeric libraries' environment for `numerics`; call before torch or NumPy is imported.
 
     In a process that has already loaded them (a notebook, a test session) it only checks that
-    they were loaded under the same settings, and raises `NumericsError` otherwise.
+    they were loaded under the same settings, and raises `NumericsError` otherwise. It also sets
+    the OpenMP wait policy (`WAIT_POLICY`, both modes) unless the environment already has one;
+    that changes no numbers, so it is neither overridden nor checked.
     """
     wanted = exact_environment(numerics.threads) if numerics.reproducible else {}
     if not numerics.reproducible and numerics.threads:
@@ -139,11 +144,6 @@ def pin(numerics: Numerics) -> Numerics:
     global _pinned
     _pinned = numerics
     return numerics
-
-
-def wait_policy() -> str:
-    """The OpenMP wait variables in this environment, e.g. 'GOMP_SPINCOUNT=10000' ('libgomp default': none)."""
-    return " ".join(f"{name}={os.environ[name]}" for name in WAIT_VARIABLES if name in os.environ) or "libgomp default"
 
 
 def pinned() -> Numerics | None:
@@ -197,7 +197,6 @@ def describe(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
         "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "native"),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "omp_wait": wait_policy(),
         "versions": {
             "torch": torch.__version__,
             "mkl": _config_version(r"Math Kernel Library Version ([\d.]+)"),
