@@ -143,3 +143,20 @@ def test_concurrency_bench_reads_variants_from_either_section() -> None:
     top = load_variant({"methods": variants, "train": {}}, "cal")
     old = load_variant({"run": {"methods": ["cal"]}, "train": {"methods": variants}}, "cal")
     assert type(top) is type(old) and top.name == "cal"
+
+
+def test_stage_times_from_a_stamped_log(tmp_path: Path, bench_json: Path) -> None:
+    log = tmp_path / "repro.log"
+    log.write_text(
+        "     1.0 Running stage 'fetch':\n     4.5 > python stages/fetch.py\n"
+        "    10.0 Running stage 'train@p1-cal-0':\n    70.0 done\nTOTAL 75.0 s rc=0\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "stage_times.py"), "--log", str(log), "--out", str(bench_json)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(bench_json.read_text())["stage_times"]
+    assert report["stages"] == {"fetch": 9.0, "train@p1-cal-0": 65.0} and report["total_s"] == 75.0
