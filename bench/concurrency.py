@@ -23,9 +23,10 @@ Measured on 2 cores (Intel Xeon, 3 x 12 steps; ms per step alone / each of 2 tog
 libgomp default 225 / 1315 / 0.34, GOMP_SPINCOUNT=1000 267 / 455 / 1.16, 2000 249 / 471 / 1.05,
 10000 224 / 616 / 0.72, PASSIVE 290 / 441 / 1.30, 1 thread each 394 / 428 / 1.72. Next to one busy
 loop: default 1331, 2000 472. No value keeps a job alone within 5 % of today and 2 jobs at once no
-slower than in turn; `owdfa.numerics.pin()` sets GOMP_SPINCOUNT=2000 (`WAIT_POLICY`), the longest
-spin that still does the latter, at about +10 % for a job alone (a user's own OMP_WAIT_POLICY or
-GOMP_SPINCOUNT wins, e.g. GOMP_SPINCOUNT=300000 for libgomp's default on a machine kept idle).
+slower than in turn. So a lone run keeps libgomp's default, and jobs side by side get GOMP_SPINCOUNT=2000
+(`owdfa.numerics.SHARED_CORES_WAIT_POLICY`, which `owdfa grid -j J>1` gives its queue workers), the
+longest spin that still runs 2 jobs at once no slower than in turn (a user's own OMP_WAIT_POLICY or
+GOMP_SPINCOUNT wins).
 
 Sweeps (`dvc queue start -j J`, `dvc exp run --run-all -j J`): in exact mode every job uses
 `numerics.threads` threads whatever the machine (the count is part of the numbers), so use
@@ -61,7 +62,7 @@ from typing import Any
 from common import cpu_name, merge_into
 
 from owdfa.config import Section
-from owdfa.numerics import DEFAULT_THREADS, WAIT_POLICY, WAIT_VARIABLES, Numerics, pin
+from owdfa.numerics import DEFAULT_THREADS, SHARED_CORES_WAIT_POLICY, WAIT_VARIABLES, Numerics, pin
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPINCOUNT = 300_000  # libgomp's spin when no wait variable is set (its env.c)
@@ -303,7 +304,7 @@ def main() -> None:
             "median_of_repeats": args.repeats,
         },
         "machine": {"cpu_name": cpu_name(), "cores": cores(), "platform": sys.platform},
-        "pin_wait_policy": WAIT_POLICY,
+        "shared_cores_wait_policy": SHARED_CORES_WAIT_POLICY,
         "seconds": round(time.perf_counter() - started, 1),
         "candidates": results,
     }
@@ -318,7 +319,7 @@ def main() -> None:
         f"{'alone vs today':>16}" + (f"{'busy ms':>9}{'busy x':>8}" if busy else "")
     )
     for name, row in results.items():
-        mark = " *" if row["env"] == WAIT_POLICY and row["threads"] == args.threads else ""
+        mark = " *" if row["env"] == SHARED_CORES_WAIT_POLICY and row["threads"] == args.threads else ""
         today = f"{row['alone_vs_today']:16.2f}" if "alone_vs_today" in row else f"{'-':>16}"
         print(
             f"  {name + mark:<30}{row['threads']:>4}{row['alone_ms_per_step']:>10.1f}"

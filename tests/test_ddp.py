@@ -189,7 +189,10 @@ def test_two_processes_train_like_one(two_processes):
                 assert torch.equal(two[name], ref), f"{method_name} {name}"  # num_active, BN batch counts
         difference, floor = max_difference(two, reference), max_difference(perturbed_run(method_name), reference)
         print(f"{method_name}: max weight difference {difference:.1e} (1e-7 perturbation: {floor:.1e})")
-        assert difference <= 1e-4, method_name
+        # Two processes sum each gradient in another order at every step, so their rounding noise is
+        # larger than one 1e-7 nudge at the start: allow 10x that floor, never more than lr / 4. A run
+        # whose ranks did not share gradients or statistics is off by about lr per step (~1e-2 here).
+        assert difference <= min(10 * floor, RUN.lr / 4), method_name
         history = json.loads((tmp_path / f"{method_name}-history.json").read_text())
         for got, want in zip(history, one.history, strict=True):
             assert got.keys() == want.keys()

@@ -12,6 +12,7 @@ of the repository, and stages whose params and deps match the committed `dvc.loc
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import yaml
 
 from owdfa.errors import ConfigError, OwdfaError
 from owdfa.io import atomic_write_text
+from owdfa.numerics import shared_cores_environment
 
 GRIDS_FILE = Path("params/grids.yaml")
 OUT_DIR = Path("reports/grid")
@@ -84,8 +86,10 @@ def load_grids(path: Path = GRIDS_FILE) -> dict[str, Grid]:
     return grids
 
 
-def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+def _run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise GridError(f"`{' '.join(args)}` failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
     return proc
@@ -166,7 +170,9 @@ def run_grids(
         print(f"grid {grid.name}: queued {grid.command()}", file=sys.stderr)
         queue(grid, repo)
     start = time.monotonic()
-    _run(["dvc", "queue", "start", "-j", str(jobs)], repo)
+    # the queue's workers inherit this environment; side by side they need the short OpenMP spin
+    env = shared_cores_environment(dict(os.environ)) if jobs > 1 else None
+    _run(["dvc", "queue", "start", "-j", str(jobs)], repo, env=env)
     states = wait([g.experiment for g in chosen], repo, timeout_s)
     seconds = time.monotonic() - start
     failed = [n for n, s in states.items() if s != "Success"]

@@ -112,8 +112,7 @@ def import_closure(script: str | Path) -> list[str]:
     `script` is a stage script or a package file (which is itself not included unless imported
     back). Paths use `/` whatever the OS, as dvc.yaml does.
     """
-    files = _closure(Path(script).resolve())
-    return sorted(f.relative_to(REPO_ROOT).as_posix() for f in files)
+    return _repo_paths(_closure(Path(script).resolve()))
 
 
 def module_closure(module: str) -> list[str]:
@@ -125,4 +124,8 @@ def module_closure(module: str) -> list[str]:
         file = _module_file(name)
         if file is not None:
             files |= {file, *_closure(file)}
+    return _repo_paths(files)
+
+
+def _repo_paths(files: set[Path] | frozenset[Path]) -> list[str]:
     return sorted(f.relative_to(REPO_ROOT).as_posix() for f in files)

@@ -41,17 +41,17 @@ EXACT_ISA = {
 }
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # How an idle OpenMP thread waits at a barrier: scheduling only, never the numbers. torch's pip
-# wheel runs on GNU libgomp, whose default spins ~300,000 iterations (a few ms) at every barrier;
-# when another process holds the core a partner thread needs (a second sweep job, any busy
-# process), that spin burns the partner's time slice. bench/concurrency.py (CAL step, 2 threads,
-# 2 cores, ms per step; reports/bench.json "concurrency"): libgomp's default 225 alone, 513-3190
-# each with a second job, 1331 next to one busy loop; GOMP_SPINCOUNT=2000 244-249 alone (+9-11 %),
-# 468-471 with a second job (2 jobs at once finish as soon as one after another), 472 next to a
-# busy loop. Shorter (1000, PASSIVE) shares better still but costs a job alone 19-29 %; longer
-# (10000) keeps it alone at today's speed but 2 jobs at once lose 28 % against one after another.
-# pin() sets it unless the user set either variable (then theirs stands, whole).
+# wheel runs on GNU libgomp, whose default spins ~300,000 iterations (a few ms) at every barrier.
+# A job alone is fastest that way; when another process holds the core a partner thread needs (a
+# second sweep job, any busy process), that spin burns the partner's time slice. bench/concurrency.py
+# (CAL step, 2 threads, 2 cores, ms per step; reports/bench.json "concurrency"): libgomp's default
+# 225 alone, 513-3190 each with a second job, 1331 next to one busy loop; GOMP_SPINCOUNT=2000
+# 244-249 alone (+9-11 %), 468-471 with a second job (2 jobs at once finish as soon as one after
+# another), 472 next to a busy loop. So a lone run (`dvc repro`) keeps libgomp's default, and
+# `shared_cores_environment()` gives the short spin to whoever starts jobs side by side
+# (`owdfa grid -j 2`, or a user exporting GOMP_SPINCOUNT=2000 before `dvc queue start -j 2`).
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-WAIT_POLICY = {"GOMP_SPINCOUNT": "2000"}
+SHARED_CORES_WAIT_POLICY = {"GOMP_SPINCOUNT": "2000"}
 NUMERIC_MODULES = ("torch", "numpy")
 
 
@@ -121,9 +121,8 @@ def pin(numerics: Numerics) -> Numerics:
     """Set the numeric libraries' environment for `numerics`; call before torch or NumPy is imported.
 
     In a process that has already loaded them (a notebook, a test session) it only checks that
-    they were loaded under the same settings, and raises `NumericsError` otherwise. It also sets
-    the OpenMP wait policy (`WAIT_POLICY`, both modes) unless the environment already has one;
-    that changes no numbers, so it is neither overridden nor checked.
+    they were loaded under the same settings, and raises `NumericsError` otherwise. The OpenMP wait
+    policy changes no numbers and is left to the environment (`shared_cores_environment`).
     """
     wanted = exact_environment(numerics.threads) if numerics.reproducible else {}
     if not numerics.reproducible and numerics.threads:
@@ -139,11 +138,19 @@ def pin(numerics: Numerics) -> Numerics:
                 f"({', '.join(differs)} not set as {numerics.mode} mode needs); call pin() first"
             )
     os.environ.update(wanted)  # overrides a user's own ATEN_CPU_CAPABILITY etc. in exact mode
-    if not loaded and not any(name in os.environ for name in WAIT_VARIABLES):
-        os.environ.update(WAIT_POLICY)  # both modes; a loaded libgomp would not read it any more
     global _pinned
     _pinned = numerics
     return numerics
+
+
+def shared_cores_environment(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` for jobs that run side by side: the short OpenMP spin unless a wait policy is set.
+
+    A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT stands, whole (see `SHARED_CORES_WAIT_POLICY`).
+    """
+    if any(name in environ for name in WAIT_VARIABLES):
+        return dict(environ)
+    return {**environ, **SHARED_CORES_WAIT_POLICY}
 
 
 def pinned() -> Numerics | None:
@@ -166,6 +173,10 @@ def configure_torch() -> None:
     import torch
 
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new tensor with NaN so that a kernel reading memory it
+    # never wrote shows up; every result is written before it is read (the NaN fill never reaches
+    # an output: the committed runs are the same bits without it), and the fill cost ~10 % of a CAL step.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     if _pinned is not None and _pinned.threads:
         torch.set_num_threads(_pinned.threads)
 

@@ -102,6 +102,9 @@ class FrequencyAttention(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             coeffs = dct2(x)
             # the mask convs run in their parameters' dtype; the transforms stay float32 (float64)
-            mask = self.mask(coeffs.to(self.conv1.weight.dtype)).to(coeffs.dtype)
+            # channels_last: on the CPU oneDNN's 3x3 convs over 3 and 16 channels run ~2.5x faster
+            # that way (forward and backward), and the mask convs are most of FFE's cost
+            mask_input = coeffs.to(self.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
+            mask = self.mask(mask_input).to(coeffs.dtype)
             masked = coeffs * mask
             return torch.sigmoid(idct2(masked).mean(dim=1, keepdim=True))
