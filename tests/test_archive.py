@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
 import struct
 import zipfile
@@ -214,3 +215,48 @@ def test_duplicate_and_conflicting_entries(workspace):
 )
 def test_entry_problem(name, mode, problem):
     assert entry_problem(name, mode << 16) == problem
+
+
+def test_paths_the_file_system_refuses_are_skipped_with_a_reason(workspace):
+    zips, dest = workspace
+    long_name = "x" * 300 + ".png"
+    deep = "/".join(["d"] * 2000) + "/deep.png"
+    just_fits = "y" * 251 + ".png"  # 255 bytes: fits, though its partial name would not
+    source = make_zip(
+        zips / "1_Swap_Deepfakes.zip",
+        {long_name: b"l", f"sub/{long_name}/": b"", deep: b"d", just_fits: b"f", "ok.png": b"o"},
+    )
+    before = source.read_bytes()
+    report = extract_zip(source, dest, max_bytes=MB)
+    reasons = dict(report.skipped)
+    assert reasons[long_name].startswith("a name longer than 255 bytes")
+    assert reasons[f"sub/{long_name}/"].startswith("a name longer than 255 bytes")
+    assert reasons[deep].startswith("a path longer than")
+    assert tree(dest) == {"ok.png": b"o", just_fits: b"f"}
+    assert report.files == 2 and source.read_bytes() == before
+    assert (workspace[0].parent / "bystander.txt").read_text() == "untouched"
+
+
+def test_an_unexpected_refusal_is_skipped_and_a_full_disk_is_one_error(workspace, monkeypatch):
+    import errno
+
+    from owdfa.data import archive
+
+    zips, dest = workspace
+    source = make_zip(zips / "1_Swap_Deepfakes.zip", {"a.png": b"a", "b.png": b"b"})
+
+    def refuse(errno_value):
+        def copy(zipfile_archive, info, target, *args):
+            raise OSError(errno_value, os.strerror(errno_value), str(target))
+
+        return copy
+
+    monkeypatch.setattr(archive, "_copy_entry", refuse(errno.EILSEQ))
+    report = extract_zip(source, dest, max_bytes=MB)
+    assert [why for _, why in report.skipped] == [
+        "the file system refuses this path (Invalid or incomplete multibyte or wide character)"
+    ] * 2
+    monkeypatch.setattr(archive, "_copy_entry", refuse(errno.ENOSPC))
+    with pytest.raises(DataError) as err:
+        extract_zip(source, dest, max_bytes=MB)
+    assert "\n" not in str(err.value) and "No space left on device" in str(err.value)

@@ -344,8 +344,8 @@ def test_exit_status_when_nothing_can_be_read(
     [
         ("missing", "not a model directory"),
         ("not_json", "malformed model card"),
-        ("no_backbone", "lacks 'backbone'"),
-        ("bad_backbone", "cannot load the card's model"),
+        ("no_backbone", "card.backbone: missing key"),
+        ("bad_backbone", "not a timm architecture"),
         ("bad_prep", "preprocessing"),
         ("model_pt", "model.pt ignored: pickled checkpoints are never loaded"),
         ("no_val_best", "no val_best checkpoint"),
@@ -446,3 +446,219 @@ def test_mc_dropout_real(capsys: pytest.CaptureFixture, images: Path, model_dir:
     assert any(r["epistemic"] > 0 for r in doc["results"] if "error" not in r)
     again = json.loads(call(capsys, *args, "--batch-size", "64")[1])
     assert again["results"] == doc["results"]  # keyed by the input list and --seed, not the batch size
+
+
+# --- hostile inputs: links out of a folder, FIFOs, absurd counts ------------------------------------
+
+
+def test_links_out_of_a_folder_fifos_and_loops_are_skipped(
+    capsys: pytest.CaptureFixture, images: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    import faulthandler
+    import os
+
+    faulthandler.dump_traceback_later(240, exit=True, file=sys.__stderr__)  # a FIFO read would hang: fail instead
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(images / "a" / "gen0.png").save(folder / "good.png")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.open(images / "b" / "gen2.png").save(secret / "outside.png")
+    (folder / "evil.png").symlink_to(secret / "outside.png")
+    (folder / "evil_dir").symlink_to(secret)
+    (folder / "loop").symlink_to(".")
+    os.mkfifo(folder / "pipe.png")
+    fifo = tmp_path / "direct.png"
+    os.mkfifo(fifo)
+    rc, out, err = call(capsys, "attribute", folder, fifo, "--model", model_dir, "--format", "json")
+    faulthandler.cancel_dump_traceback_later()
+    assert rc == 0
+    doc = json.loads(out)
+    by_name = {Path(r["path"]).name: r for r in doc["results"]}
+    assert by_name["good.png"].get("error") is None and by_name["good.png"]["attribution"]
+    assert "outside" in by_name["evil.png"]["error"] and "outside" in by_name["evil_dir"]["error"]
+    assert "not a regular file" in by_name["pipe.png"]["error"]
+    assert "not a regular file" in by_name["direct.png"]["error"]
+    assert "loop" in by_name["loop"]["error"]
+    assert "outside.png" not in by_name  # never read through the link
+    assert all("\n" not in line and line.isprintable() for line in err.splitlines())
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--mc-dropout", "1000000000"), ("--batch-size", "10000000"), ("--threads", "100000")]
+)
+def test_absurd_counts_are_one_line_usage_errors(
+    capsys: pytest.CaptureFixture, images: Path, model_dir: Path, option: str, value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["attribute", str(images / "blank.png"), "--model", str(model_dir), option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be between 1 and" in err and value in err
+
+
+def test_names_with_control_characters_or_bad_utf8_never_reach_the_terminal_raw(
+    capsys: pytest.CaptureFixture, images: Path, model: AttributionModel, tmp_path: Path
+) -> None:
+    import os
+
+    hostile = "\x1b[2J\x1b[31mEvil\rSwap\x07"
+    card = make_card()
+    card["classes"][1]["name"] = hostile
+    card["classes"][0]["name"] = os.fsdecode(b"Real\xff")
+    target = tmp_path / "m"
+    save_model_dir(target, model.state_dict(), card)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in (b"bad\xff.png", b"esc\x1b[1m.png"):
+        Image.open(images / "a" / "gen0.png").save(folder / os.fsdecode(name))
+    rc, info, _ = call(capsys, "info", target)
+    assert rc == 0 and "\\x1b[31mEvil\\rSwap\\x07" in info and "Real\\xff" in info
+    for fmt in ("table", "csv", "json"):
+        rc, out, err = call(capsys, "attribute", folder, "--model", target, "--format", fmt)
+        assert rc == 0, err
+        for text in (out, err, info):
+            assert all(line.isprintable() for line in text.splitlines()), (fmt, text)
+        assert "bad\\xff.png" in out.replace("\\\\", "\\") and "esc\\x1b[1m.png" in out.replace("\\\\", "\\")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"backbone": "hf-hub:someone/model"}, "card.backbone: 'hf-hub:someone/model' is fetched from the network"),
+        ({"backbone": 7}, "card.backbone: expected a string"),
+        ({"num_prototypes": 5.0}, "card.num_prototypes: expected an integer"),
+        ({"num_prototypes": 10**9}, "card.num_prototypes: must be <="),
+        ({"image_size": 1}, "card.image_size: must be >= 16"),
+        ({"image_size": 100000}, "card.image_size: must be <= 1024"),
+        ({"dropout": float("nan")}, "card.dropout: must be a finite number"),
+        ({"dropout": 1.5}, "card.dropout: must be < 1"),
+        ({"model_options": "ffe"}, "card.model_options: expected a mapping"),
+        ({"model_options": {"ffe": "yes"}}, "card.model_options.ffe: expected true or false"),
+        ({"model_options": {"warp": True}}, "card.model_options.warp: unknown key"),
+        ({"num_known": -1}, "card.num_known: must be >= 0"),
+        ({"classes": [{"target": 99, "name": "x"}]}, "card.classes[0].target: must be <= 4"),
+        ({"method_state": {"k_trajectory": [5, 0]}}, "card.method_state.k_trajectory"),
+        ({"preprocessing": {"mode": "crop", "image_size": SIZE, "detector": {"upsample": 12}}}, "upsample: must be"),
+        ({"preprocessing": {"mode": "crop", "image_size": SIZE, "margin": float("nan")}}, "margin: must be a fin"),
+    ],
+)
+def test_a_card_that_lies_is_refused_in_one_line_before_any_image_is_read(
+    capsys: pytest.CaptureFixture, images: Path, model: AttributionModel, tmp_path: Path, change, message
+) -> None:
+    target = tmp_path / "m"
+    save_model_dir(target, model.state_dict(), make_card(**change))
+    rc, out, err = call(capsys, "attribute", images / "blank.png", "--model", target)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"error: {target}/card.json: ") and message in err, err
+
+
+def _weights(model: AttributionModel, breakage: str) -> dict[str, torch.Tensor]:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if breakage in ("float16", "bfloat16"):
+        return {k: v.to(getattr(torch, breakage)) if v.is_floating_point() else v for k, v in state.items()}
+    if breakage == "int8":
+        state["prototypes"] = state["prototypes"].to(torch.int8)
+    elif breakage == "nan":
+        state["prototypes"][0, 0] = float("nan")
+    elif breakage == "inf":
+        state["neck.weight" if "neck.weight" in state else "prototypes"].view(-1)[0] = float("inf")
+    elif breakage == "active_0":
+        state["num_active"] = torch.tensor(0)
+    elif breakage == "active_99":
+        state["num_active"] = torch.tensor(99)
+    elif breakage == "extra":
+        state["smuggled"] = torch.zeros(3)
+    return state
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("float16", "is float16"),
+        ("bfloat16", "is bfloat16"),
+        ("int8", "tensor prototypes is int8, expected float32"),
+        ("nan", "tensor prototypes holds NaN or infinite values"),
+        ("inf", "holds NaN or infinite values"),
+        ("active_0", "num_active 0 is outside [3, 5]"),
+        ("active_99", "num_active 99 is outside [3, 5]"),
+        ("extra", "weights do not match the card's model"),
+    ],
+)
+def test_weights_that_lie_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture, images: Path, model: AttributionModel, tmp_path: Path, breakage, message
+) -> None:
+    from safetensors.torch import save_file
+
+    target = tmp_path / "m"
+    save_model_dir(target, model.state_dict(), make_card())
+    save_file({k: v.contiguous() for k, v in _weights(model, breakage).items()}, str(target / "model.safetensors"))
+    rc, out, err = call(capsys, "attribute", images / "blank.png", "--model", target)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and str(target) in err and message in err, err
+
+
+def test_attribute_and_info_never_reach_the_network(images: Path, model: AttributionModel, tmp_path: Path) -> None:
+    """A listening local port as the Hub endpoint: a card naming a Hub model must not make a connection."""
+    import os
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    connections: list[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            connections.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "no_proxy": "*", "NO_PROXY": "*"}
+    good, hub = tmp_path / "good", tmp_path / "hub"
+    save_model_dir(good, model.state_dict(), make_card())
+    save_model_dir(hub, model.state_dict(), make_card(backbone="hf-hub:timm/resnet18.a1_in1k"))
+    try:
+        runs = [
+            ["attribute", str(images / "blank.png"), "--model", str(good)],
+            ["attribute", str(images / "blank.png"), "--model", str(hub)],
+            ["info", str(good)],
+            ["info", str(hub)],
+        ]
+        command = [sys.executable, "-m", "owdfa.cli"]
+        results = [subprocess.run([*command, *a], env=env, capture_output=True, text=True, timeout=300) for a in runs]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert [r.returncode for r in results][:2] == [0, 2], [r.stderr for r in results]
+    assert "fetched from the network" in results[1].stderr
+    assert connections == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dropout": "lots", "method_state": [1, 2], "val_best_epoch": "x"}, "card.dropout: expected a number"),
+        ({"image_size": 100000}, "card.image_size: must be <= 1024"),
+        ({"classes": "\x1b[2J"}, "card.classes: expected a list"),
+    ],
+)
+def test_info_shows_a_broken_card_and_says_what_is_wrong(
+    capsys: pytest.CaptureFixture, model: AttributionModel, tmp_path: Path, change, message
+) -> None:
+    target = tmp_path / "m"
+    save_model_dir(target, model.state_dict(), make_card(**change))
+    rc, out, err = call(capsys, "info", target)
+    assert rc == 2
+    assert "backbone      test_resnet" in out and all(line.isprintable() for line in out.splitlines()), out
+    assert err.count("\n") == 1 and message in err and "refuses this model" in err, err

@@ -53,11 +53,13 @@ def test_every_package_file_is_some_stages_dep_or_the_cli() -> None:
 
 
 def test_closure_of_a_small_stage_by_hand() -> None:
-    # stages/index.py: from owdfa.data.index ... and from owdfa.stage ...; data/index.py imports errors and io.
+    # stages/index.py: from owdfa.data.index ... and from owdfa.stage ...;
+    # data/index.py imports data/walk.py (which imports no package module), errors and io.
     assert import_closure(ROOT / "stages" / "index.py") == [
         "src/owdfa/__init__.py",
         "src/owdfa/data/__init__.py",
         "src/owdfa/data/index.py",
+        "src/owdfa/data/walk.py",
         "src/owdfa/errors.py",
         "src/owdfa/io.py",
         "src/owdfa/stage.py",
@@ -99,6 +101,7 @@ def test_type_checking_blocks_skipped_function_imports_followed(tmp_path: Path) 
         "src/owdfa/__init__.py",
         "src/owdfa/data/__init__.py",
         "src/owdfa/data/index.py",
+        "src/owdfa/data/walk.py",
         "src/owdfa/errors.py",
         "src/owdfa/io.py",
     ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,83 @@ def test_folder_params_errors(tmp_path, data, key):
         fetch(Section(data, "data"), tmp_path / "raw")
     assert str(err.value).startswith(f"params.yaml: {key}: "), str(err.value)
     assert not (tmp_path / "raw").exists()
+
+
+# --- hostile folders: links out of the folder or across classes, loops, FIFOs ----------------------
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> tuple[Path, Path]:
+    """A source whose class folders hold links: out of the source, into another class, inside their own class."""
+    root = tmp_path / "src"
+    secret = tmp_path / "secret"
+    write(secret / "passwd.png", b"secret bytes")
+    write(root / "0_Real_A" / "r.png", b"real")
+    write(root / "1_Swap_B" / "s.png", b"swap")
+    write(root / "1_Swap_B" / "sub" / "t.png", b"swap2")
+    (root / "0_Real_A" / "evil.png").symlink_to(secret / "passwd.png")  # a file link out of the source
+    (root / "0_Real_A" / "evil_dir").symlink_to(secret)  # a folder link out of the source
+    (root / "0_Real_A" / "other_class").symlink_to(root / "1_Swap_B")  # would relabel class 1's images
+    (root / "0_Real_A" / "swap.png").symlink_to(root / "1_Swap_B" / "s.png")  # one image, into class 0
+    (root / "1_Swap_B" / "alias").symlink_to("sub")  # inside its own class: its images are taken once, via sub
+    (root / "1_Swap_B" / "sub" / "up").symlink_to("../..")  # out of the class folder, into the source root
+    (root / "1_Swap_B" / "sub" / "back").symlink_to("..")  # a loop inside the class: ends
+    (root / "1_Swap_B" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "1_Swap_B" / "broken.png").symlink_to("missing.png")  # inside, but nothing there
+    return root, secret
+
+
+def test_links_out_of_a_class_folder_are_skipped_with_a_warning(tmp_path, linked, capsys):
+    root, secret = linked
+    before, secret_before = tree_digest(root), tree_digest(secret)
+    summary = fetch(folder_section(str(root)), tmp_path / "raw")
+    copied = files_below(tmp_path / "raw")
+    copied.pop("SOURCE.json")
+    assert copied == {"0_Real_A/r.png": b"real", "1_Swap_B/s.png": b"swap", "1_Swap_B/sub/t.png": b"swap2"}
+    assert b"secret bytes" not in b"".join(copied.values())
+    assert summary["classes"] == {"0_Real_A": 1, "1_Swap_B": 2}
+    err = capsys.readouterr().err
+    for name in ("evil.png", "evil_dir", "other_class", "swap.png", "up", "dangling.png", "broken.png", "alias"):
+        lines = [line for line in err.splitlines() if line.startswith("fetch: skipped ") and f"/{name}:" in line]
+        assert len(lines) == 1, (name, err)
+    assert "outside" in err and "broken link" in err
+    assert tree_digest(root) == before and tree_digest(secret) == secret_before
+
+
+def test_class_folder_links(tmp_path, capsys):
+    root = tmp_path / "src"
+    write(root / "0_Real_A" / "r.png", b"real")
+    write(tmp_path / "elsewhere" / "x.png", b"outside")
+    (root / "1_Swap_Out").symlink_to(tmp_path / "elsewhere")  # a whole class from outside: skipped
+    summary = fetch(folder_section(str(root)), tmp_path / "raw")
+    assert summary["classes"] == {"0_Real_A": 1}
+    assert "fetch: skipped" in capsys.readouterr().err
+    (root / "2_Swap_Same").symlink_to(root / "0_Real_A")  # the same images under two labels: refused
+    before = tree_digest(root)
+    with pytest.raises(DataError) as err:
+        fetch(folder_section(str(root)), tmp_path / "raw2")
+    assert_one_line(err, "0_Real_A", "2_Swap_Same", "one class")
+    assert tree_digest(root) == before and not (tmp_path / "raw2").exists()
+
+
+def test_a_predictor_link_out_of_the_source_is_not_copied(tmp_path, capsys):
+    root = tmp_path / "src"
+    write(root / "0_Real_A" / "r.png", b"real")
+    write(tmp_path / "secret.dat", b"secret")
+    (root / LANDMARK_PREDICTOR_FILE).symlink_to(tmp_path / "secret.dat")
+    summary = fetch(folder_section(str(root)), tmp_path / "raw")
+    assert summary["predictor"] is None and not (tmp_path / "raw" / LANDMARK_PREDICTOR_FILE).exists()
+    assert LANDMARK_PREDICTOR_FILE in capsys.readouterr().err
+
+
+def test_fifos_and_other_special_files_are_skipped(tmp_path, capsys):
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)  # a FIFO read would hang: fail instead
+    root = tmp_path / "src"
+    write(root / "0_Real_A" / "r.png", b"real")
+    os.mkfifo(root / "0_Real_A" / "pipe.png")  # reading it would block for ever
+    os.mkfifo(root / "0_Real_A" / "pipe.jpg")
+    summary = fetch(folder_section(str(root)), tmp_path / "raw")
+    assert summary["classes"] == {"0_Real_A": 1}
+    faulthandler.cancel_dump_traceback_later()
+    err = capsys.readouterr().err
+    assert err.count("not a regular file") == 2, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -96,6 +97,26 @@ def test_build_index_rows(tree):
         "3_Swap_Foo/id0007",
     ]
     assert sorted(skipped) == ["Real_NoLabel", "extras"]
+
+
+def test_build_index_skips_names_it_cannot_write_and_shows_them_escaped(tmp_path, capsys):
+    root = tmp_path / "raw"
+    _touch(root, "0_Real_A/ok.png")
+    bad_utf8 = os.fsdecode(b"bad\xff\xfe.png")  # not UTF-8: the index is a UTF-8 CSV
+    _touch(root, f"0_Real_A/{bad_utf8}")
+    _touch(root, "0_Real_A/esc\x1b[31mred\r.png")  # a terminal escape and a carriage return
+    bad_class = os.fsdecode(b"1_Swap_X\xff")  # a class folder name that is not UTF-8
+    _touch(root, f"{bad_class}/s.png")
+    _touch(root, "2_Swap_Y/\x07bell/t.png")
+    _touch(root, "2_Swap_Y/fine.png")
+    rows, _ = build_index(root)
+    assert [r.path for r in rows] == ["0_Real_A/ok.png", "2_Swap_Y/fine.png"]
+    write_index(rows, tmp_path / "index.csv")  # no UnicodeEncodeError
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 4 and all(line.startswith("index: skipped ") for line in lines), err
+    assert all(line.isprintable() for line in lines), err
+    assert "bad\\xff\\xfe.png" in err and "\\x1b" in err and "\\r" in err and "\\x07" in err
 
 
 def test_build_index_folders_sharing_a_label_are_one_class(tree):

@@ -42,12 +42,14 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from owdfa.data.walk import display_name
 from owdfa.errors import DataError, OwdfaError
 from owdfa.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
 
@@ -57,6 +59,9 @@ if TYPE_CHECKING:  # heavy imports (torch, dlib) wait until a command needs them
 
 ALIGN_CHOICES = ("auto", "resize", "crop", "aligned")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+MAX_MC_PASSES = 1000  # MC-dropout passes: 100 already gives ~3-digit uncertainties
+MAX_BATCH_SIZE = 4096
+MAX_THREADS = 1024
 PROGRESS_MIN_IMAGES = 100  # a bar for a long run even into a log file; a terminal always gets one
 # Files are aligned and predicted a chunk at a time (bounded memory). MC-dropout masks are keyed by
 # (--seed + chunk number, position in the chunk), so they depend on the input list, never on --batch-size.
@@ -96,10 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument("--checkpoint", choices=("last", "val_best"), default="last")
     attr.add_argument("--format", choices=("table", "json", "csv"), default="table")
     attr.add_argument(
-        "--mc-dropout", type=_positive_int, default=0, metavar="N", help="N stochastic passes: epistemic/aleatoric"
+        "--mc-dropout",
+        type=_count_up_to(MAX_MC_PASSES),
+        default=0,
+        metavar="N",
+        help=f"N stochastic passes (at most {MAX_MC_PASSES}): epistemic/aleatoric",
     )
     attr.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the MC-dropout masks")
-    attr.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
+    attr.add_argument("--batch-size", type=_count_up_to(MAX_BATCH_SIZE), default=64, metavar="B")
     attr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     attr.add_argument(
         "--align", choices=ALIGN_CHOICES, default="auto", help="face preprocessing; auto: the card's (default)"
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument("--no-progress", action="store_true", help="never show the progress bar")
     attr.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_count_up_to(MAX_THREADS),
         default=DEFAULT_THREADS,
         help=f"CPU compute threads; the numbers depend on them (default {DEFAULT_THREADS}, as params.yaml's numerics)",
     )
@@ -137,6 +146,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _count_up_to(maximum: int, minimum: int = 1):
+    """An int option with a ceiling: an absurd count is refused in one line, not after allocating ~100 GB."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
 
 
 def _non_negative_int(text: str) -> int:
@@ -198,20 +220,37 @@ def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
 
 
 def k_hat(card: dict[str, Any]) -> int | None:
-    """DPP's last pruned count when the method estimates K, else the classifier's active rows (as evaluate)."""
-    trajectory = (card.get("method_state") or {}).get("k_trajectory") or [card.get("num_active")]
-    return None if trajectory[-1] is None else int(trajectory[-1])
+    """DPP's last pruned count when the method estimates K, else the classifier's active rows (as evaluate).
+
+    None when the card does not say (or says something that is not a count: `owdfa info` still shows the rest).
+    """
+    state = card.get("method_state")
+    trajectory = (state.get("k_trajectory") if isinstance(state, dict) else None) or [card.get("num_active")]
+    try:
+        return None if trajectory[-1] is None else int(trajectory[-1])
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
 
 
 def cmd_info(model_dir: Path, fmt: str) -> int:
+    """Show the card; a card that `owdfa attribute` would refuse is shown too, with what is wrong (status 2)."""
+    from owdfa.model_checks import check_card
     from owdfa.model_io import read_card
 
     card = read_card(model_dir)
+    try:
+        check_card(card, model_dir)
+        problem = None
+    except DataError as exc:
+        problem = str(exc)
     if fmt == "json":
-        print(json.dumps(card, indent=2))
+        print(json.dumps(card, indent=2))  # JSON escapes every control character
+    else:
+        print(info_text(model_dir, card))
+    if problem is None:
         return 0
-    print(info_text(model_dir, card))
-    return 0
+    print(f"error: {display_name(problem)} (owdfa attribute refuses this model)", file=sys.stderr)
+    return 2
 
 
 def info_text(model_dir: Path, card: dict[str, Any]) -> str:
@@ -226,7 +265,8 @@ def info_text(model_dir: Path, card: dict[str, Any]) -> str:
     best = card.get("val_best_epoch")
     checkpoints = [name for name, file in WEIGHTS.items() if (model_dir / file).is_file()]
     k = k_hat(card)
-    k_source = "DPP k_trajectory" if (card.get("method_state") or {}).get("k_trajectory") else "active prototypes"
+    state = card.get("method_state")
+    k_source = "DPP k_trajectory" if isinstance(state, dict) and state.get("k_trajectory") else "active prototypes"
     method = card.get("method", "?")
     if card.get("loss") and card.get("loss") != method:
         method += f" (loss {card['loss']})"
@@ -248,13 +288,16 @@ def info_text(model_dir: Path, card: dict[str, Any]) -> str:
             "val_best",
             "none (no validation split)"
             if best is None
-            else f"epoch index {best} (epoch {int(best) + 1} of {len(history)})",
+            else f"epoch index {best} (epoch {best + 1} of {len(history)})"
+            if isinstance(best, int) and isinstance(history, list)
+            else f"{best!r} (not an epoch index)",
         ),
         ("checkpoints", ", ".join(checkpoints) or "none"),
         ("params hash", str(card.get("params_hash", "?"))),
         ("preprocessing", _preprocessing_text(card)),
     ]
-    return "\n".join(f"{key:<14}{value}" for key, value in lines)
+    # every value can come from the card, input from elsewhere: printable only (no escape sequences)
+    return "\n".join(f"{key:<14}{display_name(value)}" for key, value in lines)
 
 
 def _names(classes: list[dict[str, Any]]) -> str:
@@ -267,7 +310,7 @@ def _preprocessing_text(card: dict[str, Any]) -> str:
         return f"not recorded: assumed resize at {card.get('image_size', '?')} px (images already face crops)"
     text = f"{prep.get('mode', '?')} at {prep.get('image_size', '?')} px"
     if prep.get("mode") in ("crop", "aligned"):
-        detector = prep.get("detector") or {}
+        detector = prep.get("detector") if isinstance(prep.get("detector"), dict) else {}
         text += f", detector upsample {detector.get('upsample', 0)} threshold {detector.get('threshold', 0.0)}"
         text += f", margin {prep.get('margin', '?')}" if prep.get("mode") == "crop" else ""
         if prep.get("mode") == "aligned":
@@ -281,10 +324,14 @@ def _preprocessing_text(card: dict[str, Any]) -> str:
 
 def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionModel, dict[str, Any]]:
     """`load_model`, with anything a hand-edited card can break turned into one DataError line."""
-    from owdfa.model_io import load_model
+    from owdfa.model_checks import check_card, check_weights
+    from owdfa.model_io import WEIGHTS, load_model, load_state, read_card
 
     try:
-        model, card = load_model(model_dir, checkpoint)
+        card = read_card(model_dir)
+        check_card(card, model_dir)  # before anything is built from it
+        check_weights(load_state(model_dir, checkpoint), card, model_dir / WEIGHTS[checkpoint])
+        model, card = load_model(model_dir, checkpoint)  # names and shapes: a strict load
     except DataError as exc:
         pickles = sorted(p.name for p in model_dir.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
         hint = f" ({', '.join(pickles)} ignored: pickled checkpoints are never loaded)" if pickles else ""
@@ -303,9 +350,13 @@ def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionMod
 
 
 def class_names(card: dict[str, Any], model_dir: Path) -> dict[int, str]:
-    """Prototype id -> class name of the card's classes (targets 0..num_known-1 are the known ones)."""
+    """Prototype id -> class name of the card's classes (targets 0..num_known-1 are the known ones).
+
+    Names are made printable (`display_name`): a card is input from elsewhere, and a name with
+    terminal escape sequences or carriage returns must not reach a terminal as such.
+    """
     try:
-        return {int(c["target"]): str(c["name"]) for c in card.get("classes") or []}
+        return {int(c["target"]): display_name(str(c["name"])) for c in card.get("classes") or []}
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{model_dir}/card.json: classes must be a list of {{target, name, ...}}") from None
 
@@ -372,13 +423,10 @@ def make_aligner(settings: FaceSettings) -> FaceAligner:
         raise DataError(f"cannot set up face {settings.mode} ({exc})") from None
 
 
-def _skip(part: str) -> bool:
-    return part.startswith(".") or part == "__MACOSX"
-
-
 def collect_inputs(paths: Sequence[Path]) -> list[tuple[str, str | None]]:
     """(path, None) for every image to try, (path, reason) for an argument that yields none; no duplicates."""
     from owdfa.data.index import IMAGE_SUFFIXES
+    from owdfa.data.walk import regular_file_problem, walk_images
 
     jobs: list[tuple[str, str | None]] = []
     seen: set[str] = set()
@@ -390,19 +438,15 @@ def collect_inputs(paths: Sequence[Path]) -> list[tuple[str, str | None]]:
 
     for path in paths:
         if path.is_dir():
-            found = [
-                p
-                for p in sorted(path.rglob("*"))
-                if p.suffix.lower() in IMAGE_SUFFIXES
-                and not any(_skip(part) for part in p.relative_to(path).parts)
-                and p.is_file()
-            ]
-            if not found:
+            walk = walk_images(path, IMAGE_SUFFIXES)  # links stay inside the folder, loops end
+            for skipped, why in walk.skipped:
+                add(str(skipped), f"skipped: {why}")
+            if not walk.files and not walk.skipped:
                 add(str(path), f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-            for p in found:
-                add(str(p), None)
-        elif path.exists():
-            add(str(path), None)
+            for rel in walk.files:
+                add(str(path / rel), None)
+        elif os.path.lexists(path):
+            add(str(path), regular_file_problem(path))  # a FIFO would block the reader for ever
         else:
             add(str(path), "no such file or directory")
     return jobs
@@ -522,7 +566,7 @@ def run_attribution(
             batch = np.zeros((len(chunk), size, size, 3), dtype=np.uint8)
             slots, pending = [], []
             for slot, (path, reason) in enumerate(chunk):
-                row = Row(path)
+                row = Row(display_name(path))  # printable: no control characters, undecodable bytes escaped
                 rows.append(row)
                 if reason is None:
                     try:
@@ -535,8 +579,8 @@ def run_attribution(
                         pending.append(row)
                         row.face_found = bool(face.found) if detecting else None
                 if reason is not None:
-                    row.error = reason
-                    tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
+                    row.error = display_name(reason)
+                    tqdm.write(f"error: {row.path}: {row.error}", file=sys.stderr)
             bar.update(len(chunk))
             if not pending:
                 continue

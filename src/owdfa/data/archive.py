@@ -10,6 +10,8 @@ only read.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -21,6 +23,11 @@ from pathlib import Path, PurePosixPath
 from owdfa.errors import DataError
 
 _CHUNK = 1 << 20
+MAX_NAME_BYTES = 255  # one path component, on every common Linux/macOS file system
+MAX_PATH_BYTES = 3072  # inside the target folder; Linux's PATH_MAX is 4096 for the whole path
+# A path the file system will not take (a component over 255 bytes, a path over PATH_MAX, bytes it
+# rejects): the entry is skipped like other unsafe ones. Anything else (a full disk) is an error.
+REFUSED_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EILSEQ})
 _MACOS_FOLDER = "__MACOSX"
 
 
@@ -51,6 +58,10 @@ def entry_problem(name: str, external_attr: int) -> str | None:
         return "hidden file"
     if "\0" in normalised:
         return "NUL in name"
+    if any(len(os.fsencode(p)) > MAX_NAME_BYTES for p in parts):
+        return f"a name longer than {MAX_NAME_BYTES} bytes (the file system refuses it)"
+    if len(os.fsencode(normalised)) > MAX_PATH_BYTES:
+        return f"a path longer than {MAX_PATH_BYTES} bytes (the file system refuses it)"
     mode = external_attr >> 16
     if mode:
         if stat.S_ISLNK(mode):
@@ -100,27 +111,44 @@ def extract_zip(zip_path: Path, dest: Path, max_bytes: int) -> ExtractReport:
                 continue
             seen.add(rel.as_posix())
             if info.is_dir() or stat.S_ISDIR(info.external_attr >> 16):
-                target.mkdir(parents=True, exist_ok=True)
+                try:
+                    target.mkdir(parents=True, exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    report.skipped.append((info.filename, "a file of the same name is in the way"))
+                except OSError as exc:
+                    report.skipped.append((info.filename, _refused_path(exc, zip_path, dest)))
                 continue
             if info.flag_bits & 0x1:
                 raise DataError(f"{zip_path}: entry {info.filename!r} is encrypted; encrypted zips are not supported")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if not _inside(target.parent.resolve(), root) or target.is_symlink() or target.is_dir():
+                    report.skipped.append((info.filename, "resolves outside the target folder or onto a folder"))
+                    continue
+                written = _copy_entry(archive, info, target, zip_path, max_bytes - report.bytes)
             except (FileExistsError, NotADirectoryError):
                 report.skipped.append((info.filename, "a file of the same name is in the way"))
                 continue
-            if not _inside(target.parent.resolve(), root) or target.is_symlink() or target.is_dir():
-                report.skipped.append((info.filename, "resolves outside the target folder or onto a folder"))
+            except OSError as exc:
+                report.skipped.append((info.filename, _refused_path(exc, zip_path, dest)))
                 continue
-            written = _copy_entry(archive, info, target, zip_path, max_bytes - report.bytes)
             report.files += 1
             report.bytes += written
     return report
 
 
+def _refused_path(exc: OSError, zip_path: Path, dest: Path) -> str:
+    """The skip reason for a path the file system will not take; any other OSError is the stage's error."""
+    if exc.errno not in REFUSED_PATH_ERRNOS:
+        raise DataError(f"{zip_path}: cannot write {dest} ({exc.strerror or exc})") from None
+    return f"the file system refuses this path ({exc.strerror})"
+
+
 def _copy_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, zip_path: Path, budget: int) -> int:
     """Stream one entry to `<target>.part`, counting bytes, then rename it into place."""
     partial = target.with_name(f".{target.name}.part")
+    if len(os.fsencode(partial.name)) > MAX_NAME_BYTES:  # the final name fits, the partial's must too
+        partial = target.with_name(f".{hashlib.sha256(os.fsencode(target.name)).hexdigest()[:16]}.part")
     written = 0
     try:
         with archive.open(info) as source, open(partial, "wb") as sink:

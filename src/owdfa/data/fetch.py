@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from owdfa.config import Section
 from owdfa.data.index import IMAGE_SUFFIXES
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 from owdfa.data.synthetic import METHODS, SyntheticConfig, images_for, write_benchmark
+from owdfa.data.walk import display_name, is_hidden, is_inside, regular_file_problem, walk_images
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
 
@@ -145,22 +147,31 @@ def folder_path(section: Section) -> Path:
 
 
 def find_class_folders(root: Path) -> dict[str, Path]:
-    """Every `<int>_<name>` folder below root (not below another one), by name; hidden folders skipped."""
+    """Every `<int>_<name>` folder below root (not below another one), by name; hidden folders skipped.
+
+    A folder link that leads outside root is skipped with a warning; two class folders that are one
+    folder (or one inside the other, through a link) would give the same images two labels: an error.
+    """
     found: dict[str, Path] = {}
-    visited: set[tuple[int, int]] = set()
+    bound = os.path.realpath(root)
+    visited: set[str] = set()
     pending = [root]
     while pending:
         folder = pending.pop()
+        real = os.path.realpath(folder)
+        if real in visited:
+            continue
+        visited.add(real)
         try:
-            info = folder.stat()
-            if (info.st_dev, info.st_ino) in visited:
-                continue
-            visited.add((info.st_dev, info.st_ino))
             children = sorted(folder.iterdir())
         except OSError as exc:
-            raise DataError(f"{folder}: cannot read ({exc.strerror or exc})") from None
+            raise DataError(f"{display_name(folder)}: cannot read ({exc.strerror or exc})") from None
         for child in children:
-            if _hidden(child.name) or not child.is_dir():
+            if is_hidden(child.name) or not child.is_dir():
+                continue
+            target = os.path.realpath(child)
+            if child.is_symlink() and not is_inside(target, bound):
+                _warn_skipped(child, f"a symbolic link to {display_name(target)}, outside {display_name(root)}")
                 continue
             if not _CLASS_FOLDER.match(child.name):
                 pending.append(child)
@@ -168,7 +179,23 @@ def find_class_folders(root: Path) -> dict[str, Path]:
                 raise DataError(f"class folder {child.name} found twice: {found[child.name]} and {child}; keep one")
             else:
                 found[child.name] = child
+    _check_distinct(found)
     return dict(sorted(found.items()))
+
+
+def _check_distinct(classes: dict[str, Path]) -> None:
+    reals = {name: os.path.realpath(folder) for name, folder in classes.items()}
+    for name_a, a in reals.items():
+        for name_b, b in reals.items():
+            if name_a != name_b and is_inside(b, a):
+                raise DataError(
+                    f"class folders {display_name(classes[name_a])} and {display_name(classes[name_b])} lead to "
+                    "the same images (a symbolic link); each image must have one class"
+                )
+
+
+def _warn_skipped(path: Path, why: str) -> None:
+    print(f"fetch: skipped {display_name(path)}: {why}", file=sys.stderr)
 
 
 def _fetch_folder(section: Section, out: Path) -> dict:
@@ -177,7 +204,7 @@ def _fetch_folder(section: Section, out: Path) -> dict:
     classes = find_class_folders(source)
     if not classes:
         raise DataError(f"{source}: no class folders named '<label>_<Type>_<Method>' (data.folder.path)")
-    plan = {name: list(_images_below(folder)) for name, folder in classes.items()}
+    plan = {name: _images_below(folder) for name, folder in classes.items()}
     total = sum(len(files) for files in plan.values())
     if total == 0:
         raise DataError(f"{source}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -204,23 +231,12 @@ def _fetch_folder(section: Section, out: Path) -> dict:
 
 
 def _images_below(folder: Path) -> list[Path]:
-    """Image files below a class folder, relative to it, sorted; hidden files and __MACOSX left out."""
-    found: list[Path] = []
-    seen: set[str] = set()
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(current)
-        if real in seen:  # a symlink loop
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        base = Path(current).relative_to(folder)
-        found.extend(
-            base / name
-            for name in files
-            if not _hidden(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(Path(current, name))
-        )
-    return sorted(found)
+    """Image files below a class folder, relative to it, sorted (`owdfa.data.walk`: links that would
+    leave the class folder, loops, FIFOs and other non-regular files are skipped with a warning)."""
+    walk = walk_images(folder, IMAGE_SUFFIXES, within=folder)
+    for path, why in walk.skipped:
+        _warn_skipped(path, why)
+    return walk.files
 
 
 def _find_predictor(root: Path, class_folders: Iterable[Path]) -> Path | None:
@@ -230,26 +246,25 @@ def _find_predictor(root: Path, class_folders: Iterable[Path]) -> Path | None:
         for parent in (folder.parent, folder.parent.parent):
             if parent == root or root in parent.parents:
                 candidates.append(parent)
+    bound = os.path.realpath(root)
     for candidate in dict.fromkeys(candidates):
-        if (candidate / LANDMARK_PREDICTOR_FILE).is_file():
-            return candidate / LANDMARK_PREDICTOR_FILE
+        path = candidate / LANDMARK_PREDICTOR_FILE
+        if not os.path.lexists(path):
+            continue
+        target = os.path.realpath(path)
+        if not is_inside(target, bound):
+            _warn_skipped(path, f"a symbolic link to {display_name(target)}, outside {display_name(root)}")
+        elif (problem := regular_file_problem(path)) is not None:
+            _warn_skipped(path, problem)
+        else:
+            return path
     return None
 
 
 def count_images(folder: Path) -> int:
     if not folder.is_dir():
         return 0
-    return sum(
-        1
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(_hidden(part) for part in path.relative_to(folder).parts)
-        and path.is_file()
-    )
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
+    return len(walk_images(folder, IMAGE_SUFFIXES).files)
 
 
 def _check_apart(source: Path, out: Path, key: str) -> None:

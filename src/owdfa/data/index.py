@@ -15,9 +15,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from owdfa.data.walk import display_name, walk_images
 from owdfa.errors import DataError
 from owdfa.io import atomic_write_text
 
@@ -39,26 +41,51 @@ def _skip(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
 
+def unprintable_name_problem(name: str) -> str | None:
+    """Why a file or folder name cannot go into the index (a UTF-8 CSV read back by every stage)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if not name.isprintable():
+        return "its name holds control characters"
+    return None
+
+
 def build_index(root: Path) -> tuple[list[IndexRow], list[str]]:
-    """Index every image under root's class folders; also return the names of skipped folders."""
+    """Index every image under root's class folders; also return the names of skipped folders.
+
+    Files and folders whose names are not printable UTF-8 are left out with a warning that shows
+    the name escaped; so are links that leave their class folder and non-regular files
+    (`owdfa.data.walk`).
+    """
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     rows: list[IndexRow] = []
     skipped: list[str] = []
+
+    def warn(path: Path, why: str) -> None:
+        print(f"index: skipped {display_name(path)}: {why}", file=sys.stderr)
+
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _skip(p.name)):
         match = _CLASS_FOLDER.match(folder.name)
         if not match:
-            skipped.append(folder.name)
+            skipped.append(display_name(folder.name))
+            continue
+        if problem := unprintable_name_problem(folder.name):
+            warn(folder, problem)
             continue
         label = int(match.group(1))
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if any(_skip(part) for part in rel.parts) or path.suffix.lower() not in IMAGE_SUFFIXES:
+        walk = walk_images(folder, IMAGE_SUFFIXES)
+        for path, why in walk.skipped:
+            warn(path, why)
+        for rel in walk.files:
+            if problem := next(filter(None, map(unprintable_name_problem, rel.parts)), None):
+                warn(folder / rel, problem)
                 continue
-            if not path.is_file():
-                continue
-            group = rel.parent.as_posix() if rel.parent.parts else _group_of_flat_file(path.stem)
-            rows.append(IndexRow(path.relative_to(root).as_posix(), label, folder.name, f"{folder.name}/{group}"))
+            group = rel.parent.as_posix() if rel.parent.parts else _group_of_flat_file(rel.stem)
+            path = (folder / rel).relative_to(root).as_posix()
+            rows.append(IndexRow(path, label, folder.name, f"{folder.name}/{group}"))
     if not rows:
         raise DataError(f"{root}: no images found in '<label>_<Family>_<Method>' class folders")
     rows.sort(key=lambda r: r.path)
