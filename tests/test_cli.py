@@ -470,8 +470,15 @@ def test_links_out_of_a_folder_fifos_and_loops_are_skipped(
     os.mkfifo(folder / "pipe.png")
     fifo = tmp_path / "direct.png"
     os.mkfifo(fifo)
+
+    def snapshot() -> dict[str, tuple[int, int, int]]:
+        entries = [Path(d, n) for root in (folder, secret) for d, ds, fs in os.walk(root) for n in ds + fs]
+        return {str(p): (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns) for p in entries}
+
+    before = snapshot()
     rc, out, err = call(capsys, "attribute", folder, fifo, "--model", model_dir, "--format", "json")
     faulthandler.cancel_dump_traceback_later()
+    assert snapshot() == before  # nothing under the input folders changed
     assert rc == 0
     doc = json.loads(out)
     by_name = {Path(r["path"]).name: r for r in doc["results"]}
