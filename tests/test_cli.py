@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from owdfa import cli
+from owdfa import attribution, cli
 from owdfa.inference import predict
 from owdfa.model_io import save_model_dir
 from owdfa.models import AttributionModel
@@ -393,7 +393,7 @@ def test_cuda_without_a_gpu_is_a_usage_error(capsys: pytest.CaptureFixture, imag
 def test_progress_goes_to_stderr_only(
     capsys: pytest.CaptureFixture, images: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "PROGRESS_MIN_IMAGES", 1)
+    monkeypatch.setattr(attribution, "PROGRESS_MIN_IMAGES", 1)
     rc, out, err = call(capsys, "attribute", images, "--model", model_dir, "--format", "json")
     assert rc == 0 and "attribute: 100%" in err
     check_schema(json.loads(out))
@@ -415,7 +415,7 @@ def test_mc_dropout_wiring(
     module = types.ModuleType("owdfa.uncertainty")
     module.mc_dropout_predict = fake
     monkeypatch.setitem(sys.modules, "owdfa.uncertainty", module)
-    monkeypatch.setattr(cli, "CHUNK_IMAGES", 4)
+    monkeypatch.setattr(attribution, "CHUNK_IMAGES", 4)
     args = ("attribute", images, "--model", model_dir, "--mc-dropout", "3", "--batch-size", "4", "--seed", "5")
     rc, out, _ = call(capsys, *args, "--format", "json")
     assert rc == 0

@@ -34,6 +34,9 @@ whole image is used, as the align stage does, with face_found false.
 
 Exit status: 0 when at least one image was attributed, 1 when none could be, 2 for a usage or
 model error (one line on stderr, never a traceback).
+
+This module is the command line only (arguments, output formats); the attribution itself (model
+checks, inputs, the run) is `owdfa.attribution`, usable from Python.
 """
 
 from __future__ import annotations
@@ -41,32 +44,30 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
+from owdfa.attribution import (
+    Row,
+    class_names,
+    collect_inputs,
+    face_settings,
+    load_checked_model,
+    make_aligner,
+    note,
+    run_attribution,
+)
 from owdfa.data.walk import display_name
 from owdfa.errors import DataError, OwdfaError
 from owdfa.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
 
-if TYPE_CHECKING:  # heavy imports (torch, dlib) wait until a command needs them: `--help` stays fast
-    from owdfa.data.faces import FaceAligner, FaceSettings
-    from owdfa.models import AttributionModel
-
 ALIGN_CHOICES = ("auto", "resize", "crop", "aligned")
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 MAX_MC_PASSES = 1000  # MC-dropout passes: 100 already gives ~3-digit uncertainties
 MAX_BATCH_SIZE = 4096
 MAX_THREADS = 1024
-PROGRESS_MIN_IMAGES = 100  # a bar for a long run even into a log file; a terminal always gets one
-# Files are aligned and predicted a chunk at a time (bounded memory). MC-dropout masks are keyed by
-# (--seed + chunk number, position in the chunk), so they depend on the input list, never on --batch-size.
-CHUNK_IMAGES = 256
-CHUNK_BYTES = 256 * 2**20
 
 
 def _version() -> str:
@@ -189,15 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _silence_stdout() -> None:
     import contextlib
-    import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     with contextlib.suppress(OSError, ValueError):  # not a real file (captured in tests)
         os.dup2(devnull, sys.stdout.fileno())
-
-
-def note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,184 +318,8 @@ def _preprocessing_text(card: dict[str, Any]) -> str:
 # attribute: model, preprocessing, inputs
 
 
-def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionModel, dict[str, Any]]:
-    """`load_model`, with anything a hand-edited card can break turned into one DataError line."""
-    from owdfa.model_checks import check_card, check_weights
-    from owdfa.model_io import WEIGHTS, load_model, load_state, read_card
-
-    try:
-        card = read_card(model_dir)
-        check_card(card, model_dir)  # before anything is built from it
-        check_weights(load_state(model_dir, checkpoint), card, model_dir / WEIGHTS[checkpoint])
-        model, card = load_model(model_dir, checkpoint)  # names and shapes: a strict load
-    except DataError as exc:
-        pickles = sorted(p.name for p in model_dir.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
-        hint = f" ({', '.join(pickles)} ignored: pickled checkpoints are never loaded)" if pickles else ""
-        raise DataError(f"{exc}{hint}") from None
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:  # e.g. an unknown backbone or a non-number
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{model_dir}: cannot load the card's model ({first})") from None
-    try:
-        num_known = int(card["num_known"])
-        int(card["image_size"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{model_dir}: model card lacks a valid num_known / image_size") from None
-    if not 0 <= num_known <= int(model.num_active):
-        raise DataError(f"{model_dir}: model card's num_known {num_known} exceeds the active prototypes")
-    return model, card
-
-
-def class_names(card: dict[str, Any], model_dir: Path) -> dict[int, str]:
-    """Prototype id -> class name of the card's classes (targets 0..num_known-1 are the known ones).
-
-    Names are made printable (`display_name`): a card is input from elsewhere, and a name with
-    terminal escape sequences or carriage returns must not reach a terminal as such.
-    """
-    try:
-        return {int(c["target"]): display_name(str(c["name"])) for c in card.get("classes") or []}
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{model_dir}/card.json: classes must be a list of {{target, name, ...}}") from None
-
-
-def face_settings(card: dict[str, Any], model_dir: Path, align: str, predictor: Path | None) -> FaceSettings:
-    """The align stage's settings from the card; `align` other than auto overrides the mode only."""
-    from owdfa.data.align import DEFAULTS
-    from owdfa.data.faces import MODES, FaceSettings, bundled_predictor_path
-
-    size = int(card["image_size"])
-    prep = card.get("preprocessing")
-    where = f"{model_dir}/card.json: preprocessing"
-    if prep is None:
-        prep = {"mode": "resize", "image_size": size}
-        using = (
-            f"--align {align} at {size} px"
-            if align != "auto"
-            else f"mode resize at {size} px (inputs must be face crops)"
-        )
-        note(f"{model_dir}/card.json records no face preprocessing: using {using}")
-    if not isinstance(prep, dict) or prep.get("mode") not in MODES:
-        raise DataError(f"{where}: expected a mapping with mode one of {', '.join(MODES)}")
-    detector = prep.get("detector") or {}
-    try:
-        settings = dict(
-            image_size=int(prep.get("image_size", size)),
-            upsample=int(detector.get("upsample", DEFAULTS["upsample"])),
-            threshold=float(detector.get("threshold", DEFAULTS["threshold"])),
-            margin=float(prep.get("margin", DEFAULTS["margin"])),
-            padding=float(prep.get("padding", DEFAULTS["padding"])),
-        )
-    except (TypeError, ValueError, AttributeError):
-        raise DataError(f"{where}: malformed values") from None
-    if settings["image_size"] != size:
-        raise DataError(f"{where}: image_size {settings['image_size']} differs from the model's {size}")
-    mode = prep["mode"] if align == "auto" else align
-    if mode != prep["mode"] and "preprocessing" in card:
-        note(f"--align {mode} overrides the card's {prep['mode']} (the model was trained on {prep['mode']} faces)")
-    predictor_path = None
-    if mode == "aligned":
-        recorded = prep.get("predictor", "auto")
-        if predictor is not None:
-            predictor_path = predictor
-        elif recorded in (None, "auto") or not Path(str(recorded)).is_file():
-            predictor_path = bundled_predictor_path()
-            if recorded not in (None, "auto"):
-                note(f"the card's predictor {recorded} is not here: using face-recognition-models' copy")
-        else:
-            predictor_path = Path(str(recorded))
-        if predictor_path is None or not predictor_path.is_file():
-            raise DataError(
-                f"68-landmark predictor not found ({predictor_path or 'face-recognition-models not installed'});"
-                " give --predictor PATH"
-            )
-    return FaceSettings(mode=mode, predictor_path=None if predictor_path is None else str(predictor_path), **settings)
-
-
-def make_aligner(settings: FaceSettings) -> FaceAligner:
-    from owdfa.data.faces import FaceAligner
-
-    try:
-        return FaceAligner.from_settings(settings)
-    except (ValueError, OSError, RuntimeError) as exc:  # dlib raises RuntimeError for a file that is no model
-        raise DataError(f"cannot set up face {settings.mode} ({exc})") from None
-
-
-def collect_inputs(paths: Sequence[Path]) -> list[tuple[str, str | None]]:
-    """(path, None) for every image to try, (path, reason) for an argument that yields none; no duplicates."""
-    from owdfa.data.index import IMAGE_SUFFIXES
-    from owdfa.data.walk import regular_file_problem, walk_images
-
-    jobs: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
-
-    def add(path: str, reason: str | None) -> None:
-        if path not in seen:
-            seen.add(path)
-            jobs.append((path, reason))
-
-    for path in paths:
-        if path.is_dir():
-            walk = walk_images(path, IMAGE_SUFFIXES)  # links stay inside the folder, loops end
-            for skipped, why in walk.skipped:
-                add(str(skipped), f"skipped: {why}")
-            if not walk.files and not walk.skipped:
-                add(str(path), f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-            for rel in walk.files:
-                add(str(path / rel), None)
-        elif os.path.lexists(path):
-            add(str(path), regular_file_problem(path))  # a FIFO would block the reader for ever
-        else:
-            add(str(path), "no such file or directory")
-    return jobs
-
-
 # --------------------------------------------------------------------------------------------
 # attribute: the run
-
-
-@dataclass
-class Row:
-    path: str
-    attribution: str | None = None
-    known: bool | None = None
-    cluster: int | None = None
-    confidence: float | None = None
-    face_found: bool | None = None
-    epistemic: float | None = None
-    aleatoric: float | None = None
-    error: str | None = None
-
-    def as_dict(self, mc: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "path": self.path,
-            "attribution": self.attribution,
-            "known": self.known,
-            "cluster": self.cluster,
-            "confidence": self.confidence,
-            "face_found": self.face_found,
-        }
-        if mc:
-            out.update(epistemic=self.epistemic, aleatoric=self.aleatoric)
-        if self.error is not None:
-            out["error"] = self.error
-        return out
-
-
-def _chunks(items: list[tuple[str, str | None]], size: int) -> Iterator[list[tuple[str, str | None]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _round(value: Any) -> float | None:
-    """6 decimals, rounded and printed as the evaluate stage's predictions CSV does (numpy, shortest repr)."""
-    import numpy as np
-
-    rounded = np.round(value, 6)
-    return None if math.isnan(rounded) else float(str(rounded))
-
-
-def chunk_size(image_size: int) -> int:
-    """Images decoded and aligned per step: CHUNK_IMAGES, fewer when large images would exceed CHUNK_BYTES."""
-    return max(1, min(CHUNK_IMAGES, CHUNK_BYTES // (image_size * image_size * 3)))
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -527,87 +347,24 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         note("the model has no dropout (p = 0): MC-dropout uncertainties are all 0")
     names = class_names(card, args.model)
     jobs = collect_inputs(args.paths)
-    rows = run_attribution(jobs, model, aligner, names, int(card["num_known"]), device, args, mc_predict)
+    rows = run_attribution(
+        jobs,
+        model,
+        aligner,
+        names,
+        int(card["num_known"]),
+        device,
+        batch_size=args.batch_size,
+        mc_predict=mc_predict,
+        mc_passes=args.mc_dropout,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     errors = sum(r.error is not None for r in rows)
     write_output(sys.stdout, args.format, rows, args, settings.mode)
     done = len(rows) - errors
     print(f"owdfa: {done} image(s) attributed, {errors} error(s)", file=sys.stderr)
     return 0 if done else 1
-
-
-def run_attribution(
-    jobs: list[tuple[str, str | None]],
-    model: AttributionModel,
-    aligner: FaceAligner,
-    names: dict[int, str],
-    num_known: int,
-    device: Any,
-    args: argparse.Namespace,
-    mc_predict: Any,
-) -> list[Row]:
-    """Decode and align a chunk of files, then predict it as the evaluate stage does (`predict`, same batching)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from owdfa.data.faces import decode_rgb
-    from owdfa.inference import max_softmax, predict
-
-    detecting = aligner.mode != "resize"
-    tty = sys.stderr.isatty()
-    show = not args.no_progress and (tty or len(jobs) >= PROGRESS_MIN_IMAGES)
-    bar = tqdm(
-        total=len(jobs), desc="attribute", unit="img", file=sys.stderr, disable=not show, mininterval=0.1 if tty else 10
-    )
-    rows: list[Row] = []
-    with bar:
-        size = aligner.image_size
-        for chunk_index, chunk in enumerate(_chunks(jobs, chunk_size(size))):
-            # a failed file leaves its slot empty, so a file's slot (its MC-dropout key) is its position
-            batch = np.zeros((len(chunk), size, size, 3), dtype=np.uint8)
-            slots, pending = [], []
-            for slot, (path, reason) in enumerate(chunk):
-                row = Row(display_name(path))  # printable: no control characters, undecodable bytes escaped
-                rows.append(row)
-                if reason is None:
-                    try:
-                        face = aligner(decode_rgb(Path(path)))
-                    except (OwdfaError, OSError, ValueError, RuntimeError) as exc:
-                        reason = str(exc).removeprefix(f"{path}: ") or type(exc).__name__
-                    else:
-                        batch[slot] = face.image
-                        slots.append(slot)
-                        pending.append(row)
-                        row.face_found = bool(face.found) if detecting else None
-                if reason is not None:
-                    row.error = display_name(reason)
-                    tqdm.write(f"error: {row.path}: {row.error}", file=sys.stderr)
-            bar.update(len(chunk))
-            if not pending:
-                continue
-            index = np.asarray(slots, dtype=np.int64)
-            logits, _, pred = predict(model, batch, index, args.batch_size, device)
-            confidence = max_softmax(logits)  # the evaluate stage's confidence
-            mc = None
-            if mc_predict is not None:
-                mc = mc_predict(
-                    model,
-                    batch,
-                    index,
-                    passes=args.mc_dropout,
-                    batch_size=args.batch_size,
-                    device=device,
-                    seed=args.seed + chunk_index,
-                )
-            for i, row in enumerate(pending):
-                cluster = int(pred[i])
-                row.cluster = cluster
-                row.known = cluster < num_known
-                row.attribution = names.get(cluster, f"class-{cluster}") if row.known else f"novel-{cluster}"
-                row.confidence = _round(confidence[i])
-                if mc is not None:
-                    row.epistemic = _round(mc.epistemic[i])
-                    row.aleatoric = _round(mc.aleatoric[i])
-    return rows
 
 
 # --------------------------------------------------------------------------------------------
