@@ -33,8 +33,8 @@ from owdfa.io import atomic_write_json
 from owdfa.methods.base import Supervised
 from owdfa.metrics import evaluate_predictions, per_class_acc
 from owdfa.model_io import load_model
-from owdfa.pipeline import load_train_data
 from owdfa.training import TrainData, run_training, train_config
+from owdfa.training_stages import load_train_data
 
 
 def upper_bound(train_section: Section, split_dir: Path, faces_dir: Path, seed: int) -> dict[str, float]:

@@ -21,8 +21,8 @@ def main() -> None:
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
     from owdfa.distributed import relaunch
-    from owdfa.pipeline import PRETRAIN_EXTRA, pretrain
     from owdfa.training import train_config
+    from owdfa.training_stages import PRETRAIN_EXTRA, pretrain
 
     section = Section.from_file("pretrain", args.params)
     nproc = train_config(section, extra_keys=PRETRAIN_EXTRA).nproc  # checks the params before launching

@@ -29,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
     from owdfa.distributed import relaunch
-    from owdfa.pipeline import train
     from owdfa.training import train_config
+    from owdfa.training_stages import train
 
     section = Section.from_file("train", args.params)
     methods = Section.from_file("methods", args.params)

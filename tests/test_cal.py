@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_resume import tiny_data
+from helpers.tiny_run import tiny_data
 from torch import nn
 
 from owdfa.config import Section

@@ -291,7 +291,7 @@ def test_matches_the_evaluate_stage_exactly(
     for i, image in enumerate(cache):
         Image.fromarray(image).save(folder / f"face_{i:03d}.png")
         assert np.array_equal(np.asarray(Image.open(folder / f"face_{i:03d}.png")), image)  # lossless
-    # what owdfa.pipeline.evaluate computes and writes to data/predictions/<key>.csv
+    # what owdfa.evaluation.evaluate computes and writes to data/predictions/<key>.csv
     logits, _, pred = predict(model, cache, np.arange(len(cache)), 4, torch.device("cpu"))
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     confidence = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)

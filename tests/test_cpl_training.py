@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 
-import owdfa.pipeline as pipeline
+import owdfa.checkpoints as checkpoints
 import owdfa.training as training
+import owdfa.training_stages as training_stages
 from owdfa.config import Section
 from owdfa.errors import ConfigError
 from owdfa.methods.base import Baseline, Method, Supervised
@@ -222,11 +223,11 @@ def test_state_round_trip_continues_the_stream_exactly():
     gen = torch.Generator().manual_seed(5)
     first = BalancedSampler.build(data, config, CPL())
     assert draws(first, gen, 6) == whole[:6]
-    tensors, rest = training._split("sampler", first.state_dict())  # as save_checkpoint stores it
+    tensors, rest = checkpoints._split("sampler", first.state_dict())  # as save_checkpoint stores it
     assert set(tensors) == {"sampler/orders"}
     saved_gen = gen.get_state()
     resumed = BalancedSampler.build(data, config, CPL())
-    resumed.load_state_dict(training._join("sampler", tensors, rest))
+    resumed.load_state_dict(checkpoints._join("sampler", tensors, rest))
     gen = torch.Generator()
     gen.set_state(saved_gen)
     assert draws(resumed, gen, 6) == whole[6:]
@@ -254,7 +255,7 @@ def test_cpl_run_resumes_bit_for_bit_with_the_balanced_sampler(tmp_path):
     method.on_epoch_end = stop_at_second
     with pytest.raises(Stop):
         run_training(config, data, method, seed=0, checkpoint_dir=tmp_path)
-    found = training.read_checkpoint(tmp_path / "epoch-0001.safetensors")
+    found = checkpoints.read_checkpoint(tmp_path / "epoch-0001.safetensors")
     assert "sampler/orders" in found.tensors and found.meta["sampler"]["counts"]
     resumed = run_training(config, data, CPL(), seed=0, checkpoint_dir=tmp_path)
     assert resumed.history == whole.history
@@ -338,13 +339,13 @@ def test_pipeline_train_hands_the_overridden_config_to_training(monkeypatch, tmp
         seen.append(config)
         raise Captured
 
-    monkeypatch.setattr(pipeline, "load_train_data", lambda *a: (data_of({0: [0]}, [1]), {"protocol": "p1"}))
-    monkeypatch.setattr(pipeline, "run_training", capture)
+    monkeypatch.setattr(training_stages, "load_train_data", lambda *a: (data_of({0: [0]}, [1]), {"protocol": "p1"}))
+    monkeypatch.setattr(training_stages, "run_training", capture)
     section = Section(params_train(), "train")
     methods = Section.from_file("methods", ROOT / "params.yaml")
     for variant in ("cpl", "cal"):
         with pytest.raises(Captured):
-            pipeline.train(section, methods, variant, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
+            training_stages.train(section, methods, variant, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
     cpl, cal = seen
     assert (cpl.weight_decay, cpl.lr_gamma) == (1e-5, 0.2)
     assert (cal.weight_decay, cal.lr_gamma) == (section.float("weight_decay"), section.float("lr_gamma"))

@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
+from helpers.paths import ROOT
+from helpers.tiny_run import CONFIG, build_tiny_split, stage_command, stage_env, tiny_data, write_tiny_params
 from safetensors.torch import load_file, save_file
-from test_resume import CONFIG, ROOT, build_tiny_split, stage_command, stage_env, tiny_data, write_tiny_params
 
 from owdfa.config import Section
 from owdfa.distributed import World, prepare_model, start, stop

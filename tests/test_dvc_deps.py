@@ -74,7 +74,7 @@ def test_evaluation_does_not_run_the_training_code() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["owdfa.pipeline", "owdfa.evaluation", "owdfa.report", "owdfa.data.fetch", "owdfa.data.align", "owdfa.cli"],
+    ["owdfa.training_stages", "owdfa.evaluation", "owdfa.report", "owdfa.data.fetch", "owdfa.data.align", "owdfa.cli"],
 )
 def test_closure_covers_what_python_imports(module: str) -> None:
     """A fresh interpreter's own record (sys.modules) after the import: every package file it ran is

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_no_label_leak import _train_sections
-from test_resume import build_tiny_split
+from helpers.tiny_run import build_tiny_split, train_sections
 
 from owdfa.config import Section
 from owdfa.data.face_cache import read_faces
@@ -19,7 +18,7 @@ from owdfa.evaluation import evaluate
 from owdfa.inference import pick_device, predict
 from owdfa.metrics import evaluate_predictions
 from owdfa.model_io import load_model, load_state, read_card, save_model_dir
-from owdfa.pipeline import train
+from owdfa.training_stages import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def faithful_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("faithful")
     faces, split = build_tiny_split(base)
     model_dir = base / "model"
-    train(*_train_sections("cal_dpp_faithful"), "cal_dpp_faithful", 0, split, faces, None, model_dir, None)
+    train(*train_sections("cal_dpp_faithful"), "cal_dpp_faithful", 0, split, faces, None, model_dir, None)
     return faces, split, model_dir
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.markers import requires_cuda
 from scipy import fft as sfft
 
 from owdfa.models.ffe import FrequencyAttention, dct2, dct_matrix, idct2, idct_matrix
@@ -117,7 +118,7 @@ def test_deterministic_and_bf16_autocast() -> None:
     torch.testing.assert_close(a3, a1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_cuda_bf16_autocast_matches_cpu() -> None:
     torch.manual_seed(0)
     ffe = FrequencyAttention()

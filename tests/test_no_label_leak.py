@@ -3,25 +3,21 @@ estimate or model selection: shuffling those labels must leave training bit-for-
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from helpers.tiny_run import build_tiny_split, train_sections
 from safetensors.torch import load_file
-from test_resume import build_tiny_split
 
-from owdfa.config import Section
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE
 from owdfa.evaluation import kmeans_k_estimate
 from owdfa.inference import pick_device
-from owdfa.pipeline import train
+from owdfa.training_stages import train
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
 
 
@@ -44,17 +40,6 @@ def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
     return base / "faces", base / "split", shuffled
 
 
-def _train_sections(variant: str) -> tuple[Section, Section]:
-    """The train section (a short run) and the variants (ACR from epoch 0)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    section = copy.deepcopy(params["train"])
-    section.update(epochs=3, batch_size=8, lr_step=2, device="cpu")
-    method = params["methods"][variant]
-    if "acr_start_epoch" in method:
-        method["acr_start_epoch"] = 0  # exercise ACR's pseudo-labels within the short run
-    return Section(section, "train"), Section(params["methods"], "methods")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_ignores_hidden_labels(tiny_split, tmp_path, variant):
@@ -62,7 +47,7 @@ def test_training_ignores_hidden_labels(tiny_split, tmp_path, variant):
     outs = []
     for name, split_dir in (("a", split), ("b", shuffled)):
         out = tmp_path / name
-        train(*_train_sections(variant), variant, 0, split_dir, faces, None, out, None)
+        train(*train_sections(variant), variant, 0, split_dir, faces, None, out, None)
         outs.append(out)
     a, b = (load_file(str(o / "model.safetensors")) for o in outs)
     assert a.keys() == b.keys()
@@ -78,7 +63,7 @@ def test_kmeans_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
     from owdfa.model_io import load_model
 
     faces, split, shuffled = tiny_split
-    train(*_train_sections("baseline"), "baseline", 0, split, faces, None, tmp_path / "m", None)
+    train(*train_sections("baseline"), "baseline", 0, split, faces, None, tmp_path / "m", None)
     model, _ = load_model(tmp_path / "m")
     _, images = read_faces(faces)
     estimates = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_resume import build_tiny_split
+from helpers.tiny_run import build_tiny_split
 
 from owdfa.config import Section
 from owdfa.errors import ConfigError

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.dvc_repo import copy_pipeline
 from PIL import Image, ImageEnhance, ImageFilter
-from test_pipeline_dvc import copy_pipeline
 
 pytestmark = pytest.mark.slow
 

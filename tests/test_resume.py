@@ -7,99 +7,22 @@ that a checkpoint of another run, a half-written file or a damaged one is never 
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
+from helpers.paths import ROOT
+from helpers.tiny_run import CONFIG, build_tiny_split, stage_command, stage_env, tiny_data, write_tiny_params
 
-from owdfa.config import Section
 from owdfa.methods.base import Baseline, Method
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
-from owdfa.training import TrainConfig, TrainData, TrainResult, run_training
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def build_tiny_split(base: Path) -> tuple[Path, Path]:
-    """A tiny synthetic benchmark, face cache and p1 split under `base` (as test_no_label_leak's)."""
-    from owdfa.data.align import align
-    from owdfa.data.face_cache import read_faces
-    from owdfa.data.index import build_index, write_index
-    from owdfa.data.split import write_split
-    from owdfa.data.synthetic import SyntheticConfig, write_benchmark
-
-    write_benchmark(SyntheticConfig(image_size=32, identities=8, real_images=24, images_per_method=8), base / "raw", 1)
-    rows, _ = build_index(base / "raw")
-    write_index(rows, base / "index.csv")
-    align_section = Section({"mode": "resize", "image_size": 32, "workers": 1}, "align")
-    align(align_section, base / "raw", base / "index.csv", base / "faces")
-    faces, _ = read_faces(base / "faces")
-    split = {
-        "seed": 1,
-        "budgets": {"real": 24, "known": 8, "novel": 8},
-        "test_fraction": 0.25,
-        "labelled_fraction": 0.75,
-        "val_fraction": 0.2,
-        "allow_short_classes": False,
-        "group_by_video": False,
-        "custom_protocols": {},
-    }
-    write_split(Section(split, "split"), faces, "p1", base / "split")
-    return base / "faces", base / "split"
-
-
-def write_tiny_params(path: Path, **train: object) -> Path:
-    """params.yaml with a seconds-long train section (CPU, ACR from epoch 0)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    section = copy.deepcopy(params["train"])
-    section.update(epochs=5, batch_size=8, lr_step=2, device="cpu")
-    section.update(train)
-    for method in params["methods"].values():
-        if "acr_start_epoch" in method:
-            method["acr_start_epoch"] = 0
-    params["train"] = section
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
-
-
-def stage_command(params: Path, faces: Path, split: Path, out: Path, method: str = "cal_dpp") -> list[str]:
-    return [
-        sys.executable,
-        "stages/train.py",
-        "--method",
-        method,
-        "--seed",
-        "0",
-        "--split",
-        str(split),
-        "--faces",
-        str(faces),
-        "--out",
-        str(out / "model"),
-        "--live",
-        str(out / "live"),
-        "--checkpoints",
-        str(out / "checkpoints"),
-        "--params",
-        str(params),
-    ]
-
-
-def stage_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
-    env.update(OMP_NUM_THREADS="1", DVC_NO_ANALYTICS="1")
-    return env
+from owdfa.training import TrainConfig, TrainResult, run_training
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -143,27 +66,6 @@ def test_sigkill_and_rerun_equals_uninterrupted(tiny, tmp_path):
 
 
 # --- in process -----------------------------------------------------------------------------------
-
-
-def tiny_data(size: int = 40) -> TrainData:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(size, 32, 32, 3), dtype=np.uint8)
-    labels = np.arange(size) % 5
-    rows = np.arange(size)
-    lab = rows[labels < 3][::2]
-    return TrainData(
-        images=images,
-        labelled_rows=lab,
-        labelled_targets=labels[lab],
-        unlabelled_rows=np.setdiff1d(rows, lab),
-        val_rows=rows[:8],
-        val_targets=labels[:8],
-        num_known=3,
-        num_classes=5,
-    )
-
-
-CONFIG = TrainConfig(backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, device="cpu")
 
 
 def cal_dpp() -> CAL:
@@ -248,7 +150,7 @@ def test_half_written_or_damaged_files_are_skipped(tmp_path):
 
 
 def test_checkpoint_is_safetensors_with_json(tmp_path):
-    from owdfa.training import read_checkpoint
+    from owdfa.checkpoints import read_checkpoint
 
     run_training(
         TrainConfig(**{**CONFIG.__dict__, "epochs": 1}), tiny_data(), cal_dpp(), seed=0, checkpoint_dir=tmp_path
@@ -266,6 +168,7 @@ def test_curves_continue_exactly(tmp_path, monkeypatch, lose_live_dir):
 
     With the curve folder gone (DVC removes non-persistent outputs), it is rewritten from the history.
     """
+    import owdfa.live_log as live_log
     import owdfa.training as training
 
     monkeypatch.chdir(tmp_path)
@@ -286,8 +189,8 @@ def test_curves_continue_exactly(tmp_path, monkeypatch, lose_live_dir):
     if lose_live_dir:
         shutil.rmtree(tmp_path / "live")
     trims = []
-    trim = training._trim_live
-    monkeypatch.setattr(training, "_trim_live", lambda *args: trims.append(trim(*args)) or trims[-1])
+    trim = live_log.trim_live
+    monkeypatch.setattr(live_log, "trim_live", lambda *args: trims.append(trim(*args)) or trims[-1])
     run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck")
     assert trims == ([False] if lose_live_dir else [True])  # dvclive resume=True / rewritten from history
     assert files_of(tmp_path / "live") == files_of(tmp_path / "whole")

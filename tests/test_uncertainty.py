@@ -9,15 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from owdfa.calibration import expected_calibration_error, matched_correct, reliability_table
 from owdfa.models import AttributionModel
 from owdfa.uncertainty import (
     OCCLUSION_FILL,
     McDropout,
-    expected_calibration_error,
-    matched_correct,
     mc_dropout_predict,
     occlusion_uncertainty_maps,
-    reliability_table,
     uncertainty_summary,
 )
 

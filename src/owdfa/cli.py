@@ -63,6 +63,7 @@ from owdfa.attribution import (
 from owdfa.data.walk import display_name
 from owdfa.errors import DataError, OwdfaError
 from owdfa.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
+from owdfa.stage import exit_status
 
 ALIGN_CHOICES = ("auto", "resize", "crop", "aligned")
 MAX_MC_PASSES = 1000  # MC-dropout passes: 100 already gives ~3-digit uncertainties
@@ -171,21 +172,19 @@ def _non_negative_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "info":
-            return cmd_info(args.model_dir, args.format)
-        if args.command == "grid":
-            return cmd_grid(args.names, args.jobs, args.grids)
-        return cmd_attribute(args)
-    except BrokenPipeError:  # `owdfa ... | head`: the reader left, which is no error of ours
-        _silence_stdout()
-        return 1
-    except (OwdfaError, OSError) as exc:  # OSError: e.g. a model directory we may not read
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+
+    def command() -> int:
+        try:
+            if args.command == "info":
+                return cmd_info(args.model_dir, args.format)
+            if args.command == "grid":
+                return cmd_grid(args.names, args.jobs, args.grids)
+            return cmd_attribute(args)
+        except BrokenPipeError:  # `owdfa ... | head`: the reader left, which is no error of ours
+            _silence_stdout()
+            return 1
+
+    return exit_status(command, errors=(OwdfaError, OSError))  # OSError: e.g. a model directory we may not read
 
 
 def _silence_stdout() -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from owdfa import plots
+from owdfa.calibration import expected_calibration_error, matched_correct, reliability_table
 from owdfa.config import Section
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
@@ -36,14 +37,7 @@ from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_io import WEIGHTS, load_model
 from owdfa.numerics import configure_torch
 from owdfa.numerics import describe as describe_numerics
-from owdfa.uncertainty import (
-    expected_calibration_error,
-    matched_correct,
-    mc_dropout_predict,
-    occlusion_uncertainty_maps,
-    reliability_table,
-    uncertainty_summary,
-)
+from owdfa.uncertainty import mc_dropout_predict, occlusion_uncertainty_maps, uncertainty_summary
 
 METRIC_CONVENTION = "owdfa (All: joint Hungarian; Known: direct; Novel: separate Hungarian) plus gcd_v1/gcd_v2"
 EVALUATE_KEYS = (
@@ -182,81 +176,16 @@ def evaluate(
     print(f"evaluate {out_dir.name}: {describe_device(device, config.precision)}", flush=True)
     manifest, classes = read_split(split_dir)
     _, images = read_faces(faces_dir)
-    test = manifest[manifest["split"] == "test"]
-    rows = test["row"].to_numpy(np.int64)
-    targets = test["target"].to_numpy(np.int64)
-    known_mask = test["known"].to_numpy(bool)
-    num_known, k_true = int(classes["num_known"]), int(classes["num_classes"])
-    has_val_best = (model_dir / WEIGHTS["val_best"]).is_file()
-    if config.checkpoint == "val_best" and not has_val_best:
-        raise DataError(f"{model_dir}: no val_best checkpoint (the split has no validation images)")
-
-    metrics: dict[str, Any] = {}
-    analysed = None
-    for checkpoint in ("last", "val_best") if has_val_best else ("last",):
-        result = _checkpoint_metrics(model_dir, checkpoint, images, rows, targets, num_known, config, device)
-        metrics[checkpoint] = result[-1]
-        method_state = result[1].get("method_state") or {}
-        if method_state.get("dpp_faithful"):
-            metrics[f"{checkpoint}_all_prototypes"] = _all_prototype_metrics(
-                result[0], images, rows, targets, num_known, config, device
-            )
-        if checkpoint == config.checkpoint:
-            analysed = result
-    model, card, logits, features, pred, _ = analysed
-
-    # K-hat: the analysed checkpoint's active prototypes (DPP's pruned count at that epoch; K when known).
+    test = TestSet.of(manifest, classes)
+    metrics, (model, card, logits, features, pred, _) = _score_checkpoints(model_dir, images, test, config, device)
     trajectory = [int(k) for k in (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]]
-    k_hat = int(model.num_active)
-    metrics.update(k_hat=k_hat, k_true=k_true, k_error=k_error(k_hat, k_true))
-    if config.k_estimators:
-        estimates = kmeans_k_estimate(
-            model,
-            manifest,
-            images,
-            num_known,
-            config.kmeans_max_factor,
-            config.batch_size,
-            device,
-            config.seed,
-            config.precision,
-            config.k_estimators,
-        )
-        for name, k_est in estimates.items():
-            metrics[f"k_hat_{name}"], metrics[f"k_error_{name}"] = k_est, k_error(k_est, k_true)
-
-    # Calibration and uncertainty: MC dropout over the head (the model's only dropout).
-    mc = mc_dropout_predict(model, images, rows, config.mc_dropout_passes, config.batch_size, device, config.seed)
-    # Calibration of the deterministic prediction, the one every metric above scores.
-    confidence = max_softmax(logits)
-    correct = matched_correct(targets, pred)
-    reliability = reliability_table(confidence, correct, config.ece_bins)
-    ece = expected_calibration_error(confidence, correct, config.ece_bins)
-    summary = uncertainty_summary(mc, known_mask)
-    metrics["calibration"] = {
-        "ece": ece,
-        "known_confidence": _group_mean(confidence, known_mask),
-        "novel_confidence": _group_mean(confidence, ~known_mask),
-        "known_epistemic": summary.get("known_epistemic"),
-        "novel_epistemic": summary.get("novel_epistemic"),
-        "known_aleatoric": summary.get("known_aleatoric"),
-        "novel_aleatoric": summary.get("novel_aleatoric"),
-    }
+    metrics.update(_k_metrics(model, manifest, images, test, config, device))
+    confidence = max_softmax(logits)  # of the deterministic prediction, the one every metric above scores
+    mc = mc_dropout_predict(model, images, test.rows, config.mc_dropout_passes, config.batch_size, device, config.seed)
+    reliability, calibration = _calibration(confidence, mc, pred, test, config)
+    metrics["calibration"] = calibration
     metrics = _clean(metrics)
-
-    class_names = [c["name"] for c in classes["classes"]]
-    key = out_dir.name
-    predictions = pd.DataFrame(
-        {
-            "path": test["path"].to_numpy(),
-            "target": targets,
-            "known": known_mask,
-            "pred": pred,
-            "confidence": np.round(confidence, 6),
-            "epistemic": np.round(mc.epistemic, 6),
-            "aleatoric": np.round(mc.aleatoric, 6),
-        }
-    )
+    _write_tables(out_dir, predictions_path, metrics, test, pred, confidence, mc, reliability, trajectory, card)
     run = {
         "protocol": classes["protocol"],
         "method": card.get("method"),
@@ -266,20 +195,140 @@ def evaluate(
         "checkpoint": config.checkpoint,
         "val_best_epoch": card.get("val_best_epoch"),
         "epochs": len(card.get("history", [])),
-        "num_known": num_known,
-        "num_classes": k_true,
-        "test_images": int(len(test)),
+        "num_known": test.num_known,
+        "num_classes": test.k_true,
+        "test_images": int(len(test.frame)),
         "k_trajectory": trajectory,
         "mc_dropout_passes": config.mc_dropout_passes,
         "metric_convention": METRIC_CONVENTION,
         "trained_under": card.get("numerics"),
         "evaluated_under": describe_numerics(str(device), effective_precision(device, config.precision)),
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_json(out_dir / "run.json", run)
+    _write_figures(
+        out_dir,
+        model,
+        images,
+        card,
+        test,
+        pred,
+        features,
+        confidence,
+        reliability,
+        calibration["ece"],
+        trajectory,
+        config,
+        device,
+    )
+    return metrics
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The split's test images: manifest rows, cache rows, targets, which are known, and the class counts."""
+
+    frame: pd.DataFrame
+    rows: np.ndarray
+    targets: np.ndarray
+    known_mask: np.ndarray
+    num_known: int
+    k_true: int
+    class_names: list[str]
+
+    @classmethod
+    def of(cls, manifest: pd.DataFrame, classes: dict[str, Any]) -> TestSet:
+        test = manifest[manifest["split"] == "test"]
+        return cls(
+            frame=test,
+            rows=test["row"].to_numpy(np.int64),
+            targets=test["target"].to_numpy(np.int64),
+            known_mask=test["known"].to_numpy(bool),
+            num_known=int(classes["num_known"]),
+            k_true=int(classes["num_classes"]),
+            class_names=[c["name"] for c in classes["classes"]],
+        )
+
+
+def _score_checkpoints(model_dir: Path, images, test: TestSet, config: EvaluateConfig, device) -> tuple[dict, tuple]:
+    """Metrics of the last and (when there is one) the val_best checkpoint; the analysed one's outputs."""
+    has_val_best = (model_dir / WEIGHTS["val_best"]).is_file()
+    if config.checkpoint == "val_best" and not has_val_best:
+        raise DataError(f"{model_dir}: no val_best checkpoint (the split has no validation images)")
+    metrics: dict[str, Any] = {}
+    analysed = None
+    for checkpoint in ("last", "val_best") if has_val_best else ("last",):
+        result = _checkpoint_metrics(
+            model_dir, checkpoint, images, test.rows, test.targets, test.num_known, config, device
+        )
+        metrics[checkpoint] = result[-1]
+        method_state = result[1].get("method_state") or {}
+        if method_state.get("dpp_faithful"):
+            metrics[f"{checkpoint}_all_prototypes"] = _all_prototype_metrics(
+                result[0], images, test.rows, test.targets, test.num_known, config, device
+            )
+        if checkpoint == config.checkpoint:
+            analysed = result
+    return metrics, analysed
+
+
+def _k_metrics(model, manifest: pd.DataFrame, images, test: TestSet, config: EvaluateConfig, device) -> dict:
+    """K-hat: the analysed checkpoint's active prototypes (DPP's pruned count; K when known) and the estimators'."""
+    k_hat = int(model.num_active)
+    out: dict[str, Any] = {"k_hat": k_hat, "k_true": test.k_true, "k_error": k_error(k_hat, test.k_true)}
+    if config.k_estimators:
+        estimates = kmeans_k_estimate(
+            model,
+            manifest,
+            images,
+            test.num_known,
+            config.kmeans_max_factor,
+            config.batch_size,
+            device,
+            config.seed,
+            config.precision,
+            config.k_estimators,
+        )
+        for name, k_est in estimates.items():
+            out[f"k_hat_{name}"], out[f"k_error_{name}"] = k_est, k_error(k_est, test.k_true)
+    return out
+
+
+def _calibration(confidence, mc, pred, test: TestSet, config: EvaluateConfig) -> tuple[pd.DataFrame, dict]:
+    """Reliability table and the calibration/uncertainty summary (MC dropout over the head, its only dropout)."""
+    correct = matched_correct(test.targets, pred)
+    reliability = reliability_table(confidence, correct, config.ece_bins)
+    ece = expected_calibration_error(confidence, correct, config.ece_bins)
+    summary = uncertainty_summary(mc, test.known_mask)
+    known = test.known_mask
+    return reliability, {
+        "ece": ece,
+        "known_confidence": _group_mean(confidence, known),
+        "novel_confidence": _group_mean(confidence, ~known),
+        "known_epistemic": summary.get("known_epistemic"),
+        "novel_epistemic": summary.get("novel_epistemic"),
+        "known_aleatoric": summary.get("known_aleatoric"),
+        "novel_aleatoric": summary.get("novel_aleatoric"),
+    }
+
+
+def _write_tables(
+    out_dir, predictions_path, metrics, test: TestSet, pred, confidence, mc, reliability, trajectory, card
+) -> None:
+    predictions = pd.DataFrame(
+        {
+            "path": test.frame["path"].to_numpy(),
+            "target": test.targets,
+            "known": test.known_mask,
+            "pred": pred,
+            "confidence": np.round(confidence, 6),
+            "epistemic": np.round(mc.epistemic, 6),
+            "aleatoric": np.round(mc.aleatoric, 6),
+        }
+    )
+    atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(
         out_dir / "confusion.csv",
-        plots.confusion_pairs(targets, pred, class_names).to_csv(index=False, lineterminator="\n"),
+        plots.confusion_pairs(test.targets, pred, test.class_names).to_csv(index=False, lineterminator="\n"),
     )
     atomic_write_text(out_dir / "reliability.csv", reliability.to_csv(index=False, lineterminator="\n"))
     k_table = pd.DataFrame({"epoch": range(1, len(trajectory) + 1), "k_hat": trajectory})
@@ -287,7 +336,26 @@ def evaluate(
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(predictions_path, predictions.to_csv(index=False, lineterminator="\n"))
 
+
+def _write_figures(
+    out_dir,
+    model,
+    images,
+    card,
+    test: TestSet,
+    pred,
+    features,
+    confidence,
+    reliability,
+    ece: float,
+    trajectory,
+    config: EvaluateConfig,
+    device,
+) -> None:
+    key = out_dir.name
     title = f"{key} ({config.checkpoint} checkpoint)"
+    targets, known_mask, class_names, num_known = test.targets, test.known_mask, test.class_names, test.num_known
+    method = str(card.get("method"))
     with atomic_directory(out_dir / "plots") as folder:
         plots.save_figure(
             plots.make_confusion_matrix(
@@ -301,14 +369,14 @@ def evaluate(
         )
         plots.save_figure(
             plots.make_confidence_histograms(
-                {str(card.get("method")): {"known": confidence[known_mask], "novel": confidence[~known_mask]}},
+                {method: {"known": confidence[known_mask], "novel": confidence[~known_mask]}},
                 f"{title}: confidence on test images of known vs novel classes",
             ),
             folder / "confidence.png",
         )
         plots.save_figure(
             plots.make_k_trajectory(
-                {str(card.get("method")): trajectory}, k_true, num_known, f"{title}: active prototypes K̂ per epoch"
+                {method: trajectory}, test.k_true, num_known, f"{title}: active prototypes K̂ per epoch"
             ),
             folder / "k_trajectory.png",
         )
@@ -319,7 +387,7 @@ def evaluate(
                 plots.make_training_curves(history, curve_keys, f"{key}: training loss and validation accuracy"),
                 folder / "training.png",
             )
-        if config.tsne_max_points > 1 and len(rows) > 5:
+        if config.tsne_max_points > 1 and len(test.rows) > 5:
             plots.save_figure(
                 plots.make_tsne(
                     features,
@@ -332,8 +400,9 @@ def evaluate(
                 ),
                 folder / "tsne.png",
             )
-        _uncertainty_maps(model, images, test, class_names, config, device, title, folder / "uncertainty_maps.png")
-    return metrics
+        _uncertainty_maps(
+            model, images, test.frame, class_names, config, device, title, folder / "uncertainty_maps.png"
+        )
 
 
 def _group_mean(values: np.ndarray, mask: np.ndarray) -> float | None:

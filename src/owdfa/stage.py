@@ -1,4 +1,8 @@
-"""Running a stage entry point: user mistakes become one line on stderr and exit code 2."""
+"""Running an entry point (a stage script, the `owdfa` command): user mistakes become one line on stderr.
+
+One rule for both: an `OwdfaError` (and whatever else the caller names) prints `error: <message>` and
+gives exit status 2, an interrupt prints `error: interrupted` and gives 130; never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,25 @@ from collections.abc import Callable
 from owdfa.errors import OwdfaError
 
 
-def run_stage(main: Callable[[], object]) -> None:
+def exit_status(main: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (OwdfaError,)) -> int:
+    """Run `main` and return its exit status (None: 0), turning `errors` into one line and status 2."""
     try:
-        main()
-    except OwdfaError as exc:
+        return int(main() or 0)
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        return 130
+
+
+def run_stage(main: Callable[[], object]) -> None:
+    """A stage script's `__main__`: exit with `main`'s status (0 on success)."""
+
+    def call() -> int:
+        main()  # a stage's own return value is not a status
+        return 0
+
+    status = exit_status(call)
+    if status:
+        raise SystemExit(status)

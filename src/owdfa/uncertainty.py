@@ -1,8 +1,5 @@
-"""Uncertainty analysis of attribution models: calibration, MC dropout and occlusion uncertainty maps.
+"""Uncertainty of attribution models: MC dropout and occlusion uncertainty maps (calibration: `owdfa.calibration`).
 
-* Calibration: reliability table and expected calibration error (ECE; Naeini et al. 2015, Guo et al.
-  2017) of any confidence score against per-sample correctness. Open-world predictions are cluster
-  ids, so `matched_correct` scores them after the Hungarian matching of `owdfa.metrics`.
 * MC dropout (Gal & Ghahramani 2016): the model's only dropout sits in the head, between the BNNeck
   features and the prototype classifier, so the backbone runs once per batch and the `passes`
   stochastic forward passes only re-mask the features. Uncertainties are in nats (natural log):
@@ -22,110 +19,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from owdfa.calibration import check_positive_int
 from owdfa.inference import autocast, batch_images
-from owdfa.metrics import match_clusters
 
 __all__ = [
     "OCCLUSION_FILL",
     "McDropout",
-    "expected_calibration_error",
-    "matched_correct",
     "mc_dropout_predict",
     "occlusion_uncertainty_maps",
-    "reliability_table",
     "uncertainty_summary",
 ]
 
 # ImageNet mean colour (0.485, 0.456, 0.406) * 255, rounded: after the model's normalisation the patch is
 # ~0 in every channel, i.e. "no evidence" rather than a black or white patch the backbone could react to.
 OCCLUSION_FILL = (124, 116, 104)
-
-
-# --------------------------------------------------------------------------------------------------
-# calibration
-# --------------------------------------------------------------------------------------------------
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _validate_calibration(confidence: ArrayLike, correct: ArrayLike, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reject what would silently give a wrong ECE: mismatched lengths, NaN or out-of-[0,1] confidences."""
-    bins = _check_positive_int(bins, "bins")
-    conf = np.asarray(confidence)
-    hits = np.asarray(correct)
-    if conf.ndim != 1 or hits.ndim != 1:
-        raise ValueError(f"confidence and correct must be 1-D, got shapes {conf.shape} and {hits.shape}")
-    if conf.shape != hits.shape:
-        raise ValueError(f"confidence and correct must have the same length, got {conf.size} and {hits.size}")
-    if conf.size == 0:
-        raise ValueError("confidence is empty")
-    if not (np.issubdtype(conf.dtype, np.floating) or np.issubdtype(conf.dtype, np.integer)):
-        raise ValueError(f"confidence must be numeric, got dtype {conf.dtype}")
-    conf = conf.astype(np.float64)
-    if not np.all(np.isfinite(conf)) or conf.min() < 0.0 or conf.max() > 1.0:
-        raise ValueError("confidence must be finite and within [0, 1]")
-    if hits.dtype != np.bool_:
-        if not np.issubdtype(hits.dtype, np.number) or not np.all(np.isin(hits, (0, 1))):
-            raise ValueError("correct must be boolean (or 0/1)")
-        hits = hits.astype(bool)
-    return conf, hits
-
-
-def reliability_table(confidence: ArrayLike, correct: ArrayLike, bins: int = 15) -> pd.DataFrame:
-    """Per-bin count, mean confidence and accuracy: the data behind a reliability diagram.
-
-    Equal-width bins ``[lower, upper)`` on [0, 1], the last one closed so confidence 1.0 is counted.
-    Empty bins stay in the table (count 0, NaN means) so tables from different models line up.
-    """
-    conf, hits = _validate_calibration(confidence, correct, bins)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # searchsorted against the very edges that are reported keeps the assignment consistent with them
-    index = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
-    count = np.bincount(index, minlength=bins)
-    conf_sum = np.bincount(index, weights=conf, minlength=bins)
-    hit_sum = np.bincount(index, weights=hits.astype(np.float64), minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
-        accuracy = np.where(count > 0, hit_sum / count, np.nan)
-    return pd.DataFrame(
-        {
-            "bin_lower": edges[:-1],
-            "bin_upper": edges[1:],
-            "count": count.astype(np.int64),
-            "mean_confidence": mean_conf,
-            "accuracy": accuracy,
-        }
-    )
-
-
-def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, bins: int = 15) -> float:
-    """ECE = sum over bins of count/N * |accuracy - mean confidence| (bins as in `reliability_table`)."""
-    table = reliability_table(confidence, correct, bins)
-    filled = table[table["count"] > 0]
-    weights = filled["count"].to_numpy() / table["count"].sum()
-    gaps = np.abs(filled["accuracy"].to_numpy() - filled["mean_confidence"].to_numpy())
-    return float(np.sum(weights * gaps))
-
-
-def matched_correct(targets: ArrayLike, preds: ArrayLike) -> np.ndarray:
-    """Per-sample correctness of cluster predictions under one Hungarian matching over all samples.
-
-    Open-world cluster ids are arbitrary, so a prediction counts as correct when its cluster's matched
-    class is the target (the same matching as the "All" accuracy).
-    """
-    mapping = match_clusters(targets, preds)  # validates: 1-D, same length, non-negative ints
-    y = np.asarray(targets, dtype=np.int64)
-    p = np.asarray(preds, dtype=np.int64)
-    lookup = np.full(int(p.max()) + 1, -1, dtype=np.int64)
-    lookup[list(mapping)] = list(mapping.values())
-    return lookup[p] == y
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,8 +158,8 @@ def mc_dropout_predict(
     exactly MC dropout for this architecture at 1/passes of the cost. Masks are keyed by the cache row
     (see the module docstring), so results depend on ``seed`` and the rows, never on ``batch_size``.
     """
-    passes = _check_positive_int(passes, "passes")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    passes = check_positive_int(passes, "passes")
+    batch_size = check_positive_int(batch_size, "batch_size")
     seed = _check_seed(seed)
     rows_arr = np.asarray(rows)
     if rows_arr.ndim != 1 or (rows_arr.size and not np.issubdtype(rows_arr.dtype, np.integer)):
@@ -321,10 +232,10 @@ def occlusion_uncertainty_maps(
     so the baseline equals `mc_dropout_predict` of the image as row 0 with the same seed): a delta then
     reflects the occlusion alone, not Monte Carlo noise.
     """
-    passes = _check_positive_int(passes, "passes")
-    window = _check_positive_int(window, "window")
-    stride = _check_positive_int(stride, "stride")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    passes = check_positive_int(passes, "passes")
+    window = check_positive_int(window, "window")
+    stride = check_positive_int(stride, "stride")
+    batch_size = check_positive_int(batch_size, "batch_size")
     seed = _check_seed(seed)
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:

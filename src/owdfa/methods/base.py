@@ -41,6 +41,17 @@ class StepInput:
         return self.targets >= 0
 
 
+LOSSES: dict[str, type[Method]] = {}  # a variant's `loss:` -> its class; filled by `@register_loss`
+
+
+def register_loss(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method class available to run variants as `loss: <cls.name>`."""
+    if not cls.name or cls.name in LOSSES:
+        raise ValueError(f"{cls.__name__}: loss name {cls.name!r} is empty or already registered")
+    LOSSES[cls.name] = cls
+    return cls
+
+
 class Method:
     """Base class: subclasses set `name`, their hyper-parameter fields and `step_loss`."""
 
@@ -132,6 +143,7 @@ class Supervised(Method):
         return ce, {"ce": float(ce.detach())}
 
 
+@register_loss
 @dataclass
 class Baseline(Method):
     """CE on labelled (both views) + mean-entropy regulariser + weak->strong self-distillation.

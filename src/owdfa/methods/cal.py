@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from owdfa.config import Section
 from owdfa.errors import ConfigError
 from owdfa.methods import losses
-from owdfa.methods.base import Method, StepInput
+from owdfa.methods.base import Method, StepInput, register_loss
 from owdfa.methods.dpp import apply_dpp
 
 RATIO_MIN, RATIO_MAX = 0.1, 10.0
 
 
+@register_loss
 @dataclass
 class CAL(Method):
     name: ClassVar[str] = "cal"

@@ -1,18 +1,17 @@
-"""From a run variant's params to its method object: every loss class, imported by name here.
+"""From a run variant's params to its method object.
 
-The imports are plain, static ones, so that the code a training stage runs (`owdfa.import_closure`)
-includes every method a variant may name; a new method is one more class in `LOSSES`.
+Each method class registers itself (`@register_loss`, as timm's models do with `@register_model`);
+importing its module is what registers it, so the modules are imported here, statically: the code a
+training stage runs (`owdfa.import_closure`) then includes every method a variant may name, and a
+new method is one decorated class plus one import line here.
 """
 
 from __future__ import annotations
 
 from owdfa.config import Section
 from owdfa.errors import ConfigError
-from owdfa.methods.base import Baseline, Method
-from owdfa.methods.cal import CAL
-from owdfa.methods.cpl import CPL
-
-LOSSES: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, CAL, CPL)}
+from owdfa.methods import cal, cpl  # noqa: F401 - imported for their @register_loss
+from owdfa.methods.base import LOSSES, Method
 
 
 def build_method(variant: str, methods: Section) -> Method:

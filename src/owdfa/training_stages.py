@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from owdfa.checkpoints import close_checkpoints
 from owdfa.config import Section
 from owdfa.data.face_cache import read_faces, read_preprocessing
 from owdfa.data.split import read_split
@@ -20,7 +21,6 @@ from owdfa.numerics import describe as describe_numerics
 from owdfa.training import (
     TrainData,
     TrainResult,
-    close_checkpoints,
     run_training,
     train_config,
     with_method_optimizer,
