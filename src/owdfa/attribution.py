@@ -55,14 +55,7 @@ def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionMod
     except (ValueError, TypeError, OSError, RuntimeError) as exc:  # e.g. an unknown backbone or a non-number
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{model_dir}: cannot load the card's model ({first})") from None
-    try:
-        num_known = int(card["num_known"])
-        int(card["image_size"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{model_dir}: model card lacks a valid num_known / image_size") from None
-    if not 0 <= num_known <= int(model.num_active):
-        raise DataError(f"{model_dir}: model card's num_known {num_known} exceeds the active prototypes")
-    return model, card
+    return model, card  # num_known, image_size and num_known <= num_active: checked above
 
 
 def class_names(card: dict[str, Any], model_dir: Path) -> dict[int, str]:

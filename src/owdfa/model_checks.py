@@ -16,11 +16,8 @@ from owdfa.config import Section
 from owdfa.errors import ConfigError, DataError
 
 MAX_PROTOTYPES = 10_000
-IMAGE_SIZE_RANGE = (16, 1024)  # the align stage's range
 MODEL_OPTIONS = ("ffe", "patch_features")
 NETWORK_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
-# The align stage's ranges (owdfa.data.align.face_config), for the card's record of them.
-PREPROCESSING_MODES = ("resize", "crop", "aligned")
 COUNT_BUFFERS = ("num_active", "num_batches_tracked")  # the only integer tensors of a saved model
 
 
@@ -40,6 +37,12 @@ def _finite(section: Section, key: str, **bounds: float) -> float:
     return value
 
 
+def _check_image_size(section: Section) -> None:
+    from owdfa.data.align import RANGES
+
+    section.int("image_size", **RANGES["image_size"])
+
+
 def _check_card(card: Section) -> None:
     backbone = card.str("backbone")
     if backbone.startswith(NETWORK_BACKBONE_PREFIXES):
@@ -51,7 +54,7 @@ def _check_card(card: Section) -> None:
     prototypes = card.int("num_prototypes", min=1, max=MAX_PROTOTYPES)
     card.int("num_active", min=1, max=prototypes)
     card.int("num_known", min=0, max=prototypes)
-    card.int("image_size", min=IMAGE_SIZE_RANGE[0], max=IMAGE_SIZE_RANGE[1])
+    _check_image_size(card)
     dropout = _finite(card, "dropout", min=0.0)
     if dropout >= 1.0:
         raise ConfigError(card.key("dropout"), f"must be < 1, got {dropout}")
@@ -81,14 +84,18 @@ def _check_card(card: Section) -> None:
 
 
 def _check_preprocessing(prep: Section) -> None:
-    prep.str("mode", choices=PREPROCESSING_MODES)
-    prep.int("image_size", min=IMAGE_SIZE_RANGE[0], max=IMAGE_SIZE_RANGE[1])
+    """The align stage's record of its settings, held to that stage's own modes and ranges."""
+    from owdfa.data.align import DEFAULTS, RANGES
+    from owdfa.data.faces import MODES
+
+    prep.str("mode", choices=MODES)
+    _check_image_size(prep)
     if prep.has("detector"):
         detector = prep.section("detector")
-        detector.int("upsample", min=0, max=4, default=0)
-        _finite(detector, "threshold", min=-10.0, max=10.0, default=0.0)
-    _finite(prep, "margin", min=1.0, max=4.0, default=1.2)
-    _finite(prep, "padding", min=0.0, max=2.0, default=0.25)
+        detector.int("upsample", **RANGES["upsample"], default=DEFAULTS["upsample"])
+        _finite(detector, "threshold", **RANGES["threshold"], default=DEFAULTS["threshold"])
+    for key in ("margin", "padding"):
+        _finite(prep, key, **RANGES[key], default=DEFAULTS[key])
 
 
 def check_weights(state: dict[str, Any], card: dict[str, Any], path: Path) -> None:

@@ -57,6 +57,14 @@ __all__ = [
 
 PARAM_KEYS = ("mode", "image_size", "detector", "margin", "padding", "predictor", "workers")
 DEFAULTS = {"upsample": 0, "threshold": 0.0, "margin": 1.2, "padding": 0.25, "predictor": "auto", "workers": 0}
+# The bounds of each face setting; a model card's record of them is held to the same (owdfa.model_checks)
+RANGES = {
+    "image_size": {"min": 16, "max": 1024},
+    "upsample": {"min": 0, "max": 4},
+    "threshold": {"min": -10.0, "max": 10.0},
+    "margin": {"min": 1.0, "max": 4.0},
+    "padding": {"min": 0.0, "max": 2.0},
+}
 
 
 def resolve_predictor(value: str, raw: Path, key: str) -> Path:
@@ -81,13 +89,13 @@ def read_align_params(section: Section, raw: Path) -> tuple[FaceSettings, int]:
     """Validate the `align` section; returns the per-image settings and the worker count (0 = all cores)."""
     section.check_unknown(PARAM_KEYS)
     mode = section.str("mode", choices=MODES)
-    size = section.int("image_size", min=16, max=1024)
+    size = section.int("image_size", **RANGES["image_size"])
     detector = section.section("detector") if section.has("detector") else Section({}, section.key("detector"))
     detector.check_unknown(("upsample", "threshold"))
-    upsample = detector.int("upsample", min=0, max=4, default=DEFAULTS["upsample"])
-    threshold = detector.float("threshold", min=-10.0, max=10.0, default=DEFAULTS["threshold"])
-    margin = section.float("margin", min=1.0, max=4.0, default=DEFAULTS["margin"])
-    padding = section.float("padding", min=0.0, max=2.0, default=DEFAULTS["padding"])
+    upsample = detector.int("upsample", **RANGES["upsample"], default=DEFAULTS["upsample"])
+    threshold = detector.float("threshold", **RANGES["threshold"], default=DEFAULTS["threshold"])
+    margin = section.float("margin", **RANGES["margin"], default=DEFAULTS["margin"])
+    padding = section.float("padding", **RANGES["padding"], default=DEFAULTS["padding"])
     predictor = section.str("predictor", default=DEFAULTS["predictor"])
     workers = section.int("workers", min=0, default=DEFAULTS["workers"])
     predictor_path = resolve_predictor(predictor, raw, section.key("predictor")) if mode == "aligned" else None

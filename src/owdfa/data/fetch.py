@@ -24,7 +24,7 @@ from owdfa.config import Section
 from owdfa.data.index import IMAGE_SUFFIXES
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 from owdfa.data.synthetic import METHODS, SyntheticConfig, images_for, write_benchmark
-from owdfa.data.walk import display_name, is_hidden, is_inside, regular_file_problem, walk_images
+from owdfa.data.walk import display_name, is_hidden, is_inside, link_outside, regular_file_problem, walk_images
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
 
@@ -169,9 +169,8 @@ def find_class_folders(root: Path) -> dict[str, Path]:
         for child in children:
             if is_hidden(child.name) or not child.is_dir():
                 continue
-            target = os.path.realpath(child)
-            if child.is_symlink() and not is_inside(target, bound):
-                _warn_skipped(child, f"a symbolic link to {display_name(target)}, outside {display_name(root)}")
+            if child.is_symlink() and (why := link_outside(child, bound)):
+                _warn_skipped(child, why)
                 continue
             if not _CLASS_FOLDER.match(child.name):
                 pending.append(child)
@@ -251,10 +250,7 @@ def _find_predictor(root: Path, class_folders: Iterable[Path]) -> Path | None:
         path = candidate / LANDMARK_PREDICTOR_FILE
         if not os.path.lexists(path):
             continue
-        target = os.path.realpath(path)
-        if not is_inside(target, bound):
-            _warn_skipped(path, f"a symbolic link to {display_name(target)}, outside {display_name(root)}")
-        elif (problem := regular_file_problem(path)) is not None:
+        if problem := link_outside(path, bound) or regular_file_problem(path):
             _warn_skipped(path, problem)
         else:
             return path

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from owdfa.data.walk import display_name, walk_images
+from owdfa.data.walk import display_name, is_hidden, walk_images
 from owdfa.errors import DataError
 from owdfa.io import atomic_write_text
 
@@ -35,10 +35,6 @@ class IndexRow:
     label: int
     class_name: str
     group: str
-
-
-def _skip(part: str) -> bool:
-    return part.startswith(".") or part == "__MACOSX"
 
 
 def unprintable_name_problem(name: str) -> str | None:
@@ -67,7 +63,7 @@ def build_index(root: Path) -> tuple[list[IndexRow], list[str]]:
     def warn(path: Path, why: str) -> None:
         print(f"index: skipped {display_name(path)}: {why}", file=sys.stderr)
 
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _skip(p.name)):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)):
         match = _CLASS_FOLDER.match(folder.name)
         if not match:
             skipped.append(display_name(folder.name))

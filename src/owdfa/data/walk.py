@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Walk", "display_name", "is_hidden", "is_inside", "regular_file_problem", "walk_images"]
+__all__ = ["Walk", "display_name", "is_hidden", "is_inside", "link_outside", "regular_file_problem", "walk_images"]
 
 
 @dataclass
@@ -40,6 +40,14 @@ def display_name(path: str | os.PathLike[str]) -> str:
 def is_inside(path: str, root: str) -> bool:
     """Real path `path` is `root` or below it."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def link_outside(path: str | os.PathLike[str], bound: str) -> str | None:
+    """Why `path` may not be followed: a link whose real target lies outside real path `bound`; else None."""
+    target = os.path.realpath(path)
+    if is_inside(target, bound):
+        return None
+    return f"a symbolic link to {display_name(target)}, outside {display_name(bound)}"
 
 
 def regular_file_problem(path: str | os.PathLike[str]) -> str | None:
@@ -84,12 +92,9 @@ def walk_images(folder: Path, suffixes: Iterable[str], within: Path | None = Non
                 continue
             path = Path(entry.path)
             is_link = entry.is_symlink()
-            if is_link:
-                target = os.path.realpath(path)
-                if not is_inside(target, bound):
-                    why = f"a symbolic link to {display_name(target)}, outside {display_name(bound)}"
-                    walk.skipped.append((path, why))
-                    continue
+            if is_link and (why := link_outside(path, bound)):
+                walk.skipped.append((path, why))
+                continue
             try:
                 is_dir = entry.is_dir()  # follows a link that stays inside
             except OSError:
