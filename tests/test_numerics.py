@@ -147,6 +147,29 @@ def test_wait_variables_after_torch_loaded_are_not_an_inconsistency(monkeypatch)
     assert not {"omp_wait_policy", "gomp_spincount"} & {key.lower() for key in describe()}
 
 
+def subnormal_probe(before_configure: str) -> dict[str, object]:
+    """In a fresh pinned process: run `before_configure`, then configure_torch(), then square 1e-20
+    (1e-40, subnormal) over 2**20 elements, which ATen splits over both threads. The count of
+    elements left non-zero says which threads flush; the record says what the card will hold."""
+    probe = (
+        "import json; from owdfa.numerics import Numerics, configure_torch, describe, pin; pin(Numerics()); "
+        f"import torch; {before_configure}; configure_torch(); x = torch.full((1 << 20,), 1e-20); "
+        "print(json.dumps({'kept': int(((x * x) != 0).sum()), 'threads': torch.get_num_threads(), "
+        "'record': describe()['subnormals']}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_subnormals_are_flushed_on_every_thread_or_on_none() -> None:
+    # a stage: configure_torch comes before any parallel work, so both threads flush
+    assert subnormal_probe("pass") == {"kept": 0, "threads": 2, "record": "flushed"}
+    # torch already computed on its thread pool (a notebook): the worker never got the flag, so the
+    # main thread drops it too, rather than half the elements of one product being flushed
+    late = subnormal_probe("(torch.ones(1 << 20) * 2).sum()")
+    assert late == {"kept": 1 << 20, "threads": 2, "record": "kept"}
+
+
 def test_record_holds_the_pins_not_the_machine() -> None:
     record = describe("cpu", "fp32")
     assert record["mode"] == "exact" and record["threads"] == 2
