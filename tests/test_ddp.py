@@ -22,7 +22,7 @@ from helpers.tiny_run import CONFIG, build_tiny_split, stage_command, stage_env,
 from safetensors.torch import load_file, save_file
 
 from owdfa.config import Section
-from owdfa.distributed import World, prepare_model, start, stop
+from owdfa.distributed import World, prepare_model, process_group
 from owdfa.errors import ConfigError
 from owdfa.inference import predict
 from owdfa.methods.base import Baseline
@@ -86,13 +86,10 @@ def _worker(rank: int, port: int, out: str) -> None:
     """Everything the 2-process tests need, in one spawn (starting processes is the slow part)."""
     join_world(rank, port)
     world = World(size=WORLD, rank=rank, local_rank=rank)
-    created = start(world, torch.device("cpu"))  # run_training below joins this group
-    try:
+    with process_group(world, torch.device("cpu")):  # run_training below joins this group
         for name in sorted(METHODS):
             save_file(one_step_gradients(name, world), f"{out}/{name}-{rank}.safetensors")
         _train_runs(rank, out)
-    finally:
-        stop(created)
 
 
 @pytest.fixture(scope="module")

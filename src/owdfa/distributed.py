@@ -169,23 +169,25 @@ def relaunch(nproc: int) -> None:
     os.execv(sys.executable, cmd)
 
 
-def start(world: World, device: torch.device) -> bool:
-    """Join the process group (nccl on CUDA, gloo on the CPU); True when this call created it."""
+@contextmanager
+def process_group(world: World, device: torch.device) -> Iterator[None]:
+    """Inside: this process is a member of the run's group (nccl on CUDA, gloo on the CPU).
+
+    A single-process run has no group. A group that already exists (a caller's, e.g. a test that
+    spawns the ranks itself) is joined as it is and left standing; one made here is destroyed on exit.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        return False
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
-    return True
-
-
-def stop(created: bool) -> None:
+    created = world.active and not dist.is_initialized()
     if created:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    try:
+        yield
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def device_for(world: World, device: torch.device, section_name: str) -> torch.device:

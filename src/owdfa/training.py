@@ -35,7 +35,7 @@ from tqdm import tqdm
 from owdfa.checkpoints import load_checkpoint, restore, run_fingerprint, save_checkpoint
 from owdfa.config import Section
 from owdfa.data.views import AugmentConfig, single_view, strong_view, weak_view
-from owdfa.distributed import World, device_for, prepare_model, start, stop, world_from_env
+from owdfa.distributed import World, device_for, prepare_model, process_group, world_from_env
 from owdfa.errors import ConfigError
 from owdfa.inference import autocast, batch_images, describe_device, effective_precision, pick_device, predict
 from owdfa.live_log import log_record, open_live
@@ -475,149 +475,84 @@ def run_training(
     _check_divisible(config.batch_size, world.size, section_name, f"the {world.size} training processes")
     seed_everything(seed)  # compute threads and kernels: owdfa.numerics, pinned before torch loaded
     device = device_for(world, pick_device(config.device), section_name)
-    created = start(world, device) if world.active else False
-    try:
-        return _train(
-            config,
-            data,
-            method,
-            world=world,
+    with process_group(world, device):
+        if num_prototypes is None:
+            num_prototypes = method.num_prototypes(data.num_known, data.num_classes)
+        model = _build_model(config, method, num_prototypes, init_state, world, device, section_name)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+        gen = torch.Generator().manual_seed(seed)
+        sampler = build_sampler(data, config, method)
+        step = TrainStep(
+            forward=torch.compile(model) if config.compile else model,
+            method=method,
+            optimizer=optimizer,
+            params=params,
+            sampler=sampler,
+            host=HostBatches(data.images, device),
+            gen=gen,
+            config=config,
+            num_known=data.num_known,
             device=device,
-            num_prototypes=num_prototypes,
-            seed=seed,
-            init_state=init_state,
-            live_dir=live_dir,
-            desc=desc,
-            checkpoint_dir=checkpoint_dir,
-            fingerprint_extra=fingerprint_extra,
-            section_name=section_name,
+            world=world,
         )
-    finally:
-        stop(created)
 
-
-def _train(
-    config: TrainConfig,
-    data: TrainData,
-    method: Method,
-    *,
-    world: World,
-    device: torch.device,
-    num_prototypes: int | None,
-    seed: int,
-    init_state: dict[str, torch.Tensor] | None,
-    live_dir: Path | None,
-    desc: str,
-    checkpoint_dir: Path | None,
-    fingerprint_extra: dict[str, Any] | None,
-    section_name: str,
-) -> TrainResult:
-    if num_prototypes is None:
-        num_prototypes = method.num_prototypes(data.num_known, data.num_classes)
-    model = AttributionModel(
-        config.backbone, num_prototypes, pretrained=config.pretrained, dropout=config.dropout, **method.model_options()
-    )
-    if init_state is not None:
-        model.load_state_dict(init_state, strict=False)
-    model.to(device).to(memory_format=torch.channels_last)  # NHWC: faster on CUDA and on the CPU (oneDNN)
-    prepare_model(model, world, device, section_name)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    gen = torch.Generator().manual_seed(seed)
-    sampler = build_sampler(data, config, method)
-    step = TrainStep(
-        forward=torch.compile(model) if config.compile else model,
-        method=method,
-        optimizer=optimizer,
-        params=params,
-        sampler=sampler,
-        host=HostBatches(data.images, device),
-        gen=gen,
-        config=config,
-        num_known=data.num_known,
-        device=device,
-        world=world,
-    )
-    steps = sampler.steps
-
-    history: list[dict[str, Any]] = []
-    best_acc, best_state, best_epoch = -1.0, None, None
-    fingerprint = None
-    if checkpoint_dir is not None:
-        fingerprint = run_fingerprint(
-            config, data, method, seed, num_prototypes, init_state, world, device, fingerprint_extra
-        )
-        found = load_checkpoint(checkpoint_dir, fingerprint, note=desc if world.is_main else None)
-        if found is not None:
-            history, best_acc, best_state, best_epoch = restore(
-                found, model, optimizer, scheduler, gen, method, sampler, device
+        history: list[dict[str, Any]] = []
+        best_acc, best_state, best_epoch = -1.0, None, None
+        fingerprint = None
+        if checkpoint_dir is not None:
+            fingerprint = run_fingerprint(
+                config, data, method, seed, num_prototypes, init_state, world, device, fingerprint_extra
             )
-    world.check_same(model)
-    start_epoch = len(history)
-    if world.is_main:
-        tqdm.write(f"{desc}: {describe_device(device, config.precision, world)}")
-        if start_epoch:
-            tqdm.write(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {checkpoint_dir}")
-    live = open_live(live_dir, history) if world.is_main else None
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        method.on_epoch_start(epoch)
-        sums: dict[str, float] = {}
-        bar = tqdm(
-            range(steps),
-            desc=f"{desc} epoch {epoch + 1}/{config.epochs}",
-            unit="step",
-            leave=False,
-            disable=None if world.is_main else True,
-        )
-        for _ in bar:
-            terms = step(epoch)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{terms['loss']:.3f}")
-        record: dict[str, Any] = {f"train/{k}": v / steps for k, v in sorted(sums.items())}
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        for k, v in method.on_epoch_end(model, optimizer, epoch).items():
-            record[f"method/{k}"] = v
-        scheduler.step()
-        if len(data.val_rows):  # each rank scores its share; the correct counts are summed over ranks
-            mine = world.part(len(data.val_rows))
-            _, _, pred = predict(
-                model, data.images, data.val_rows[mine], config.eval_batch_size, device, config.precision
-            )
-            correct, total = world.sum_counts([int((pred == data.val_targets[mine]).sum()), len(pred)], device)
-            val_acc = correct / total
-            record["val/acc"] = val_acc
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        record["epoch"] = epoch
-        history.append(record)
-        if live is not None:
-            log_record(live, record)
-        if checkpoint_dir is not None and world.is_main:
-            save_checkpoint(
-                checkpoint_dir,
-                fingerprint,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                gen=gen,
-                method=method,
-                sampler=sampler,
-                history=history,
-                best=(best_acc, best_state, best_epoch),
-                device=device,
-            )
+            found = load_checkpoint(checkpoint_dir, fingerprint, note=desc if world.is_main else None)
+            if found is not None:
+                history, best_acc, best_state, best_epoch = restore(
+                    found, model, optimizer, scheduler, gen, method, sampler, device
+                )
+        world.check_same(model)
+        start_epoch = len(history)
         if world.is_main:
-            tqdm.write(
-                f"{desc} epoch {epoch + 1}/{config.epochs}: "
-                + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-            )
-    if live is not None:
-        live.end()
-    world.barrier()
+            tqdm.write(f"{desc}: {describe_device(device, config.precision, world)}")
+            if start_epoch:
+                tqdm.write(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {checkpoint_dir}")
+        live = open_live(live_dir, history) if world.is_main else None
+        for epoch in range(start_epoch, config.epochs):
+            label = f"{desc} epoch {epoch + 1}/{config.epochs}"
+            record = _train_epoch(step, sampler.steps, model, method, optimizer, epoch, label, world)
+            scheduler.step()
+            if len(data.val_rows):
+                val_acc = _val_accuracy(model, data, config, device, world)
+                record["val/acc"] = val_acc
+                if val_acc > best_acc:
+                    best_acc, best_epoch = val_acc, epoch
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            record["epoch"] = epoch
+            history.append(record)
+            if live is not None:
+                log_record(live, record)
+            if checkpoint_dir is not None and world.is_main:
+                save_checkpoint(
+                    checkpoint_dir,
+                    fingerprint,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    gen=gen,
+                    method=method,
+                    sampler=sampler,
+                    history=history,
+                    best=(best_acc, best_state, best_epoch),
+                    device=device,
+                )
+            if world.is_main:
+                tqdm.write(
+                    f"{desc} epoch {epoch + 1}/{config.epochs}: "
+                    + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+                )
+        if live is not None:
+            live.end()
+        world.barrier()
     return TrainResult(
         model=model.cpu(),
         history=history,
@@ -627,3 +562,65 @@ def _train(
         precision=effective_precision(device, config.precision),
         is_main=world.is_main,
     )
+
+
+def _build_model(
+    config: TrainConfig,
+    method: Method,
+    num_prototypes: int,
+    init_state: dict[str, torch.Tensor] | None,
+    world: World,
+    device: torch.device,
+    section_name: str,
+) -> AttributionModel:
+    model = AttributionModel(
+        config.backbone, num_prototypes, pretrained=config.pretrained, dropout=config.dropout, **method.model_options()
+    )
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=False)
+    model.to(device).to(memory_format=torch.channels_last)  # NHWC: faster on CUDA and on the CPU (oneDNN)
+    prepare_model(model, world, device, section_name)
+    return model
+
+
+def _train_epoch(
+    step: TrainStep,
+    steps: int,
+    model: AttributionModel,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    label: str,
+    world: World,
+) -> dict[str, Any]:
+    """One epoch of steps; the record of its mean loss terms, learning rate and method statistics."""
+    model.train()
+    method.on_epoch_start(epoch)
+    sums: dict[str, float] = {}
+    bar = tqdm(
+        range(steps),
+        desc=label,
+        unit="step",
+        leave=False,
+        disable=None if world.is_main else True,
+    )
+    for _ in bar:
+        terms = step(epoch)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{terms['loss']:.3f}")
+    record: dict[str, Any] = {f"train/{k}": v / steps for k, v in sorted(sums.items())}
+    record["lr"] = optimizer.param_groups[0]["lr"]
+    for k, v in method.on_epoch_end(model, optimizer, epoch).items():
+        record[f"method/{k}"] = v
+    return record
+
+
+def _val_accuracy(
+    model: AttributionModel, data: TrainData, config: TrainConfig, device: torch.device, world: World
+) -> float:
+    """Accuracy on the labelled validation rows; each rank scores its share and the counts are summed."""
+    mine = world.part(len(data.val_rows))
+    _, _, pred = predict(model, data.images, data.val_rows[mine], config.eval_batch_size, device, config.precision)
+    correct, total = world.sum_counts([int((pred == data.val_targets[mine]).sum()), len(pred)], device)
+    return correct / total
