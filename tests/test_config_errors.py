@@ -128,6 +128,22 @@ def test_section_ranges_and_choices():
     expect_error("s.fpair", section.float_pair, "fpair", max=1.0)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_section_rejects_non_finite_numbers(value):
+    section = Section({"x": value, "pair": [0.0, value]}, "s")
+    assert "must be a finite number" in str(expect_error("s.x", section.float, "x"))
+    expect_error("s.x", section.float, "x", min=0.0, max=1.0)  # NaN passes every bound: checked first
+    assert "must be a finite number" in str(expect_error("s.pair", section.float_pair, "pair"))
+
+
+@pytest.mark.parametrize("text", [".nan", ".NaN", ".inf", "-.inf", "+.inf", ".Inf"])
+def test_yaml_non_finite_forms_are_rejected(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  lr: {text}\n")
+    section = Section.from_file("train", path)
+    assert "must be a finite number" in str(expect_error("train.lr", section.float, "lr", min=0.0))
+
+
 def test_section_unknown_key_and_nesting():
     section = Section({"seed": 1, "budgets": {"real": 1, "knwon": 2}}, "split")
     expect_error("split.budgets.knwon", section.section("budgets").check_unknown, ("real", "known", "novel"))
@@ -173,6 +189,8 @@ def test_synthetic_config_valid():
         ("images_per_method", -5, "data.synthetic.images_per_method"),
         ("real_images", 0, "data.synthetic.real_images"),
         ("fingerprint_strength", -0.5, "data.synthetic.fingerprint_strength"),
+        ("fingerprint_strength", float("nan"), "data.synthetic.fingerprint_strength"),
+        ("sensor_noise", [0.0, float("inf")], "data.synthetic.sensor_noise"),
         ("jpeg_quality", [95, 80], "data.synthetic.jpeg_quality"),
         ("jpeg_quality", [80, 101], "data.synthetic.jpeg_quality"),
         ("sensor_noise", 0.01, "data.synthetic.sensor_noise"),
@@ -205,6 +223,7 @@ def test_split_config_valid():
         ("budgets.knwon", 3, "split.budgets.knwon"),
         ("budgets", [10, 5, 4], "split.budgets"),
         ("test_fraction", 0.95, "split.test_fraction"),
+        ("test_fraction", float("nan"), "split.test_fraction"),
         ("labelled_fraction", 0, "split.labelled_fraction"),
         ("val_fraction", "0.1", "split.val_fraction"),
         ("allow_short_classes", "no", "split.allow_short_classes"),
@@ -233,6 +252,8 @@ def train(data: dict[str, Any], extra: tuple[str, ...] = ()):
 def test_train_config_valid():
     config = train(TRAIN)
     assert config.epochs == 2 and config.augment.crop_scale == (0.5, 1.0)
+    assert (config.nproc, config.precision, config.compile) == (1, "bf16", False)  # optional keys left out
+    assert train({**TRAIN, "nproc": 2, "compile": True}).nproc == 2
 
 
 @pytest.mark.parametrize(
@@ -244,6 +265,11 @@ def test_train_config_valid():
         ("batch_size", "64", "train.batch_size"),
         ("batch_size", 1, "train.batch_size"),
         ("lr", -0.1, "train.lr"),
+        ("lr", float("inf"), "train.lr"),
+        ("augment.jitter", float("nan"), "train.augment.jitter"),
+        ("nproc", 0, "train.nproc"),
+        ("nproc", 3, "train.batch_size"),  # 8 rows do not split over 3 processes
+        ("precision", "fp16", "train.precision"),
         ("pretrained", "false", "train.pretrained"),
         ("device", "tpu", "train.device"),
         ("epoch", 3, "train.epoch"),
@@ -282,6 +308,8 @@ def test_build_method_valid():
     [
         ("teacher_temp", 0, "methods.baseline.teacher_temp"),
         ("teacher_temp", 0.0, "methods.baseline.teacher_temp"),
+        ("teacher_temp", float("nan"), "methods.baseline.teacher_temp"),
+        ("distill_weight", float("inf"), "methods.baseline.distill_weight"),
         ("student_temp", -1.0, "methods.baseline.student_temp"),
         ("entropy_weight", -1.0, "methods.baseline.entropy_weight"),
         ("distill_weight", DELETE, "methods.baseline.distill_weight"),
@@ -351,6 +379,10 @@ def test_evaluate_config_valid():
     [
         ("checkpoint", "best_on_test", "evaluate.checkpoint"),
         ("ece_bins", 0, "evaluate.ece_bins"),
+        ("kmeans_max_factor", float("inf"), "evaluate.kmeans_max_factor"),
+        ("uncertainty_maps", DELETE, "evaluate.uncertainty_maps"),
+        ("uncertainty_maps.per_class", 21, "evaluate.uncertainty_maps.per_class"),
+        ("k_estimators", ["gcd", "gcd"], "evaluate.k_estimators"),
         ("mc_dropout_passes", DELETE, "evaluate.mc_dropout_passes"),
         ("uncertainty_maps.window", 0, "evaluate.uncertainty_maps.window"),
         ("uncertainty_maps.strid", 4, "evaluate.uncertainty_maps.strid"),

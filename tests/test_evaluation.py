@@ -17,7 +17,8 @@ from owdfa.data.split import read_split
 from owdfa.evaluation import evaluate
 from owdfa.inference import pick_device, predict
 from owdfa.metrics import evaluate_predictions
-from owdfa.model_io import load_model, load_state, read_card, save_model_dir
+from owdfa.model_card import ModelCard
+from owdfa.model_io import load_model, load_state, save_model_dir
 from owdfa.training_stages import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +52,12 @@ def _test_rows(split: Path, faces: Path):
 def test_faithful_dpp_reports_the_pruned_and_the_all_rows_classifier(faithful_run, tmp_path):
     faces, split, model_dir = faithful_run
     metrics = evaluate(_evaluate_section("last"), model_dir, split, faces, tmp_path / "out", tmp_path / "p.csv")
-    card = read_card(model_dir)
-    rows_total = int(card["num_prototypes"])
-    pruned = int(card["method_state"]["k_trajectory"][-1])
+    card = ModelCard.read(model_dir)
+    rows_total = card.num_prototypes
+    pruned = card.k_hat
+    assert card.estimates_k and card.dpp_faithful
     assert pruned < rows_total  # DPP pruned, so the two classifiers can differ
-    assert card["num_active"] == pruned  # the saved count is the pruned one, also in faithful mode
+    assert card.num_active == pruned  # the saved count is the pruned one, also in faithful mode
     # Independently: predict with the pruned rows, then with every row active.
     images, rows, targets, num_known = _test_rows(split, faces)
     model, _ = load_model(model_dir)
@@ -76,7 +78,7 @@ def test_k_hat_is_the_analysed_checkpoints(faithful_run, tmp_path):
     copied = tmp_path / "model"
     last, best = load_state(model_dir, "last"), load_state(model_dir, "val_best")
     best["num_active"] = best["num_active"].clone().fill_(int(last["num_active"]) + 3)
-    save_model_dir(copied, last, read_card(model_dir), best)
+    save_model_dir(copied, last, ModelCard.read(model_dir), best)
     by_val = evaluate(_evaluate_section("val_best"), copied, split, faces, tmp_path / "a", tmp_path / "a.csv")
     by_last = evaluate(_evaluate_section("last"), copied, split, faces, tmp_path / "b", tmp_path / "b.csv")
     assert by_val["k_hat"] == int(last["num_active"]) + 3

@@ -1,11 +1,13 @@
 """Attributing face images with a trained model directory: the library behind `owdfa attribute`.
 
-A model directory from elsewhere is checked before anything is built from it (`owdfa.model_checks`),
-inputs are collected as `owdfa.data.walk` allows (links inside, regular files only), and each image
-goes through the align stage's decoding and `FaceAligner` with the card's settings, then
-`owdfa.inference.predict`, so a prediction here equals the evaluate stage's for the same picture.
-Everything printed is made printable (`display_name`). The command line itself (`owdfa.cli`) only
-parses arguments and writes the rows.
+A model directory from elsewhere is checked before anything is built from it (its card by
+`owdfa.model_card`, its weights by `owdfa.model_checks`), inputs are collected as `owdfa.data.walk`
+allows (links inside, regular files only), and each image goes through the align stage's decoding
+and `FaceAligner` with the card's settings, then `owdfa.inference.predict`, so a prediction here
+equals the evaluate stage's for the same picture.
+Everything printed is made printable (`display_name`). From Python, `attribute` is the one call
+(`Attributor` when the face mode used matters too); the command line (`owdfa.cli`) only parses
+arguments and writes the rows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from owdfa.data.walk import display_name
 from owdfa.errors import DataError, OwdfaError
 
 if TYPE_CHECKING:  # heavy imports (torch, dlib) wait until they are needed: `owdfa --help` stays fast
+    import torch
+
     from owdfa.data.faces import FaceAligner, FaceSettings
+    from owdfa.model_card import ModelCard
     from owdfa.models import AttributionModel
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -38,89 +43,84 @@ def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
-def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionModel, dict[str, Any]]:
-    """`load_model`, with anything a hand-edited card can break turned into one DataError line."""
-    from owdfa.model_checks import check_card, check_weights
-    from owdfa.model_io import WEIGHTS, load_model, load_state, read_card
+def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionModel, ModelCard]:
+    """The card (`ModelCard.read`: every field checked) and its model, anything broken one DataError line."""
+    from owdfa.model_card import ModelCard
+    from owdfa.model_checks import check_weights
+    from owdfa.model_io import WEIGHTS, build_model, load_state
 
     try:
-        card = read_card(model_dir)
-        check_card(card, model_dir)  # before anything is built from it
-        check_weights(load_state(model_dir, checkpoint), card, model_dir / WEIGHTS[checkpoint])
-        model, card = load_model(model_dir, checkpoint)  # names and shapes: a strict load
+        card = ModelCard.read(model_dir)  # before anything is built from it
+        state = load_state(model_dir, checkpoint)
+        check_weights(state, card, model_dir / WEIGHTS[checkpoint])
+        model = build_model(card, state, model_dir)  # names and shapes: a strict load
     except DataError as exc:
         pickles = sorted(p.name for p in model_dir.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
         hint = f" ({', '.join(pickles)} ignored: pickled checkpoints are never loaded)" if pickles else ""
         raise DataError(f"{exc}{hint}") from None
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:  # e.g. an unknown backbone or a non-number
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:  # e.g. a backbone that fails to build
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{model_dir}: cannot load the card's model ({first})") from None
-    return model, card  # num_known, image_size and num_known <= num_active: checked above
+    return model, card
 
 
-def class_names(card: dict[str, Any], model_dir: Path) -> dict[int, str]:
+def class_names(card: ModelCard) -> dict[int, str]:
     """Prototype id -> class name of the card's classes (targets 0..num_known-1 are the known ones).
 
     Names are made printable (`display_name`): a card is input from elsewhere, and a name with
     terminal escape sequences or carriage returns must not reach a terminal as such.
     """
-    try:
-        return {int(c["target"]): display_name(str(c["name"])) for c in card.get("classes") or []}
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{model_dir}/card.json: classes must be a list of {{target, name, ...}}") from None
+    return {entry.target: display_name(entry.name) for entry in card.classes or ()}
 
 
-def face_settings(card: dict[str, Any], model_dir: Path, align: str, predictor: Path | None) -> FaceSettings:
-    """The align stage's settings from the card; `align` other than auto overrides the mode only."""
-    from owdfa.data.align import DEFAULTS
-    from owdfa.data.faces import MODES, FaceSettings, bundled_predictor_path
+def face_settings(card: ModelCard, model_dir: Path, align: str, predictor: Path | None) -> FaceSettings:
+    """The card's face preprocessing (checked with the card); `align` other than auto overrides the mode only."""
+    from owdfa.data.face_preprocessing import FacePreprocessing
+    from owdfa.data.faces import FaceSettings
 
-    size = int(card["image_size"])
-    prep = card.get("preprocessing")
-    where = f"{model_dir}/card.json: preprocessing"
+    prep = card.preprocessing
     if prep is None:
-        prep = {"mode": "resize", "image_size": size}
+        size = card.image_size
         using = (
             f"--align {align} at {size} px"
             if align != "auto"
             else f"mode resize at {size} px (inputs must be face crops)"
         )
         note(f"{model_dir}/card.json records no face preprocessing: using {using}")
-    if not isinstance(prep, dict) or prep.get("mode") not in MODES:
-        raise DataError(f"{where}: expected a mapping with mode one of {', '.join(MODES)}")
-    detector = prep.get("detector") or {}
-    try:
-        settings = dict(
-            image_size=int(prep.get("image_size", size)),
-            upsample=int(detector.get("upsample", DEFAULTS["upsample"])),
-            threshold=float(detector.get("threshold", DEFAULTS["threshold"])),
-            margin=float(prep.get("margin", DEFAULTS["margin"])),
-            padding=float(prep.get("padding", DEFAULTS["padding"])),
+        prep = FacePreprocessing.from_dict({"mode": "resize", "image_size": size}, model_dir / "card.json")
+    mode = prep.mode if align == "auto" else align
+    if mode != prep.mode and card.preprocessing is not None:
+        note(f"--align {mode} overrides the card's {prep.mode} (the model was trained on {prep.mode} faces)")
+    predictor_path = _predictor_path(prep.predictor, predictor) if mode == "aligned" else None
+    return FaceSettings(
+        mode=mode,
+        image_size=prep.image_size,
+        upsample=prep.upsample,
+        threshold=prep.threshold,
+        margin=prep.margin,
+        padding=prep.padding,
+        predictor_path=None if predictor_path is None else str(predictor_path),
+    )
+
+
+def _predictor_path(recorded: str | None, given: Path | None) -> Path:
+    """The 68-landmark model: `given`, else the card's when it is here, else face-recognition-models' copy."""
+    from owdfa.data.faces import bundled_predictor_path
+
+    if given is not None:
+        path = given
+    elif recorded in (None, "auto") or not Path(recorded).is_file():
+        path = bundled_predictor_path()
+        if recorded not in (None, "auto"):
+            note(f"the card's predictor {recorded} is not here: using face-recognition-models' copy")
+    else:
+        path = Path(recorded)
+    if path is None or not path.is_file():
+        raise DataError(
+            f"68-landmark predictor not found ({path or 'face-recognition-models not installed'});"
+            " give --predictor PATH"
         )
-    except (TypeError, ValueError, AttributeError):
-        raise DataError(f"{where}: malformed values") from None
-    if settings["image_size"] != size:
-        raise DataError(f"{where}: image_size {settings['image_size']} differs from the model's {size}")
-    mode = prep["mode"] if align == "auto" else align
-    if mode != prep["mode"] and "preprocessing" in card:
-        note(f"--align {mode} overrides the card's {prep['mode']} (the model was trained on {prep['mode']} faces)")
-    predictor_path = None
-    if mode == "aligned":
-        recorded = prep.get("predictor", "auto")
-        if predictor is not None:
-            predictor_path = predictor
-        elif recorded in (None, "auto") or not Path(str(recorded)).is_file():
-            predictor_path = bundled_predictor_path()
-            if recorded not in (None, "auto"):
-                note(f"the card's predictor {recorded} is not here: using face-recognition-models' copy")
-        else:
-            predictor_path = Path(str(recorded))
-        if predictor_path is None or not predictor_path.is_file():
-            raise DataError(
-                f"68-landmark predictor not found ({predictor_path or 'face-recognition-models not installed'});"
-                " give --predictor PATH"
-            )
-    return FaceSettings(mode=mode, predictor_path=None if predictor_path is None else str(predictor_path), **settings)
+    return path
 
 
 def make_aligner(settings: FaceSettings) -> FaceAligner:
@@ -288,3 +288,113 @@ def run_attribution(
                     row.epistemic = _round(mc.epistemic[i])
                     row.aleatoric = _round(mc.aleatoric[i])
     return rows
+
+
+@dataclass(frozen=True)
+class Attributor:
+    """A checked model directory, ready to attribute images: its model on the device, card and face settings.
+
+    `load` checks the card and the weights before any image is read; `run` attributes files and
+    folders (`attribute` does both in one call; `owdfa attribute` also reports `settings.mode`).
+    """
+
+    model_dir: Path
+    model: AttributionModel
+    card: ModelCard
+    settings: FaceSettings
+    aligner: FaceAligner
+    device: torch.device
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        checkpoint: str = "last",
+        align: str = "auto",
+        predictor: Path | None = None,
+        device: str = "auto",
+    ) -> Attributor:
+        """`align`: auto (the card's face mode), resize, crop or aligned; `device`: auto, cpu or cuda."""
+        import torch
+
+        from owdfa.inference import pick_device
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DataError("device cuda: CUDA is not available on this machine")
+        model, card = load_checked_model(model_dir, checkpoint)
+        settings = face_settings(card, model_dir, align, predictor)
+        aligner = make_aligner(settings)
+        target = pick_device(device)
+        model.to(target)
+        return cls(model_dir, model, card, settings, aligner, target)
+
+    def run(
+        self, paths: Sequence[Path], *, batch_size: int = 64, mc_dropout: int = 0, seed: int = 0, progress: bool = False
+    ) -> list[Row]:
+        """One Row per image found (and per path that yields none, with its error), in input order.
+
+        `mc_dropout` passes (0: none) add epistemic and aleatoric uncertainties, masks seeded by `seed`.
+        """
+        if batch_size < 1 or mc_dropout < 0:
+            raise ValueError(f"batch_size must be >= 1 and mc_dropout >= 0, got {batch_size} and {mc_dropout}")
+        mc_predict = None
+        if mc_dropout:
+            try:
+                from owdfa.uncertainty import mc_dropout_predict as mc_predict
+            except ImportError:
+                raise DataError("MC dropout needs owdfa.uncertainty, which this installation lacks") from None
+            if float(self.model.dropout.p) == 0.0:
+                note("the model has no dropout (p = 0): MC-dropout uncertainties are all 0")
+        return run_attribution(
+            collect_inputs(paths),
+            self.model,
+            self.aligner,
+            class_names(self.card),
+            self.card.num_known,
+            self.device,
+            batch_size=batch_size,
+            mc_predict=mc_predict,
+            mc_passes=mc_dropout,
+            seed=seed,
+            progress=progress,
+        )
+
+
+def attribute(
+    paths: Sequence[str | Path],
+    model_dir: str | Path,
+    *,
+    checkpoint: str = "last",
+    align: str = "auto",
+    predictor: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    mc_dropout: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Row]:
+    """Attribute image files and folders with a trained model directory, as `owdfa attribute` does.
+
+    Example::
+
+        from owdfa.attribution import attribute
+
+        for row in attribute(["photos/", "suspect.jpg"], "data/runs/p1-cal-0"):
+            print(row.path, row.error or f"{row.attribution} ({row.confidence})")
+
+    A row's `attribution` is a known class name or `novel-<cluster>`; a file that cannot be read gets
+    a row with `error` set. A model directory that fails its checks raises DataError (one line).
+    For scores identical to the evaluate stage's, pin its numerics before torch loads
+    (`owdfa.numerics.pin`) and call `owdfa.numerics.configure_torch()`, as the command line does.
+    """
+    attributor = Attributor.load(
+        Path(model_dir),
+        checkpoint=checkpoint,
+        align=align,
+        predictor=None if predictor is None else Path(predictor),
+        device=device,
+    )
+    return attributor.run(
+        [Path(p) for p in paths], batch_size=batch_size, mc_dropout=mc_dropout, seed=seed, progress=progress
+    )

@@ -48,22 +48,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from owdfa.attribution import (
-    Row,
-    class_names,
-    collect_inputs,
-    face_settings,
-    load_checked_model,
-    make_aligner,
-    note,
-    run_attribution,
-)
+from owdfa.attribution import Attributor, Row
 from owdfa.data.walk import display_name
 from owdfa.errors import DataError, OwdfaError
 from owdfa.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
 from owdfa.stage import exit_status
+
+if TYPE_CHECKING:
+    from owdfa.model_card import CardClass, ModelCard, SkippedPretraining
 
 ALIGN_CHOICES = ("auto", "resize", "crop", "aligned")
 MAX_MC_PASSES = 1000  # MC-dropout passes: 100 already gives ~3-digit uncertainties
@@ -214,111 +208,89 @@ def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
 # info
 
 
-def k_hat(card: dict[str, Any]) -> int | None:
-    """DPP's last pruned count when the method estimates K, else the classifier's active rows (as evaluate).
-
-    None when the card does not say (or says something that is not a count: `owdfa info` still shows the rest).
-    """
-    state = card.get("method_state")
-    trajectory = (state.get("k_trajectory") if isinstance(state, dict) else None) or [card.get("num_active")]
-    try:
-        return None if trajectory[-1] is None else int(trajectory[-1])
-    except (TypeError, ValueError, KeyError, IndexError):
-        return None
-
-
 def cmd_info(model_dir: Path, fmt: str) -> int:
     """Show the card; a card that `owdfa attribute` would refuse is shown too, with what is wrong (status 2)."""
-    from owdfa.model_checks import check_card
-    from owdfa.model_io import read_card
+    from owdfa.model_card import inspect_card
 
-    card = read_card(model_dir)
-    try:
-        check_card(card, model_dir)
-        problem = None
-    except DataError as exc:
-        problem = str(exc)
+    inspection = inspect_card(model_dir)
     if fmt == "json":
-        print(json.dumps(card, indent=2))  # JSON escapes every control character
+        print(json.dumps(inspection.raw, indent=2))  # as written; JSON escapes every control character
     else:
-        print(info_text(model_dir, card))
-    if problem is None:
+        print(info_text(model_dir, inspection.card))
+    if inspection.problem is None:
         return 0
-    print(f"error: {display_name(problem)} (owdfa attribute refuses this model)", file=sys.stderr)
+    print(f"error: {display_name(inspection.problem)} (owdfa attribute refuses this model)", file=sys.stderr)
     return 2
 
 
-def info_text(model_dir: Path, card: dict[str, Any]) -> str:
+def info_text(model_dir: Path, card: ModelCard | SkippedPretraining) -> str:
+    """The card, readable; a field a broken card fails on (None there) shows as `?`."""
+    from owdfa.model_card import SkippedPretraining
     from owdfa.model_io import WEIGHTS
 
-    if card.get("enabled") is False:
+    if isinstance(card, SkippedPretraining):
         return f"model        {model_dir}\nstatus       pretraining skipped (a card without weights)"
-    classes = [c for c in card.get("classes") or [] if isinstance(c, dict)]
-    known = [c for c in classes if c.get("known")]
-    novel = [c for c in classes if not c.get("known")]
-    history = card.get("history") or []
-    best = card.get("val_best_epoch")
+    classes = card.classes or ()
+    known = [c for c in classes if c.known]
+    novel = [c for c in classes if not c.known]
+    history = card.history or []
+    best = card.val_best_epoch
     checkpoints = [name for name, file in WEIGHTS.items() if (model_dir / file).is_file()]
-    k = k_hat(card)
-    state = card.get("method_state")
-    k_source = "DPP k_trajectory" if isinstance(state, dict) and state.get("k_trajectory") else "active prototypes"
-    method = card.get("method", "?")
-    if card.get("loss") and card.get("loss") != method:
-        method += f" (loss {card['loss']})"
+    k_source = "DPP k_trajectory" if card.estimates_k else "active prototypes"
+    method = _shown(card.method)
+    if card.loss and card.loss != method:
+        method += f" (loss {card.loss})"
     lines = [
         ("model", str(model_dir)),
-        ("benchmark", f"{card.get('benchmark', '?')}, protocol {card.get('protocol', '?')}"),
-        ("method", f"{method}, seed {card.get('seed', '?')}"),
+        ("benchmark", f"{_shown(card.benchmark)}, protocol {_shown(card.protocol)}"),
+        ("method", f"{method}, seed {_shown(card.seed)}"),
         (
             "backbone",
-            f"{card.get('backbone', '?')}, {card.get('num_prototypes', '?')} prototypes "
-            f"({card.get('num_active', '?')} active), dropout {card.get('dropout', '?')}, "
-            f"image size {card.get('image_size', '?')}",
+            f"{_shown(card.backbone)}, {_shown(card.num_prototypes)} prototypes "
+            f"({_shown(card.num_active)} active), dropout {_shown(card.dropout)}, "
+            f"image size {_shown(card.image_size)}",
         ),
-        ("classes", f"{len(known)} known, {len(novel)} novel in training ({card.get('num_classes_true', '?')} true)"),
+        ("classes", f"{len(known)} known, {len(novel)} novel in training ({_shown(card.num_classes_true)} true)"),
         ("  known", _names(known)),
         ("  novel", _names(novel) + "  (predicted as novel-<cluster>)"),
-        ("K-hat", f"{k} ({k_source})"),
+        ("K-hat", f"{card.k_hat} ({k_source})"),
         (
             "val_best",
             "none (no validation split)"
             if best is None
-            else f"epoch index {best} (epoch {best + 1} of {len(history)})"
-            if isinstance(best, int) and isinstance(history, list)
-            else f"{best!r} (not an epoch index)",
+            else f"epoch index {best} (epoch {best + 1} of {len(history)})",
         ),
         ("checkpoints", ", ".join(checkpoints) or "none"),
-        ("params hash", str(card.get("params_hash", "?"))),
+        ("params hash", _shown(card.params_hash)),
         ("preprocessing", _preprocessing_text(card)),
     ]
     # every value can come from the card, input from elsewhere: printable only (no escape sequences)
     return "\n".join(f"{key:<14}{display_name(value)}" for key, value in lines)
 
 
-def _names(classes: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{c.get('target', '?')} {c.get('name', '?')}" for c in classes) or "none"
+def _shown(value: object) -> str:
+    return "?" if value is None else str(value)
 
 
-def _preprocessing_text(card: dict[str, Any]) -> str:
-    prep = card.get("preprocessing")
-    if not isinstance(prep, dict):
-        return f"not recorded: assumed resize at {card.get('image_size', '?')} px (images already face crops)"
-    text = f"{prep.get('mode', '?')} at {prep.get('image_size', '?')} px"
-    if prep.get("mode") in ("crop", "aligned"):
-        detector = prep.get("detector") if isinstance(prep.get("detector"), dict) else {}
-        text += f", detector upsample {detector.get('upsample', 0)} threshold {detector.get('threshold', 0.0)}"
-        text += f", margin {prep.get('margin', '?')}" if prep.get("mode") == "crop" else ""
-        if prep.get("mode") == "aligned":
-            text += f", padding {prep.get('padding', '?')}, predictor {prep.get('predictor', 'auto')}"
+def _names(classes: list[CardClass]) -> str:
+    return ", ".join(f"{c.target} {c.name}" for c in classes) or "none"
+
+
+def _preprocessing_text(card: ModelCard) -> str:
+    prep = card.preprocessing
+    if prep is None:
+        return f"not recorded: assumed resize at {_shown(card.image_size)} px (images already face crops)"
+    text = f"{prep.mode} at {prep.image_size} px"
+    if prep.mode in ("crop", "aligned"):
+        text += f", detector upsample {prep.upsample} threshold {prep.threshold}"
+        text += f", margin {prep.margin}" if prep.mode == "crop" else ""
+        if prep.mode == "aligned":
+            text += f", padding {prep.padding}, predictor {prep.predictor or 'auto'}"
     return text
 
 
 # --------------------------------------------------------------------------------------------
-# attribute: model, preprocessing, inputs
-
-
-# --------------------------------------------------------------------------------------------
-# attribute: the run
+# attribute
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -326,41 +298,20 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     import torch
 
     configure_torch()
-
-    from owdfa.inference import pick_device
-
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: CUDA is not available on this machine")
-    mc_predict = None
-    if args.mc_dropout:
-        try:
-            from owdfa.uncertainty import mc_dropout_predict as mc_predict
-        except ImportError:
-            raise DataError("--mc-dropout needs owdfa.uncertainty, which this installation lacks") from None
-    model, card = load_checked_model(args.model, args.checkpoint)
-    settings = face_settings(card, args.model, args.align, args.predictor)
-    aligner = make_aligner(settings)
-    device = pick_device(args.device)
-    model.to(device)
-    if args.mc_dropout and float(model.dropout.p) == 0.0:
-        note("the model has no dropout (p = 0): MC-dropout uncertainties are all 0")
-    names = class_names(card, args.model)
-    jobs = collect_inputs(args.paths)
-    rows = run_attribution(
-        jobs,
-        model,
-        aligner,
-        names,
-        int(card["num_known"]),
-        device,
+    attributor = Attributor.load(
+        args.model, checkpoint=args.checkpoint, align=args.align, predictor=args.predictor, device=args.device
+    )
+    rows = attributor.run(
+        args.paths,
         batch_size=args.batch_size,
-        mc_predict=mc_predict,
-        mc_passes=args.mc_dropout,
+        mc_dropout=args.mc_dropout,
         seed=args.seed,
         progress=not args.no_progress,
     )
     errors = sum(r.error is not None for r in rows)
-    write_output(sys.stdout, args.format, rows, args, settings.mode)
+    write_output(sys.stdout, args.format, rows, args, attributor.settings.mode)
     done = len(rows) - errors
     print(f"owdfa: {done} image(s) attributed, {errors} error(s)", file=sys.stderr)
     return 0 if done else 1

@@ -17,6 +17,7 @@ class ConfigError(OwdfaError):
 
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
+        self.problem = problem  # without the file: readers of other files name theirs (`<dir>/card.json: <key>: ...`)
         super().__init__(f"params.yaml: {key}: {problem}")
 
 

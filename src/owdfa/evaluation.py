@@ -27,7 +27,7 @@ import pandas as pd
 
 from owdfa import plots
 from owdfa.calibration import expected_calibration_error, matched_correct, reliability_table
-from owdfa.config import Section
+from owdfa.config import Section, load_section, param
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
 from owdfa.errors import ConfigError, DataError
@@ -40,72 +40,43 @@ from owdfa.numerics import describe as describe_numerics
 from owdfa.uncertainty import mc_dropout_predict, occlusion_uncertainty_maps, uncertainty_summary
 
 METRIC_CONVENTION = "owdfa (All: joint Hungarian; Known: direct; Novel: separate Hungarian) plus gcd_v1/gcd_v2"
-EVALUATE_KEYS = (
-    "checkpoint",
-    "batch_size",
-    "device",
-    "k_estimators",
-    "kmeans_max_factor",
-    "seed",
-    "ece_bins",
-    "mc_dropout_passes",
-    "uncertainty_maps",
-    "tsne_max_points",
-    "precision",
-)
+
+
+def _k_estimators(section: Section, key: str) -> tuple[str, ...]:
+    """`k_estimators`: a list of distinct estimator names, possibly empty (no K estimate at all)."""
+    from owdfa.estimate_k import K_ESTIMATORS
+
+    names = section.str_list(key)
+    for name in names:
+        if name not in K_ESTIMATORS:
+            raise ConfigError(section.key(key), f"unknown estimator {name!r}; choose from {list(K_ESTIMATORS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(section.key(key), f"an estimator is listed twice: {names}")
+    return tuple(names)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    checkpoint: str
-    batch_size: int
-    device: str
-    k_estimators: tuple[str, ...]  # names from owdfa.estimate_k.K_ESTIMATORS, in the order given
-    kmeans_max_factor: float
-    seed: int
-    ece_bins: int
-    mc_dropout_passes: int
-    maps_per_class: int
-    map_window: int
-    map_stride: int
-    tsne_max_points: int
-    precision: str
+    """The evaluate stage's settings (params section `evaluate`, every key required)."""
+
+    checkpoint: str = param(choices=("last", "val_best"))
+    batch_size: int = param(min=1)
+    device: str = param(choices=("auto", "cpu", "cuda"))
+    # names from owdfa.estimate_k.K_ESTIMATORS, in the order given
+    k_estimators: tuple[str, ...] = param(read=_k_estimators)
+    kmeans_max_factor: float = param(min=1.0)
+    seed: int = param(min=0)
+    ece_bins: int = param(min=1, max=100)
+    mc_dropout_passes: int = param(min=1, max=1000)
+    maps_per_class: int = param(min=0, max=20, key="uncertainty_maps.per_class")
+    map_window: int = param(min=1, key="uncertainty_maps.window")
+    map_stride: int = param(min=1, key="uncertainty_maps.stride")
+    tsne_max_points: int = param(min=0)
+    precision: str = param(choices=("bf16", "fp32"))
 
 
 def evaluate_config(section: Section) -> EvaluateConfig:
-    section.check_unknown(EVALUATE_KEYS)
-    maps = section.section("uncertainty_maps")
-    maps.check_unknown(("per_class", "window", "stride"))
-    return EvaluateConfig(
-        checkpoint=section.str("checkpoint", choices=("last", "val_best")),
-        batch_size=section.int("batch_size", min=1),
-        device=section.str("device", choices=("auto", "cpu", "cuda")),
-        k_estimators=_k_estimators(section),
-        kmeans_max_factor=section.float("kmeans_max_factor", min=1.0),
-        seed=section.int("seed", min=0),
-        ece_bins=section.int("ece_bins", min=1, max=100),
-        mc_dropout_passes=section.int("mc_dropout_passes", min=1, max=1000),
-        maps_per_class=maps.int("per_class", min=0, max=20),
-        map_window=maps.int("window", min=1),
-        map_stride=maps.int("stride", min=1),
-        tsne_max_points=section.int("tsne_max_points", min=0),
-        precision=section.str("precision", choices=("bf16", "fp32")),
-    )
-
-
-def _k_estimators(section: Section) -> tuple[str, ...]:
-    """`k_estimators`: a list of distinct estimator names, possibly empty (no K estimate at all)."""
-    from owdfa.estimate_k import K_ESTIMATORS
-
-    names = section.str_list("k_estimators")
-    for name in names:
-        if name not in K_ESTIMATORS:
-            raise ConfigError(
-                section.key("k_estimators"), f"unknown estimator {name!r}; choose from {list(K_ESTIMATORS)}"
-            )
-    if len(set(names)) != len(names):
-        raise ConfigError(section.key("k_estimators"), f"an estimator is listed twice: {names}")
-    return tuple(names)
+    return load_section(EvaluateConfig, section)
 
 
 def kmeans_k_estimate(
@@ -178,7 +149,7 @@ def evaluate(
     _, images = read_faces(faces_dir)
     test = TestSet.of(manifest, classes)
     metrics, (model, card, logits, features, pred, _) = _score_checkpoints(model_dir, images, test, config, device)
-    trajectory = [int(k) for k in (card.get("method_state") or {}).get("k_trajectory") or [card["num_active"]]]
+    trajectory = card.k_trajectory
     metrics.update(_k_metrics(model, manifest, images, test, config, device))
     confidence = max_softmax(logits)  # of the deterministic prediction, the one every metric above scores
     mc = mc_dropout_predict(model, images, test.rows, config.mc_dropout_passes, config.batch_size, device, config.seed)
@@ -188,20 +159,20 @@ def evaluate(
     _write_tables(out_dir, predictions_path, metrics, test, pred, confidence, mc, reliability, trajectory, card)
     run = {
         "protocol": classes["protocol"],
-        "method": card.get("method"),
-        "loss": card.get("loss"),
-        "method_params": card.get("method_params"),
-        "seed": card.get("seed"),
+        "method": card.method,
+        "loss": card.loss,
+        "method_params": card.method_params,
+        "seed": card.seed,
         "checkpoint": config.checkpoint,
-        "val_best_epoch": card.get("val_best_epoch"),
-        "epochs": len(card.get("history", [])),
+        "val_best_epoch": card.val_best_epoch,
+        "epochs": len(card.history or []),
         "num_known": test.num_known,
         "num_classes": test.k_true,
         "test_images": int(len(test.frame)),
         "k_trajectory": trajectory,
         "mc_dropout_passes": config.mc_dropout_passes,
         "metric_convention": METRIC_CONVENTION,
-        "trained_under": card.get("numerics"),
+        "trained_under": card.numerics,
         "evaluated_under": describe_numerics(str(device), effective_precision(device, config.precision)),
     }
     atomic_write_json(out_dir / "run.json", run)
@@ -261,8 +232,7 @@ def _score_checkpoints(model_dir: Path, images, test: TestSet, config: EvaluateC
             model_dir, checkpoint, images, test.rows, test.targets, test.num_known, config, device
         )
         metrics[checkpoint] = result[-1]
-        method_state = result[1].get("method_state") or {}
-        if method_state.get("dpp_faithful"):
+        if result[1].dpp_faithful:
             metrics[f"{checkpoint}_all_prototypes"] = _all_prototype_metrics(
                 result[0], images, test.rows, test.targets, test.num_known, config, device
             )
@@ -355,7 +325,7 @@ def _write_figures(
     key = out_dir.name
     title = f"{key} ({config.checkpoint} checkpoint)"
     targets, known_mask, class_names, num_known = test.targets, test.known_mask, test.class_names, test.num_known
-    method = str(card.get("method"))
+    method = str(card.method)
     with atomic_directory(out_dir / "plots") as folder:
         plots.save_figure(
             plots.make_confusion_matrix(
@@ -380,7 +350,7 @@ def _write_figures(
             ),
             folder / "k_trajectory.png",
         )
-        history = card.get("history") or []
+        history = card.history or []
         if history:
             curve_keys = [k for k in ("train/loss", "val/acc") if k in history[0]]
             plots.save_figure(

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from owdfa.config import Section
+from owdfa.config import Section, load_section, param
 from owdfa.errors import ConfigError, OwdfaError
 
-KEYS = ("reproducible", "threads")
 DEFAULT_THREADS = 2  # the embedded benchmark's committed tables were computed with 2 threads
 REQUIRED_CPU_FLAGS = ("avx2", "fma")
 # What every library reads at load time in exact mode (thread counts are added by `exact_environment`).
@@ -68,20 +67,20 @@ class NumericsError(OwdfaError):
 
 @dataclass(frozen=True)
 class Numerics:
-    reproducible: bool = True
-    threads: int = DEFAULT_THREADS
+    reproducible: bool = param(True)
+    threads: int = param(DEFAULT_THREADS, min=0)  # 0: all cores (native mode only)
 
     @classmethod
     def from_section(cls, section: Section) -> Numerics:
-        section.check_unknown(KEYS)
-        numerics = cls(reproducible=section.bool("reproducible"), threads=section.int("threads", min=0))
-        if numerics.reproducible and numerics.threads == 0:
+        return load_section(cls, section)
+
+    def validate(self, section: Section) -> None:
+        if self.reproducible and self.threads == 0:
             raise ConfigError(
                 section.key("threads"),
                 "0 (all cores) gives other numbers on a machine with another core count; "
                 f"set a count (e.g. {DEFAULT_THREADS}) or {section.key('reproducible')}: false",
             )
-        return numerics
 
     @property
     def mode(self) -> str:

@@ -23,7 +23,7 @@ views, keeps its shard, and the method sees the all-gathered outputs.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from owdfa.checkpoints import load_checkpoint, restore, run_fingerprint, save_checkpoint
-from owdfa.config import Section
+from owdfa.config import Param, Section, load_section, param, read_params
 from owdfa.data.views import AugmentConfig, single_view, strong_view, weak_view
 from owdfa.distributed import World, device_for, prepare_model, process_group, world_from_env
 from owdfa.errors import ConfigError
@@ -43,69 +43,48 @@ from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
 from owdfa.numerics import configure_torch
 
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp32")
+# AugmentConfig (owdfa.data.views) is declared without params bounds; these are its section's.
+AUGMENT_PARAMS = {
+    "flip_prob": Param(min=0.0, max=1.0),
+    "crop_prob": Param(min=0.0, max=1.0),
+    "crop_scale": Param(min=0.05, max=1.0),
+    "jitter_prob": Param(min=0.0, max=1.0),
+    "jitter": Param(min=0.0, max=0.95),
+}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: str = "test_resnet"
-    pretrained: bool = False
-    dropout: float = 0.2
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    lr_step: int = 10
-    lr_gamma: float = 0.1
-    labelled_share: float = 0.5
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    eval_batch_size: int = 256
-    device: str = "auto"
-    nproc: int = 1
-    precision: str = "bf16"
-    compile: bool = False
+    """The training loop's settings (params sections `train` and `pretrain`; nproc, precision, compile optional)."""
+
+    backbone: str = param("test_resnet")
+    pretrained: bool = param(False)
+    dropout: float = param(0.2, min=0.0, max=0.95)
+    epochs: int = param(10, min=1)
+    batch_size: int = param(64, min=2)
+    lr: float = param(2e-3, min=0.0)
+    weight_decay: float = param(1e-4, min=0.0)
+    lr_step: int = param(10, min=1)
+    lr_gamma: float = param(0.1, min=0.0, max=1.0)
+    labelled_share: float = param(0.5, min=0.0, max=1.0)
+    augment: AugmentConfig = param(default_factory=AugmentConfig, nested=AUGMENT_PARAMS)
+    eval_batch_size: int = param(256, min=1)
+    device: str = param("auto", choices=DEVICES)
+    nproc: int = param(1, min=1, optional=True)
+    precision: str = param("bf16", choices=PRECISIONS, optional=True)
+    compile: bool = param(False, optional=True)
+
+    def validate(self, section: Section) -> None:
+        _check_divisible(self.batch_size, self.nproc, section.name, f"{section.key('nproc')} = {self.nproc}")
 
 
-TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
-OPTIMIZER_KEYS = ("lr", "weight_decay", "lr_step", "lr_gamma")
-
-
-def _optimizer_settings(section: Section, keys: Iterable[str]) -> dict[str, Any]:
-    """The optimiser keys `keys` of `section`, range-checked (shared by the train section and the overrides)."""
-    readers = {
-        "lr": lambda: section.float("lr", min=0.0),
-        "weight_decay": lambda: section.float("weight_decay", min=0.0),
-        "lr_step": lambda: section.int("lr_step", min=1),
-        "lr_gamma": lambda: section.float("lr_gamma", min=0.0, max=1.0),
-    }
-    return {key: readers[key]() for key in keys}
+OPTIMIZER_KEYS = ("lr", "weight_decay", "lr_step", "lr_gamma")  # what a method variant may override
 
 
 def train_config(section: Section, extra_keys: tuple[str, ...] = ()) -> TrainConfig:
-    section.check_unknown(TRAIN_KEYS + extra_keys)
-    aug = section.section("augment")
-    aug.check_unknown(AugmentConfig.__dataclass_fields__)
-    config = TrainConfig(
-        backbone=section.str("backbone"),
-        pretrained=section.bool("pretrained"),
-        dropout=section.float("dropout", min=0.0, max=0.95),
-        epochs=section.int("epochs", min=1),
-        batch_size=section.int("batch_size", min=2),
-        **_optimizer_settings(section, OPTIMIZER_KEYS),
-        labelled_share=section.float("labelled_share", min=0.0, max=1.0),
-        augment=AugmentConfig(
-            flip_prob=aug.float("flip_prob", min=0.0, max=1.0),
-            crop_prob=aug.float("crop_prob", min=0.0, max=1.0),
-            crop_scale=aug.float_pair("crop_scale", min=0.05, max=1.0),
-            jitter_prob=aug.float("jitter_prob", min=0.0, max=1.0),
-            jitter=aug.float("jitter", min=0.0, max=0.95),
-        ),
-        eval_batch_size=section.int("eval_batch_size", min=1),
-        device=section.str("device", choices=("auto", "cpu", "cuda")),
-        nproc=section.int("nproc", min=1, default=1),
-        precision=section.str("precision", choices=("bf16", "fp32"), default="bf16"),
-        compile=section.bool("compile", default=False),
-    )
-    _check_divisible(config.batch_size, config.nproc, section.name, f"{section.key('nproc')} = {config.nproc}")
-    return config
+    return load_section(TrainConfig, section, extra_keys=extra_keys)
 
 
 def with_method_optimizer(config: TrainConfig, variant: Section) -> TrainConfig:
@@ -119,7 +98,7 @@ def with_method_optimizer(config: TrainConfig, variant: Section) -> TrainConfig:
         return config
     overrides = variant.section("optimizer")
     overrides.check_unknown(OPTIMIZER_KEYS)
-    return replace(config, **_optimizer_settings(overrides, [k for k in OPTIMIZER_KEYS if overrides.has(k)]))
+    return replace(config, **read_params(TrainConfig, overrides, [k for k in OPTIMIZER_KEYS if overrides.has(k)]))
 
 
 def _check_divisible(batch_size: int, processes: int, section_name: str, what: str) -> None:

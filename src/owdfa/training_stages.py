@@ -10,13 +10,15 @@ import pandas as pd
 
 from owdfa.checkpoints import close_checkpoints
 from owdfa.config import Section
-from owdfa.data.face_cache import read_faces, read_preprocessing
+from owdfa.data.face_cache import read_faces
+from owdfa.data.face_preprocessing import read_preprocessing
 from owdfa.data.split import read_split
 from owdfa.distributed import world_from_env
 from owdfa.errors import DataError
 from owdfa.methods import build_method
 from owdfa.methods.base import Supervised
-from owdfa.model_io import load_state, params_hash, read_card, save_model_dir
+from owdfa.model_card import CardClass, ModelCard, SkippedPretraining, read_card
+from owdfa.model_io import load_state, params_hash, save_model_dir
 from owdfa.numerics import describe as describe_numerics
 from owdfa.training import (
     TrainData,
@@ -54,32 +56,33 @@ def load_train_data(split_dir: Path, faces_dir: Path) -> tuple[TrainData, dict[s
 
 def _card(
     result: TrainResult, classes: dict[str, Any], config_params: dict[str, Any], faces_dir: Path, **extra: Any
-) -> dict[str, Any]:
+) -> ModelCard:
+    """What every trained model's card records; `extra`: the stage's own fields (image_size among them)."""
     model = result.model
-    return {
-        "backbone": model.backbone_name,
-        "num_prototypes": int(model.prototypes.shape[0]),
-        "num_active": int(model.num_active),
-        "dropout": float(model.dropout.p),
-        "num_known": int(classes["num_known"]),
-        "num_classes_true": int(classes["num_classes"]),
-        "classes": classes["classes"],
-        "benchmark": classes["benchmark"],
-        "protocol": classes["protocol"],
-        "normalisation": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
-        "val_best_epoch": result.best_val_epoch,
-        "history": result.history,
-        "trained_on": result.device,
-        "numerics": describe_numerics(result.device, result.precision),
-        "params_hash": params_hash(config_params),
-        "preprocessing": read_preprocessing(faces_dir),
+    return ModelCard(
+        backbone=model.backbone_name,
+        num_prototypes=int(model.prototypes.shape[0]),
+        num_active=int(model.num_active),
+        dropout=float(model.dropout.p),
+        num_known=int(classes["num_known"]),
+        num_classes_true=int(classes["num_classes"]),
+        classes=tuple(CardClass(**entry) for entry in classes["classes"]),
+        benchmark=classes["benchmark"],
+        protocol=classes["protocol"],
+        normalisation={"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
+        val_best_epoch=result.best_val_epoch,
+        history=result.history,
+        trained_on=result.device,
+        numerics=describe_numerics(result.device, result.precision),
+        params_hash=params_hash(config_params),
+        preprocessing=read_preprocessing(faces_dir),
         **extra,
-    }
+    )
 
 
 def pretrain(
     section: Section, split_dir: Path, faces_dir: Path, out: Path, checkpoints: Path | None = None
-) -> dict[str, Any]:
+) -> ModelCard | SkippedPretraining:
     """Supervised training on the labelled known classes (skipped when `enabled: false`).
 
     With `checkpoints`, an interrupted run resumes from its last epoch. In a multi-process run only
@@ -91,9 +94,9 @@ def pretrain(
     data, classes = load_train_data(split_dir, faces_dir)
     if not enabled:
         if world_from_env().is_main:
-            save_model_dir(out, None, {"enabled": False})
+            save_model_dir(out, None, SkippedPretraining())
             _finish(checkpoints)
-        return {"enabled": False}
+        return SkippedPretraining()
     result = run_training(
         config,
         data,
@@ -129,7 +132,8 @@ def _finish(checkpoints: Path | None) -> None:
 
 def _data_identity(classes: dict[str, Any], faces_dir: Path) -> dict[str, Any]:
     """What names the split and the cache, for the checkpoint fingerprint."""
-    return {"classes": classes, "preprocessing": read_preprocessing(faces_dir)}
+    preprocessing = read_preprocessing(faces_dir)
+    return {"classes": classes, "preprocessing": None if preprocessing is None else preprocessing.to_dict()}
 
 
 def _size(data: TrainData) -> int:
@@ -140,8 +144,7 @@ def initial_state(init_dir: Path | None) -> dict | None:
     """Backbone and neck weights of the pretrained model; the prototypes are always new."""
     if init_dir is None:
         return None
-    card = read_card(init_dir)
-    if not card.get("enabled", True):
+    if isinstance(read_card(init_dir), SkippedPretraining):
         return None
     state = load_state(init_dir, "last")
     return {k: v for k, v in state.items() if k.startswith(("backbone.", "neck."))}
@@ -158,7 +161,7 @@ def train(
     out: Path,
     live_dir: Path | None,
     checkpoints: Path | None = None,
-) -> dict[str, Any]:
+) -> ModelCard:
     """One training run; with `checkpoints`, an interrupted run resumes from its last epoch.
 
     `section` is the train section; of `methods` (the variants) only `method_name` is read. The

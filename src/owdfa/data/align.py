@@ -14,7 +14,6 @@ An unreadable image is skipped with a warning that names it and counted in the s
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -24,16 +23,17 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from owdfa.config import Section
-from owdfa.data.face_cache import FACES_FILE, IMAGES_FILE, PREPROCESSING_FILE
+from owdfa.config import Section, load_section, param
+from owdfa.data.face_cache import FACES_FILE, IMAGES_FILE
+from owdfa.data.face_preprocessing import DEFAULTS, MODES, RANGES, FacePreprocessing
 from owdfa.data.faces import (
-    MODES,
     PREDICTOR_FILE,
     AlignerSetupError,
     FaceSettings,
@@ -55,17 +55,6 @@ __all__ = [
     "read_align_params",
 ]
 
-PARAM_KEYS = ("mode", "image_size", "detector", "margin", "padding", "predictor", "workers")
-DEFAULTS = {"upsample": 0, "threshold": 0.0, "margin": 1.2, "padding": 0.25, "predictor": "auto", "workers": 0}
-# The bounds of each face setting; a model card's record of them is held to the same (owdfa.model_checks)
-RANGES = {
-    "image_size": {"min": 16, "max": 1024},
-    "upsample": {"min": 0, "max": 4},
-    "threshold": {"min": -10.0, "max": 10.0},
-    "margin": {"min": 1.0, "max": 4.0},
-    "padding": {"min": 0.0, "max": 2.0},
-}
-
 
 def resolve_predictor(value: str, raw: Path, key: str) -> Path:
     """`auto`: <raw>/shape_predictor_68_face_landmarks.dat if there, else face_recognition_models' copy."""
@@ -85,30 +74,35 @@ def resolve_predictor(value: str, raw: Path, key: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class AlignParams:
+    """The `align` section as written (FaceSettings holds the resolved predictor, not its param)."""
+
+    mode: str = param(choices=MODES)
+    image_size: int = param(**RANGES["image_size"])
+    upsample: int = param(DEFAULTS["upsample"], key="detector.upsample", optional=True, **RANGES["upsample"])
+    threshold: float = param(DEFAULTS["threshold"], key="detector.threshold", optional=True, **RANGES["threshold"])
+    margin: float = param(DEFAULTS["margin"], optional=True, **RANGES["margin"])
+    padding: float = param(DEFAULTS["padding"], optional=True, **RANGES["padding"])
+    predictor: str = param(DEFAULTS["predictor"], optional=True)  # `auto` or a path (mode aligned only)
+    workers: int = param(DEFAULTS["workers"], min=0, optional=True)  # 0 = all cores
+
+
 def read_align_params(section: Section, raw: Path) -> tuple[FaceSettings, int]:
     """Validate the `align` section; returns the per-image settings and the worker count (0 = all cores)."""
-    section.check_unknown(PARAM_KEYS)
-    mode = section.str("mode", choices=MODES)
-    size = section.int("image_size", **RANGES["image_size"])
-    detector = section.section("detector") if section.has("detector") else Section({}, section.key("detector"))
-    detector.check_unknown(("upsample", "threshold"))
-    upsample = detector.int("upsample", **RANGES["upsample"], default=DEFAULTS["upsample"])
-    threshold = detector.float("threshold", **RANGES["threshold"], default=DEFAULTS["threshold"])
-    margin = section.float("margin", **RANGES["margin"], default=DEFAULTS["margin"])
-    padding = section.float("padding", **RANGES["padding"], default=DEFAULTS["padding"])
-    predictor = section.str("predictor", default=DEFAULTS["predictor"])
-    workers = section.int("workers", min=0, default=DEFAULTS["workers"])
-    predictor_path = resolve_predictor(predictor, raw, section.key("predictor")) if mode == "aligned" else None
+    params = load_section(AlignParams, section)
+    aligned = params.mode == "aligned"
+    predictor_path = resolve_predictor(params.predictor, raw, section.key("predictor")) if aligned else None
     settings = FaceSettings(
-        mode=mode,
-        image_size=size,
-        upsample=upsample,
-        threshold=threshold,
-        margin=margin,
-        padding=padding,
+        mode=params.mode,
+        image_size=params.image_size,
+        upsample=params.upsample,
+        threshold=params.threshold,
+        margin=params.margin,
+        padding=params.padding,
         predictor_path=None if predictor_path is None else str(predictor_path),
     )
-    return settings, workers
+    return settings, params.workers
 
 
 def available_cores() -> int:
@@ -222,17 +216,15 @@ def align(
         if detecting:
             table["face_score"] = ["" if s is None else f"{s:.4f}" for s in scores]
         table.to_csv(tmp / FACES_FILE, index=False, lineterminator="\n")
-        preprocessing = {
-            "mode": settings.mode,
-            "image_size": size,
-            "detector": {"upsample": settings.upsample, "threshold": settings.threshold},
-            "margin": settings.margin,
-            "padding": settings.padding,
-            "predictor": section.str("predictor", default=DEFAULTS["predictor"])
-            if settings.mode == "aligned"
-            else None,
-        }
-        (tmp / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2, sort_keys=True) + "\n")
+        FacePreprocessing(
+            mode=settings.mode,
+            image_size=size,
+            upsample=settings.upsample,
+            threshold=settings.threshold,
+            margin=settings.margin,
+            padding=settings.padding,
+            predictor=section.str("predictor", default=DEFAULTS["predictor"]) if settings.mode == "aligned" else None,
+        ).write(tmp)
     summary: dict = {
         "mode": settings.mode,
         "image_size": size,

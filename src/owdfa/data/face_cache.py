@@ -1,13 +1,12 @@
 """The face cache the align stage writes and every later stage reads (no face detector needed to read it).
 
 `images.npy` (N x H x W x 3 uint8), `faces.csv` (one row per image, `owdfa.data.align` says which
-columns) and `preprocessing.json` (the align settings that made it). Kept apart from the aligner so
-that the stages that only read the cache do not depend on the aligner's code.
+columns) and `preprocessing.json` (the align settings that made it, `owdfa.data.face_preprocessing`).
+Kept apart from the aligner so that the stages that only read the cache do not depend on the aligner's code.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,8 @@ from owdfa.errors import DataError
 FACES_FILE = "faces.csv"
 IMAGES_FILE = "images.npy"
 # The face preprocessing that made the cache, copied into every model card so that `owdfa attribute`
-# prepares new images exactly as training saw them.
+# prepares new images exactly as training saw them (`owdfa.data.face_preprocessing` reads and writes it).
 PREPROCESSING_FILE = "preprocessing.json"
-
-
-def read_preprocessing(faces_dir: Path) -> dict | None:
-    """The align settings recorded beside the cache (None for a cache from before they were recorded)."""
-    path = faces_dir / PREPROCESSING_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_faces(faces_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:

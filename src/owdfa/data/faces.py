@@ -39,9 +39,9 @@ import dlib
 import numpy as np
 from PIL import Image, ImageOps
 
+from owdfa.data.face_preprocessing import MODES
 from owdfa.errors import DataError
 
-MODES = ("resize", "crop", "aligned")
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 
 # Eye centres of dlib's mean face shape (the template `dlib.get_face_chip` fits to; dlib's

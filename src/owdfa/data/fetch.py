@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from owdfa.config import Section
+from owdfa.config import Section, check_keys, load_section
 from owdfa.data.index import IMAGE_SUFFIXES
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 from owdfa.data.synthetic import METHODS, SyntheticConfig, images_for, write_benchmark
@@ -35,26 +35,7 @@ _SKIPPED_SHOWN = 20  # skipped zip entries listed per class in SOURCE.json (all 
 
 
 def synthetic_config(section: Section) -> SyntheticConfig:
-    section.check_unknown(SyntheticConfig.__dataclass_fields__)
-    return SyntheticConfig(
-        seed=section.int("seed", min=0),
-        image_size=_image_size(section),
-        identities=section.int("identities", min=2),
-        real_images=section.int("real_images", min=1),
-        images_per_method=section.int("images_per_method", min=1),
-        fingerprint_strength=section.float("fingerprint_strength", min=0.0, max=5.0),
-        jpeg_quality=section.int_pair("jpeg_quality", min=10, max=100),
-        sensor_noise=section.float_pair("sensor_noise", min=0.0, max=0.2),
-    )
-
-
-def _image_size(section: Section) -> int:
-    size = section.int("image_size", min=16, max=1024)
-    if size % 8:
-        raise ConfigError(
-            section.key("image_size"), f"must be a multiple of 8 (the generators down-sample by 8), got {size}"
-        )
-    return size
+    return load_section(SyntheticConfig, section)
 
 
 def fetch(section: Section, out: Path, workers: int | None = None) -> dict:
@@ -81,12 +62,13 @@ def fetch(section: Section, out: Path, workers: int | None = None) -> dict:
 
 def _check_unused_sections(section: Section, source: str) -> None:
     """A typo in a source's section is reported even while another source is selected."""
-    from owdfa.data.hub import HUB_KEYS
+    from owdfa.data.hub import HubConfig
 
-    known = {"synthetic": SyntheticConfig.__dataclass_fields__, "hub": HUB_KEYS, "folder": FOLDER_KEYS}
-    for name, keys in known.items():
+    for name, config_class in {"synthetic": SyntheticConfig, "hub": HubConfig}.items():
         if name != source and section.has(name):
-            section.section(name).check_unknown(keys)
+            check_keys(config_class, section.section(name))
+    if source != "folder" and section.has("folder"):
+        section.section("folder").check_unknown(FOLDER_KEYS)
 
 
 def _write_source(tmp: Path, summary: dict) -> None:

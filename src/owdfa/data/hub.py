@@ -25,27 +25,70 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from owdfa.config import Section
+from owdfa.config import Section, load_section, param
 from owdfa.data.archive import ExtractReport, extract_zip
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE, OWDFA40_FOLDERS
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_write_json
 
-HUB_KEYS = ("repo_id", "revision", "classes", "predictor", "max_extracted_gb", "download_dir")
 MANIFEST_NAME = "manifest.json"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HASH_CHUNK = 8 << 20
 
 
+def folder_label(folder: str) -> int:
+    return int(folder.split("_", 1)[0])
+
+
+def _class_folders(section: Section, key: str) -> tuple[str, ...]:
+    """`classes`: `all` or a non-empty list of OWDFA-40 labels -> their class folders, in OWDFA-40 order."""
+    value = section.raw(key)
+    labels = sorted({folder_label(f) for f in OWDFA40_FOLDERS})
+    if value == "all":
+        return OWDFA40_FOLDERS
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(section.key(key), f"expected 'all' or a non-empty list of integer labels, got {value!r}")
+    unknown = sorted(set(value) - set(labels))
+    if unknown:
+        raise ConfigError(section.key(key), f"no OWDFA-40 class {unknown[0]}; labels are {labels[0]}..{labels[-1]}")
+    wanted = set(value)
+    return tuple(f for f in OWDFA40_FOLDERS if folder_label(f) in wanted)
+
+
+def _extracted_bytes(section: Section, key: str) -> int:
+    """`max_extracted_gb` (a float, so 0.5 works) as bytes."""
+    return int(section.float(key, min=0.001) * 1e9)
+
+
+def _download_dir(section: Section, key: str) -> Path:
+    download_dir = section.str(key)
+    if not download_dir.strip():
+        raise ConfigError(section.key(key), "must not be empty")
+    return Path(download_dir).expanduser()
+
+
 @dataclass(frozen=True)
 class HubConfig:
+    """Where and what to download (params section `data.hub`, every key required)."""
+
     repo_id: str
     revision: str
-    folders: tuple[str, ...]  # class folders to fetch, each `data/<folder>.zip` on the Hub
-    predictor: bool
-    max_extracted_bytes: int  # per zip
-    download_dir: Path
+    # class folders to fetch, each `data/<folder>.zip` on the Hub
+    folders: tuple[str, ...] = param(key="classes", read=_class_folders)
+    predictor: bool = param()
+    max_extracted_bytes: int = param(key="max_extracted_gb", read=_extracted_bytes)  # per zip
+    download_dir: Path = param(read=_download_dir)
+
+    def validate(self, section: Section) -> None:
+        if not _REPO_ID.match(self.repo_id):
+            raise ConfigError(section.key("repo_id"), f"expected '<owner>/<name>', got {self.repo_id!r}")
+        if not self.revision.strip():
+            raise ConfigError(section.key("revision"), "must not be empty (a commit sha, or a branch/tag name)")
 
     @property
     def local_dir(self) -> Path:
@@ -98,52 +141,8 @@ class _Declared:
     origin: str = "the Hub declares"  # or, offline, the manifest that recorded the Hub's values
 
 
-def folder_label(folder: str) -> int:
-    return int(folder.split("_", 1)[0])
-
-
 def hub_config(section: Section) -> HubConfig:
-    section.check_unknown(HUB_KEYS)
-    repo_id = section.str("repo_id")
-    if not _REPO_ID.match(repo_id):
-        raise ConfigError(section.key("repo_id"), f"expected '<owner>/<name>', got {repo_id!r}")
-    revision = section.str("revision")
-    if not revision.strip():
-        raise ConfigError(section.key("revision"), "must not be empty (a commit sha, or a branch/tag name)")
-    download_dir = section.str("download_dir")
-    if not download_dir.strip():
-        raise ConfigError(section.key("download_dir"), "must not be empty")
-    max_gb = section.float("max_extracted_gb", min=0.001)
-    return HubConfig(
-        repo_id=repo_id,
-        revision=revision,
-        folders=_class_folders(section),
-        predictor=section.bool("predictor"),
-        max_extracted_bytes=int(max_gb * 1e9),
-        download_dir=Path(download_dir).expanduser(),
-    )
-
-
-def _class_folders(section: Section) -> tuple[str, ...]:
-    value = section.raw("classes")
-    labels = sorted({folder_label(f) for f in OWDFA40_FOLDERS})
-    if value == "all":
-        return OWDFA40_FOLDERS
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        raise ConfigError(
-            section.key("classes"), f"expected 'all' or a non-empty list of integer labels, got {value!r}"
-        )
-    unknown = sorted(set(value) - set(labels))
-    if unknown:
-        raise ConfigError(
-            section.key("classes"), f"no OWDFA-40 class {unknown[0]}; labels are {labels[0]}..{labels[-1]}"
-        )
-    wanted = set(value)
-    return tuple(f for f in OWDFA40_FOLDERS if folder_label(f) in wanted)
+    return load_section(HubConfig, section)
 
 
 def hub_endpoint() -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from owdfa.config import Section
+from owdfa.config import Section, load_section, param
 from owdfa.data.protocols import BUILT_IN_PROTOCOL_NAMES, Protocol, detect_benchmark, get_protocol
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory
@@ -37,61 +37,39 @@ CLASSES_FILE = "classes.json"
 SPLITS = ("labelled", "val", "unlabelled", "test")
 
 
+def _custom_protocols(section: Section, key: str) -> tuple[Protocol, ...]:
+    """Protocols for a user's own class folders: `name: [known labels]` (real, 0, is always known)."""
+    mapping = section.section(key)
+    protocols = []
+    for name in sorted(mapping.keys()):
+        known = mapping.raw(name)
+        name_key = mapping.key(name)
+        if isinstance(name, str) and name in BUILT_IN_PROTOCOL_NAMES:
+            raise ConfigError(name_key, f"{name!r} is a built-in protocol name; choose another")
+        if not isinstance(known, list) or not known or not all(isinstance(c, int) and c >= 0 for c in known):
+            raise ConfigError(name_key, f"expected a non-empty list of known class labels (integers), got {known!r}")
+        protocols.append(Protocol(str(name), tuple(sorted(set(known) | {0})), "custom (params)"))
+    return tuple(protocols)
+
+
 @dataclass(frozen=True)
 class SplitConfig:
-    seed: int
-    real_budget: int
-    known_budget: int
-    novel_budget: int
-    test_fraction: float
-    labelled_fraction: float
-    val_fraction: float
-    allow_short_classes: bool
-    group_by_video: bool = False
-    custom_protocols: tuple[Protocol, ...] = ()
+    """How each protocol's manifest is drawn (params section `split`, every key required)."""
+
+    seed: int = param(min=0)
+    real_budget: int = param(min=1, key="budgets.real")
+    known_budget: int = param(min=1, key="budgets.known")
+    novel_budget: int = param(min=1, key="budgets.novel")
+    test_fraction: float = param(min=0.01, max=0.9)
+    labelled_fraction: float = param(min=0.01, max=1.0)
+    val_fraction: float = param(min=0.0, max=0.5)
+    allow_short_classes: bool = param()
+    group_by_video: bool = param(False)
+    custom_protocols: tuple[Protocol, ...] = param((), read=_custom_protocols)
 
 
 def split_config(section: Section) -> SplitConfig:
-    section.check_unknown(
-        (
-            "seed",
-            "budgets",
-            "test_fraction",
-            "labelled_fraction",
-            "val_fraction",
-            "allow_short_classes",
-            "group_by_video",
-            "custom_protocols",
-        )
-    )
-    budgets = section.section("budgets")
-    budgets.check_unknown(("real", "known", "novel"))
-    return SplitConfig(
-        seed=section.int("seed", min=0),
-        real_budget=budgets.int("real", min=1),
-        known_budget=budgets.int("known", min=1),
-        novel_budget=budgets.int("novel", min=1),
-        test_fraction=section.float("test_fraction", min=0.01, max=0.9),
-        labelled_fraction=section.float("labelled_fraction", min=0.01, max=1.0),
-        val_fraction=section.float("val_fraction", min=0.0, max=0.5),
-        allow_short_classes=section.bool("allow_short_classes"),
-        group_by_video=section.bool("group_by_video"),
-        custom_protocols=_custom_protocols(section.section("custom_protocols")),
-    )
-
-
-def _custom_protocols(section: Section) -> tuple[Protocol, ...]:
-    """Protocols for a user's own class folders: `name: [known labels]` (real, 0, is always known)."""
-    protocols = []
-    for name in sorted(section.keys()):
-        known = section.raw(name)
-        key = section.key(name)
-        if isinstance(name, str) and name in BUILT_IN_PROTOCOL_NAMES:
-            raise ConfigError(key, f"{name!r} is a built-in protocol name; choose another")
-        if not isinstance(known, list) or not known or not all(isinstance(c, int) and c >= 0 for c in known):
-            raise ConfigError(key, f"expected a non-empty list of known class labels (integers), got {known!r}")
-        protocols.append(Protocol(str(name), tuple(sorted(set(known) | {0})), "custom (params)"))
-    return tuple(protocols)
+    return load_section(SplitConfig, section)
 
 
 def make_split(faces: pd.DataFrame, protocol: Protocol, config: SplitConfig) -> pd.DataFrame:

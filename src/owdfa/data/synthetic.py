@@ -35,21 +35,31 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from owdfa.config import Section, param
+from owdfa.errors import ConfigError
+
 REAL_FOLDER = "0_Real_Camera"
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Sizes and difficulty of the generated benchmark (params section `data.synthetic`)."""
+    """Sizes and difficulty of the generated benchmark (params section `data.synthetic`, every key required)."""
 
-    seed: int = 2025
-    image_size: int = 64
-    identities: int = 150
-    real_images: int = 1000
-    images_per_method: int = 200
-    fingerprint_strength: float = 1.0
-    jpeg_quality: tuple[int, int] = (80, 95)
-    sensor_noise: tuple[float, float] = (0.004, 0.012)
+    seed: int = param(2025, min=0)
+    image_size: int = param(64, min=16, max=1024)
+    identities: int = param(150, min=2)
+    real_images: int = param(1000, min=1)
+    images_per_method: int = param(200, min=1)
+    fingerprint_strength: float = param(1.0, min=0.0, max=5.0)
+    jpeg_quality: tuple[int, int] = param((80, 95), min=10, max=100)
+    sensor_noise: tuple[float, float] = param((0.004, 0.012), min=0.0, max=0.2)
+
+    def validate(self, section: Section) -> None:
+        if self.image_size % 8:
+            raise ConfigError(
+                section.key("image_size"),
+                f"must be a multiple of 8 (the generators down-sample by 8), got {self.image_size}",
+            )
 
 
 # --------------------------------------------------------------------------------------------

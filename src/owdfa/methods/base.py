@@ -15,12 +15,13 @@ reads it (`owdfa.training.with_method_optimizer`), the loss object ignores it.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 
-from owdfa.config import Section
+from owdfa.config import Param, Section, load_section
 from owdfa.methods import losses
 
 
@@ -102,29 +103,26 @@ class Method:
         """Every field must be given and typed right; unknown keys are typos.
 
         `optimizer` is allowed beside the fields: it belongs to the training config, which checks it.
+        A field declared without `param(...)` gets the methods' common bounds (`_common_param`).
         """
-        names = [f.name for f in fields(cls)] if hasattr(cls, "__dataclass_fields__") else []
-        section.check_unknown([*names, "loss", "optimizer"])
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls) if names else ():
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-            if kind == "float":
-                # Temperatures divide logits: zero would be a division by zero, not a setting.
-                kwargs[f.name] = section.float(f.name, min=1e-6 if f.name.endswith("temp") else 0.0)
-            elif kind == "int":
-                kwargs[f.name] = section.int(f.name, min=0)
-            elif kind == "bool":
-                kwargs[f.name] = section.bool(f.name)
-            elif kind == "str":
-                kwargs[f.name] = section.str(f.name)
-            else:
-                kwargs[f.name] = section.raw(f.name)
-        method = cls(**kwargs)
-        method.validate(section)
-        return method
+        hints = typing.get_type_hints(cls)
+        specs = {f.name: _common_param(f.name, hints[f.name]) for f in fields(cls)}
+        return load_section(cls, section, extra_keys=("loss", "optimizer"), specs=specs)
 
     def validate(self, section: Section) -> None:
         """Cross-field checks, raising ConfigError naming the key (none by default)."""
+
+
+def _common_param(name: str, hint: Any) -> Param:
+    """Weights, counts and epochs are >= 0; a temperature divides logits, so zero would be a
+    division by zero, not a setting. Other types are passed through as written."""
+    if hint is float:
+        return Param(min=1e-6 if name.endswith("temp") else 0.0)
+    if hint is int:
+        return Param(min=0)
+    if hint in (bool, str):
+        return Param()
+    return Param(read=Section.raw)
 
 
 @dataclass
