@@ -2,6 +2,8 @@
 
     owdfa info data/runs/p1-cal-0                           # what the model is (card.json)
     owdfa attribute photos/ x.jpg --model data/runs/p1-cal-0 --format json
+    owdfa import protocol1/protocol1_seed2025.ckpt --revision <commit> --out models/cal-p1-2025
+                                                            # a CAL authors' checkpoint, made safe
 
 `attribute` treats every image exactly as the pipeline does, so a prediction here equals the
 evaluate stage's for the same picture: robust decoding (`owdfa.data.faces.decode_rgb`), the align
@@ -123,6 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="let torch pick the widest CPU kernels: faster on some machines, but scores may differ in the last "
         "digits from the evaluate stage's (default: exact mode, see owdfa.numerics)",
     )
+    imp = commands.add_parser(
+        "import",
+        help="convert a CAL authors' released checkpoint (Hub hyzheng/OWDFA_CAL, or a local .ckpt) into a model dir",
+        description="Download one of the CAL authors' Lightning checkpoints at a pinned revision (or take a local "
+        ".ckpt), read it without running any code it carries (only tensors and plain data), and write a model "
+        "directory (safetensors + card) that `owdfa attribute` and the evaluate stage use. README: 'Using the "
+        "paper's trained models'.",
+    )
+    imp.add_argument(
+        "source", metavar="SOURCE", nargs="?", help="a file of the Hub repo (see --list) or a local .ckpt path"
+    )
+    imp.add_argument("--out", type=Path, metavar="MODEL_DIR", help="the model directory to write")
+    imp.add_argument("--list", action="store_true", help="list the released checkpoints and exit")
+    imp.add_argument("--revision", default="main", help="Hub revision: pin a commit sha (a branch warns)")
+    imp.add_argument("--download-dir", type=Path, default=Path("data/downloads"), help="where downloads are kept")
+    imp.add_argument("--protocol", choices=("p1", "p2", "p3"), help="default: from the official file name")
+    imp.add_argument(
+        "--num-active",
+        type=_count_up_to(10_000),
+        metavar="K",
+        help="unknown-K models: DPP's pruned prototype count (not stored by the official code; default all rows)",
+    )
+    imp.add_argument("--force", action="store_true", help="replace MODEL_DIR if it is a model directory already")
     grid = commands.add_parser(
         "grid",
         help="regenerate grid tables (reports/grid/) as queued DVC experiments",
@@ -173,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_info(args.model_dir, args.format)
             if args.command == "grid":
                 return cmd_grid(args.names, args.jobs, args.grids)
+            if args.command == "import":
+                return cmd_import(args)
             return cmd_attribute(args)
         except BrokenPipeError:  # `owdfa ... | head`: the reader left, which is no error of ours
             _silence_stdout()
@@ -202,6 +229,56 @@ def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
         return 0
     run_grids(names, Path.cwd(), jobs=jobs, grids_file=grids_file)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from owdfa import official_checkpoint as official
+
+    if args.list:
+        for run in official.OFFICIAL_RUNS:
+            setting = "known K" if run.known_k else "unknown K (DPP)"
+            print(f"{run.filename}\t{run.protocol}, {setting}, seed {run.seed}")
+        return 0
+    if args.source is None or args.out is None:
+        raise DataError("owdfa import: give SOURCE and --out MODEL_DIR (or --list)")
+    _check_import_target(args.out, args.force)
+    local = Path(args.source)
+    if local.is_file():
+        source = official.local_checkpoint(local)
+    elif official.official_run(args.source) is not None and "/" in args.source:
+        source = official.fetch_official_checkpoint(args.source, args.revision, args.download_dir)
+    else:
+        raise DataError(
+            f"{display_name(args.source)}: no such file, and not a released checkpoint (owdfa import --list)"
+        )
+    card = official.import_to_model_dir(source, args.out, protocol=args.protocol, num_active=args.num_active)
+    setting = "known K" if card["method"] == "cal_official" else f"unknown K, {card['num_active']} active prototypes"
+    print(
+        f"owdfa: {display_name(str(args.out))}: CAL {card['protocol']}, {setting}, seed {card['seed']} "
+        f"(sha256 {source.sha256[:12]}...)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check_import_target(out: Path, force: bool) -> None:
+    """Never replace a folder that is not a model directory; a model directory only with --force."""
+    from owdfa.model_card import CARD_FILE
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not (out / CARD_FILE).is_file():
+        raise DataError(f"{out}: exists and is not a model directory; choose another --out")
+    if not force:
+        raise DataError(f"{out}: a model directory already; --force replaces it")
 
 
 # --------------------------------------------------------------------------------------------

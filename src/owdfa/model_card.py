@@ -8,10 +8,11 @@ and lie in range, the face preprocessing within the align stage's own (`FacePrep
 problem is one DataError line naming the file and the key: `<dir>/card.json: card.dropout: ...`.
 
 The file is `{"format": 1, ...fields}`, keys sorted, indented by 2. A field left None is not
-written, except those a training run records even when empty: `val_best_epoch` (null: no
-validation split), `preprocessing` (null: a face cache from before it was recorded) and, on a train
-stage's card (one without `enabled`), `pretrained_from` (null: trained from scratch). A pretrain
-stage with `enabled: false` writes `SkippedPretraining`'s card, `{"enabled": false, "format": 1}`.
+written (`source`, for one: only an imported model has it), except those a training run records
+even when empty: `val_best_epoch` (null: no validation split), `preprocessing` (null: a face cache
+from before it was recorded) and, on a train stage's card (one without `enabled`),
+`pretrained_from` (null: trained from scratch). A pretrain stage with `enabled: false` writes
+`SkippedPretraining`'s card, `{"enabled": false, "format": 1}`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class ModelCard:
     params_hash: str | None = None
     preprocessing: FacePreprocessing | None = None
     pretrained_from: str | None = None  # the pretrain model directory; train stage only
+    source: dict[str, Any] | None = None  # weights made elsewhere (an imported official checkpoint): file, sha256, ...
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelCard:
@@ -253,6 +255,7 @@ def _fields(card: Section, lenient: bool) -> dict[str, Any]:
     field("normalisation", lambda: _optional(card, "normalisation", partial(_normalisation, card)))
     field("history", lambda: _optional(card, "history", partial(_history, card)))
     field("val_best_epoch", lambda: _optional(card, "val_best_epoch", card.int, min=0))
+    field("source", lambda: _optional(card, "source", partial(_mapping, card)))
     if not lenient:
         card.check_unknown([*(f.name for f in dataclasses.fields(ModelCard)), "format"])
     return fields
