@@ -111,7 +111,8 @@ def worker(args: argparse.Namespace) -> None:
     from train import synthetic_data, training_step
 
     from owdfa.numerics import configure_torch
-    from owdfa.training import TrainConfig, seed_everything
+    from owdfa.train_config import TrainConfig
+    from owdfa.training import seed_everything
 
     configure_torch()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

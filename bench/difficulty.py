@@ -33,7 +33,8 @@ from owdfa.io import atomic_write_json
 from owdfa.methods.base import Supervised
 from owdfa.metrics import evaluate_predictions, per_class_acc
 from owdfa.model_io import load_model
-from owdfa.training import TrainData, run_training, train_config
+from owdfa.train_config import TrainData, train_config
+from owdfa.training import run_training
 from owdfa.training_stages import load_train_data
 
 

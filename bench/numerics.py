@@ -40,7 +40,8 @@ def child(steps: int, image_size: int, batch_size: int) -> None:
 
     from owdfa.config import Section
     from owdfa.methods import build_method
-    from owdfa.training import TrainConfig, seed_everything
+    from owdfa.train_config import TrainConfig
+    from owdfa.training import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     config = TrainConfig(backbone=section["backbone"], dropout=section["dropout"], batch_size=batch_size)

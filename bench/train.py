@@ -35,14 +35,9 @@ from owdfa.data.views import strong_view, weak_view
 from owdfa.inference import autocast, pick_device
 from owdfa.methods import Method, build_method
 from owdfa.models import AttributionModel
-from owdfa.training import (
-    HostBatches,
-    TrainConfig,
-    TrainData,
-    TrainStep,
-    build_sampler,
-    seed_everything,
-)
+from owdfa.samplers import build_sampler
+from owdfa.train_config import TrainConfig, TrainData
+from owdfa.training import HostBatches, TrainStep, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 3

@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
     from owdfa.distributed import relaunch
-    from owdfa.training import train_config
+    from owdfa.train_config import train_config
     from owdfa.training_stages import train
 
     section = Section.from_file("train", args.params)

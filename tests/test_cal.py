@@ -275,7 +275,8 @@ def test_dpp_hooks_count_usage_and_prune(faithful):
 
 @pytest.mark.parametrize(("dpp", "ffe"), [(False, False), (True, False), (True, True)])
 def test_run_training_smoke(dpp, ffe):
-    from owdfa.training import TrainConfig, run_training
+    from owdfa.train_config import TrainConfig
+    from owdfa.training import run_training
 
     config = TrainConfig(backbone="test_resnet", epochs=2, batch_size=8, eval_batch_size=8, device="cpu")
     method = _cal(dpp=dpp, ffe=ffe, acr_start_epoch=1, dpp_faithful=False)

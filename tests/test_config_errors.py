@@ -15,7 +15,7 @@ from owdfa.data.split import split_config
 from owdfa.errors import ConfigError, OwdfaError
 from owdfa.methods import build_method
 from owdfa.methods.base import Baseline
-from owdfa.training import train_config
+from owdfa.train_config import train_config
 
 SYNTHETIC = {
     "seed": 2025,

@@ -340,7 +340,8 @@ def test_missing_patch_features_is_an_error():
 
 
 def test_run_training_smoke():
-    from owdfa.training import TrainConfig, TrainData, run_training
+    from owdfa.train_config import TrainConfig, TrainData
+    from owdfa.training import run_training
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)

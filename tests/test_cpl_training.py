@@ -18,6 +18,7 @@ import torch
 import yaml
 
 import owdfa.checkpoints as checkpoints
+import owdfa.train_config as train_config_module
 import owdfa.training as training
 import owdfa.training_stages as training_stages
 from owdfa.config import Section
@@ -25,16 +26,9 @@ from owdfa.errors import ConfigError
 from owdfa.methods.base import Baseline, Method, Supervised
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
-from owdfa.training import (
-    BalancedSampler,
-    Sampler,
-    TrainConfig,
-    TrainData,
-    build_sampler,
-    least_drawn_class,
-    run_training,
-    with_method_optimizer,
-)
+from owdfa.samplers import BalancedSampler, Sampler, build_sampler, least_drawn_class
+from owdfa.train_config import TrainConfig, TrainData, with_method_optimizer
+from owdfa.training import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -298,7 +292,7 @@ def params_train() -> dict:
 def test_cpl_variant_carries_the_official_weight_decay_and_gamma():
     # Official configs/train.yaml (CPL block): Adam lr 2e-4, weight_decay 1e-5, StepLR step 10, gamma 0.2.
     train = params_train()
-    base = training.train_config(Section(train, "train"))
+    base = train_config_module.train_config(Section(train, "train"))
     methods = Section.from_file("methods", ROOT / "params.yaml")
     cpl = with_method_optimizer(base, methods.section("cpl"))
     assert cpl.weight_decay == 1e-5 and cpl.lr_gamma == 0.2

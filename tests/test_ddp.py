@@ -29,7 +29,8 @@ from owdfa.methods.base import Baseline
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
 from owdfa.models import AttributionModel
-from owdfa.training import TrainConfig, forward_loss, run_training, seed_everything, train_config
+from owdfa.train_config import TrainConfig, train_config
+from owdfa.training import forward_loss, run_training, seed_everything
 
 METHODS = {"baseline": Baseline, "cal": lambda: CAL(acr_start_epoch=0), "cpl": CPL}
 WORLD = 2

@@ -76,7 +76,7 @@ def test_every_flag_a_preset_mentions_exists_in_params(preset: Path) -> None:
 def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
     # CPL's official config: Adam lr 2e-4, weight decay 1e-5, StepLR(10, 0.2), 50 epochs, batch 128, fp32.
     from owdfa.config import Section
-    from owdfa.training import train_config, with_method_optimizer
+    from owdfa.train_config import train_config, with_method_optimizer
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     train = params["train"]

@@ -22,7 +22,8 @@ from helpers.tiny_run import CONFIG, build_tiny_split, stage_command, stage_env,
 from owdfa.methods.base import Baseline, Method
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
-from owdfa.training import TrainConfig, TrainResult, run_training
+from owdfa.train_config import TrainConfig
+from owdfa.training import TrainResult, run_training
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -30,7 +30,8 @@ from owdfa.numerics import describe as describe_numerics
 if TYPE_CHECKING:
     from owdfa.distributed import World
     from owdfa.methods.base import Method
-    from owdfa.training import BalancedSampler, Sampler, TrainConfig, TrainData
+    from owdfa.samplers import BalancedSampler, Sampler
+    from owdfa.train_config import TrainConfig, TrainData
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")

@@ -20,13 +20,8 @@ from owdfa.methods.base import Supervised
 from owdfa.model_card import CardClass, ModelCard, SkippedPretraining, read_card
 from owdfa.model_io import load_state, params_hash, save_model_dir
 from owdfa.numerics import describe as describe_numerics
-from owdfa.training import (
-    TrainData,
-    TrainResult,
-    run_training,
-    train_config,
-    with_method_optimizer,
-)
+from owdfa.train_config import TrainData, train_config, with_method_optimizer
+from owdfa.training import TrainResult, run_training
 
 PRETRAIN_EXTRA = ("enabled", "seed")
 

@@ -12,7 +12,7 @@ import yaml
 
 from helpers.paths import ROOT
 from owdfa.config import Section
-from owdfa.training import TrainConfig, TrainData
+from owdfa.train_config import TrainConfig, TrainData
 
 
 def build_tiny_split(base: Path) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ Runs name *variants* (`methods.<variant>` in params.yaml), each choosing a loss 
 (`cal_no_acr: {loss: cal, acr: false, ...}`) and `dvc exp run -S` reaches every switch. A variant
 may also carry an `optimizer:` mapping overriding the train section's lr, weight_decay, lr_step or
 lr_gamma for its runs (methods differ in their official optimiser settings); the training code
-reads it (`owdfa.training.with_method_optimizer`), the loss object ignores it.
+reads it (`owdfa.train_config.with_method_optimizer`), the loss object ignores it.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ consumes the global RNG. Targets of unlabelled rows are -1 and only rows with ta
 The rest of CPL's recipe lives in the training loop, chosen by this class: its single view is
 `owdfa.data.views.single_view` (flip, random resized crop, albumentations brightness/contrast), its
 batches come from the class-balanced sampler (`sampler = "class_balanced"`,
-`owdfa.training.BalancedSampler`), and the `cpl` variant in params.yaml carries the official
+`owdfa.samplers.BalancedSampler`), and the `cpl` variant in params.yaml carries the official
 optimiser differences (weight decay 1e-5, StepLR gamma 0.2) as `optimizer:` overrides.
 """
 
