@@ -1,8 +1,10 @@
-"""DVC stage `report`: aggregate every run into reports/metrics.json and reports/results.md (params: run)."""
+"""DVC stage `report`: aggregate every run into reports/metrics.json and reports/results.md (params: run,
+official.models: the imported models' names, whose evaluations join the tables)."""
 
 import argparse
 from pathlib import Path
 
+from owdfa.config import Section
 from owdfa.report import build_report
 from owdfa.stage import run_stage
 
@@ -15,8 +17,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, help="folder of per-run prediction CSVs (comparison figures)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    build_report(args.runs, args.protocols, args.methods, args.seeds, args.out, args.predictions)
+    imported = list(Section.from_file("official", args.params).section("models").keys())
+    build_report(args.runs, args.protocols, args.methods, args.seeds, args.out, args.predictions, imported)
     print(f"report: {args.out / 'results.md'}")
 
 

@@ -16,16 +16,12 @@ import json
 import os
 import socket
 import sys
-import threading
 import types
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -33,6 +29,7 @@ import scipy.fft
 import timm
 import torch
 import torch.nn.functional as F
+from helpers.fake_model_hub import FakeModelHub, serve_model_repo
 from helpers.official_ckpt import BACKBONE, Hostile, lightning_checkpoint, official_state, save_checkpoint  # noqa: E402
 
 # Imported at collection (as tests/test_hub.py does): the client's log handler binds to the sys.stderr
@@ -362,92 +359,16 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(tmp_path, p1_k
 # the Hub download, from a local server that speaks the Hub's API for a model repo
 
 
-@dataclass
-class FakeModelHub:
-    files: dict[str, bytes]
-    corrupt: set[str] = field(default_factory=set)  # served with flipped bytes (same length)
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    url: str = ""
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _blob_id(data: bytes) -> str:
-    return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
-
-
-def _handler(hub: FakeModelHub) -> type[BaseHTTPRequestHandler]:
-    """Repo info with file metadata (`/api/models/<repo>/revision/<rev>`) and HEAD/GET of
-    `/<repo>/resolve/<rev>/<path>`; .ckpt files are LFS files (sha256 declared), nothing is Xet."""
-    info_prefix = f"/api/models/{OFFICIAL_REPO_ID}/revision/"
-    resolve_prefix = f"/{OFFICIAL_REPO_ID}/resolve/"
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_HEAD(self) -> None:
-            self._serve(body=False)
-
-        def do_GET(self) -> None:
-            self._serve(body=True)
-
-        def _serve(self, body: bool) -> None:
-            path = unquote(urlsplit(self.path).path)
-            hub.requests.append((self.command, path))
-            if path.startswith(info_prefix):
-                return self._info(path[len(info_prefix) :])
-            if path.startswith(resolve_prefix):
-                revision, _, name = path[len(resolve_prefix) :].partition("/")
-                return self._file(revision, name, body)
-            return self._reply(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
-
-        def _info(self, revision: str) -> None:
-            if revision not in (COMMIT, "main"):
-                return self._reply(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
-            siblings = []
-            for name, data in sorted(hub.files.items()):
-                sibling: dict[str, Any] = {"rfilename": name, "size": len(data), "blobId": _blob_id(data)}
-                if name.endswith(".ckpt"):
-                    sibling["lfs"] = {"sha256": _sha256(data), "size": len(data), "pointerSize": 134}
-                siblings.append(sibling)
-            payload = {"id": OFFICIAL_REPO_ID, "modelId": OFFICIAL_REPO_ID, "sha": COMMIT, "siblings": siblings}
-            self._reply(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-
-        def _file(self, revision: str, name: str, body: bool) -> None:
-            if revision not in (COMMIT, "main") or name not in hub.files:
-                return self._reply(404, b'{"error": "Entry not found"}', {"X-Error-Code": "EntryNotFound"})
-            data = hub.files[name]
-            etag = _sha256(data) if name.endswith(".ckpt") else _blob_id(data)
-            if name in hub.corrupt:
-                data = bytes(b ^ 0x5A for b in data)
-            self._reply(200, data if body else b"", {"ETag": f'"{etag}"'}, length=len(data))
-
-        def _reply(self, status: int, raw: bytes, headers: dict[str, str], length: int | None = None) -> None:
-            self.send_response(status)
-            self.send_header("X-Repo-Commit", COMMIT)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(raw) if length is None else length))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(raw)
-
-    return Handler
-
-
 @pytest.fixture
 def model_hub(p1_known, tmp_path, monkeypatch) -> Iterator[FakeModelHub]:
     """The server, and the already imported client pointed at it: online, no token, caches under tmp."""
-    hub = FakeModelHub({"protocol1/protocol1_seed2025.ckpt": p1_known[0].read_bytes(), "README.md": b"# CAL\n"})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    files = {"protocol1/protocol1_seed2025.ckpt": p1_known[0].read_bytes(), "README.md": b"# CAL\n"}
+    with serve_model_repo(OFFICIAL_REPO_ID, files) as hub:
+        _point_client_at(hub, tmp_path, monkeypatch)
+        yield hub
+
+
+def _point_client_at(hub: FakeModelHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "hf-home"
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     for name, sub in (("HF_HOME", ""), ("HF_HUB_CACHE", "hub"), ("HF_XET_CACHE", "xet"), ("HF_TOKEN_PATH", "token")):
@@ -456,11 +377,6 @@ def model_hub(p1_known, tmp_path, monkeypatch) -> Iterator[FakeModelHub]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    try:
-        yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_checkpoint_is_downloaded_at_a_pinned_commit_verified_and_imported(tmp_path, model_hub):
@@ -468,7 +384,7 @@ def test_checkpoint_is_downloaded_at_a_pinned_commit_verified_and_imported(tmp_p
     fetched = fetch_official_checkpoint(name, COMMIT, tmp_path / "downloads")
 
     assert fetched.path.read_bytes() == model_hub.files[name]
-    assert fetched.sha256 == _sha256(model_hub.files[name]) and fetched.commit == COMMIT
+    assert fetched.sha256 == hashlib.sha256(model_hub.files[name]).hexdigest() and fetched.commit == COMMIT
     assert fetched.path.is_relative_to(tmp_path / "downloads" / "hyzheng__OWDFA_CAL" / COMMIT)
     assert not any("README" in path for _, path in model_hub.requests)  # only the one file is fetched
     card = import_official_checkpoint(fetched, backbone=BACKBONE).card

@@ -3,13 +3,16 @@
 Metrics are computed for the last epoch and for the epoch selected on the labelled validation
 split, side by side, so nobody has to pick one on the test split. The analysis (predictions,
 calibration, MC-dropout uncertainty, the `evaluate.k_estimators` K estimates, figures) uses
-`evaluate.checkpoint`.
+`evaluate.checkpoint`. An imported model (the CAL authors' weights, `owdfa.official_checkpoint`) has
+one checkpoint and no validation-selected epoch: that one is scored, as `last`. A model is scored
+only on a split of its own classes and a face cache of its own face size (`check_model_fits`).
 Outputs, all under the run's folder:
   metrics.json  {last: {...}, val_best: {...}, [last_all_prototypes, val_best_all_prototypes: faithful DPP],
                 k_hat (of the analysed checkpoint), k_true, k_error, k_hat_<estimator>, k_error_<estimator>,
                 calibration: {...}}  (<estimator>: gcd | ss_kmeans_folds, see owdfa.estimate_k)
   run.json      what was evaluated (protocol, method, seed, checkpoint, K̂ per epoch, method settings) and
-                the numerics that training and evaluation computed under (owdfa.numerics)
+                the numerics that training and evaluation computed under (owdfa.numerics); for an imported
+                model (a card with `source`) also `imported`: where its weights came from
   confusion.csv, reliability.csv, k_trajectory.csv   data plots for `dvc plots`
   plots/*.png   confusion matrix, reliability diagram, confidence histograms, t-SNE, uncertainty maps,
                 training curves, K̂ per epoch
@@ -18,6 +21,7 @@ Outputs, all under the run's folder:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +33,13 @@ from owdfa import plots
 from owdfa.calibration import expected_calibration_error, matched_correct, reliability_table
 from owdfa.config import Section, load_section, param
 from owdfa.data.face_cache import read_faces
+from owdfa.data.face_preprocessing import read_preprocessing
 from owdfa.data.split import read_split
 from owdfa.errors import ConfigError, DataError
 from owdfa.inference import describe_device, effective_precision, max_softmax, pick_device, predict
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
+from owdfa.model_card import ModelCard
 from owdfa.model_io import WEIGHTS, load_model
 from owdfa.numerics import configure_torch
 from owdfa.numerics import describe as describe_numerics
@@ -147,8 +153,18 @@ def evaluate(
     print(f"evaluate {out_dir.name}: {describe_device(device, config.precision)}", flush=True)
     manifest, classes = read_split(split_dir)
     _, images = read_faces(faces_dir)
+    card = ModelCard.read(model_dir)
+    check_model_fits(card, classes, images.shape[1], model_dir, split_dir, faces_dir)
+    if card.source is not None:
+        print(
+            f"evaluate {out_dir.name}: an imported model, one checkpoint and no validation-selected epoch: "
+            "scored as `last` only",
+            flush=True,
+        )
     test = TestSet.of(manifest, classes)
-    metrics, (model, card, logits, features, pred, _) = _score_checkpoints(model_dir, images, test, config, device)
+    metrics, (model, card, logits, features, pred, _) = _score_checkpoints(
+        model_dir, card, images, test, config, device
+    )
     trajectory = card.k_trajectory
     metrics.update(_k_metrics(model, manifest, images, test, config, device))
     confidence = max_softmax(logits)  # of the deterministic prediction, the one every metric above scores
@@ -163,7 +179,7 @@ def evaluate(
         "loss": card.loss,
         "method_params": card.method_params,
         "seed": card.seed,
-        "checkpoint": config.checkpoint,
+        "checkpoint": analysed_checkpoint(card, config),
         "val_best_epoch": card.val_best_epoch,
         "epochs": len(card.history or []),
         "num_known": test.num_known,
@@ -175,6 +191,8 @@ def evaluate(
         "trained_under": card.numerics,
         "evaluated_under": describe_numerics(str(device), effective_precision(device, config.precision)),
     }
+    if card.source is not None:  # only imported models: a trained run's run.json stays as it was
+        run["imported"] = {"source": card.source, "trained_on": card.trained_on, "num_active": card.num_active}
     atomic_write_json(out_dir / "run.json", run)
     _write_figures(
         out_dir,
@@ -220,10 +238,61 @@ class TestSet:
         )
 
 
-def _score_checkpoints(model_dir: Path, images, test: TestSet, config: EvaluateConfig, device) -> tuple[dict, tuple]:
+def analysed_checkpoint(card: ModelCard, config: EvaluateConfig) -> str:
+    """`evaluate.checkpoint`, except for an imported model: its one checkpoint, scored as `last`."""
+    return "last" if card.source is not None else config.checkpoint
+
+
+def check_model_fits(
+    card: ModelCard, classes: dict[str, Any], image_size: int, model_dir: Path, split_dir: Path, faces_dir: Path
+) -> None:
+    """The model must know the split's classes and the cache's face size; else its scores mean nothing.
+
+    Same benchmark, the same class labels, the same known classes at the same targets (known
+    accuracy compares prediction ids with targets directly). Novel targets may come in another order
+    (an official P3 model's do): every novel score is a Hungarian matching, blind to that order.
+    """
+    split_known = {int(c["target"]): int(c["label"]) for c in classes["classes"] if c["known"]}
+    split_labels = {int(c["label"]) for c in classes["classes"]}
+    if card.classes is not None:
+        card_known = {c.target: c.label for c in card.classes if c.known}
+        card_labels = {c.label for c in card.classes}
+    else:  # a card from before classes were recorded: the counts are all there is to compare
+        card_known, card_labels = split_known, split_labels
+    if (
+        (card.benchmark is not None and card.benchmark != classes.get("benchmark"))
+        or card_labels != split_labels
+        or card.num_known != int(classes["num_known"])
+        or card_known != split_known
+    ):
+        model = f"{card.benchmark} {card.protocol}: {card.num_known} known of {len(card_labels)} classes"
+        split = f"{classes.get('benchmark')} {classes.get('protocol')}: {classes['num_known']} known of "
+        split += f"{classes['num_classes']} classes"
+        raise DataError(
+            f"{model_dir}: the model ({model}) does not fit {split_dir} ({split}); "
+            "score it on the split of its own benchmark and protocol"
+        )
+    if card.image_size != image_size:
+        raise DataError(
+            f"{model_dir}: the model takes {card.image_size} px faces but {faces_dir} holds {image_size} px "
+            f"(align.image_size); re-run the align stage at {card.image_size} px"
+        )
+    made = read_preprocessing(faces_dir)
+    if card.preprocessing is not None and made is not None and card.preprocessing.mode != made.mode:
+        print(
+            f"warning: {model_dir} was trained on '{card.preprocessing.mode}' faces, {faces_dir} holds "
+            f"'{made.mode}' faces (align.mode): its scores may be lower than on its own preprocessing",
+            file=sys.stderr,
+        )
+
+
+def _score_checkpoints(
+    model_dir: Path, card: ModelCard, images, test: TestSet, config: EvaluateConfig, device
+) -> tuple[dict, tuple]:
     """Metrics of the last and (when there is one) the val_best checkpoint; the analysed one's outputs."""
     has_val_best = (model_dir / WEIGHTS["val_best"]).is_file()
-    if config.checkpoint == "val_best" and not has_val_best:
+    chosen = analysed_checkpoint(card, config)
+    if chosen == "val_best" and not has_val_best:
         raise DataError(f"{model_dir}: no val_best checkpoint (the split has no validation images)")
     metrics: dict[str, Any] = {}
     analysed = None
@@ -236,7 +305,7 @@ def _score_checkpoints(model_dir: Path, images, test: TestSet, config: EvaluateC
             metrics[f"{checkpoint}_all_prototypes"] = _all_prototype_metrics(
                 result[0], images, test.rows, test.targets, test.num_known, config, device
             )
-        if checkpoint == config.checkpoint:
+        if checkpoint == chosen:
             analysed = result
     return metrics, analysed
 
@@ -323,7 +392,7 @@ def _write_figures(
     device,
 ) -> None:
     key = out_dir.name
-    title = f"{key} ({config.checkpoint} checkpoint)"
+    title = f"{key} ({'imported' if card.source is not None else config.checkpoint} checkpoint)"
     targets, known_mask, class_names, num_known = test.targets, test.known_mask, test.class_names, test.num_known
     method = str(card.method)
     with atomic_directory(out_dir / "plots") as folder:

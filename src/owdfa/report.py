@@ -6,6 +6,12 @@ reports/runs/<protocol>-<method>-<seed>/. Numbers are fractions in JSON and perc
 Markdown tables, as the papers print them. Every table says which metric convention and which
 checkpoint (last epoch, or the epoch selected on the labelled validation split) its numbers come
 from. Output depends only on the inputs (bit-identical on a re-run).
+
+Imported models (`official.models` in params.yaml: the CAL authors' released weights, evaluated by
+`evaluate_official@<name>` into reports/runs/official-<name>/) join the same tables as rows of their
+own, one per protocol and method (mean ± std over the imported seeds), marked "(official
+checkpoint)"; metrics.json keys them by the card's method (`p1.cal_official`). Without imported
+models the report is what it was before they existed, byte for byte.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +99,14 @@ ABLATION_ROWS = (
     ("cal_abl4", "IV", "+ CCR + ACR, no FFE"),
     ("cal", "V", "+ CCR + ACR, FFE (full CAL)"),
 )
+# Imported models: reports/runs/<IMPORTED_PREFIX><name>/ and data/predictions/<IMPORTED_PREFIX><name>.csv
+IMPORTED_PREFIX = "official-"
+# The row label of an imported model, by its card's method (owdfa.official_checkpoint.official_card)
+IMPORTED_LABELS = {"cal_official": "CAL (official checkpoint)", "cal_dpp_official": "CAL-DPP (official checkpoint)"}
+IMPORTED_SPLIT_CAVEAT = (
+    "Our OWDFA-40 split is drawn from sorted file lists, while the official one followed the file order of the "
+    "authors' machine, so part of our test split was in their training set: these numbers are optimistic."
+)
 OWDFA_CONVENTION = (
     "OW-DFA convention (CAL/CPL Table 2): All = one Hungarian matching over all test images; Novel = a "
     "separate matching on novel-class images; Known = direct accuracy. Percent."
@@ -100,6 +115,15 @@ OWDFA_CONVENTION = (
 
 def run_key(protocol: str, method: str, seed: int | str) -> str:
     return f"{protocol}-{method}-{seed}"
+
+
+def imported_run_key(name: str) -> str:
+    """The evaluate_official stage's folder (reports/runs/) and predictions file name for `official.models.<name>`."""
+    return f"{IMPORTED_PREFIX}{name}"
+
+
+def imported_label(method: str) -> str:
+    return IMPORTED_LABELS.get(method, f"{method} (imported)")
 
 
 def _load(runs_dir: Path, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -146,11 +170,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """What each method name in the tables means: its loss and settings from params.yaml."""
+    """What each method name in the tables means: its loss and settings from params.yaml (an imported
+    model's: those of the authors' run, from its card)."""
     rows = []
     for method, run in runs.items():
         settings = run.get("method_params") or {}
         text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "loss")
+        if "imported" in run:
+            text = f"imported weights of {run['imported'].get('trained_on')}: {text}"
         rows.append([method, str(run.get("loss")), text])
     return ["## Methods", "", *_table(["Method", "loss", "settings (methods.<name> in params.yaml)"], rows), ""]
 
@@ -158,10 +185,14 @@ def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
 def _numerics(grid: _Grid) -> list[str]:
     """Under which numerics the tables were computed, and whether a fresh clone regenerates them exactly."""
     seen: Counter[str] = Counter()
+    imported = 0
     for infos in grid.info.values():
         for run in infos:
             for step in ("trained_under", "evaluated_under"):
                 record = run.get(step)
+                if step == "trained_under" and "imported" in run:  # weights made elsewhere, not by our numerics
+                    imported += 1
+                    continue
                 seen[numerics_summary(record) if record else "not recorded (a run from before owdfa.numerics)"] += 1
     exact = all(text.startswith("exact mode") for text in seen)
     verdict = (
@@ -170,14 +201,25 @@ def _numerics(grid: _Grid) -> list[str]:
         if exact
         else "**Not every run was in exact mode**: another machine (or thread count) may give other numbers."
     )
+    if imported:
+        verdict += (
+            f" The {imported} imported models' weights were trained elsewhere (by the authors) and are taken as "
+            "released; their evaluation is counted above."
+        )
     rows = [[text, str(count)] for text, count in sorted(seen.items())]
     return ["## Numerics", "", verdict, "", *_table(["numerics (owdfa.numerics)", "runs"], rows), ""]
 
 
 class _Grid:
-    """Every run's flattened metrics and run info, by protocol and method (a list over seeds)."""
+    """Every run's flattened metrics and run info, by protocol and method (a list over seeds).
 
-    def __init__(self, runs_dir: Path, protocols: list[str], methods: list[str], seeds: list[int]) -> None:
+    Imported models are rows too, keyed by their card's method (`cal_official`), one per protocol:
+    `imported[protocol]` lists those methods, `imported_names[protocol, method]` the models behind each.
+    """
+
+    def __init__(
+        self, runs_dir: Path, protocols: list[str], methods: list[str], seeds: list[int], imported: Sequence[str] = ()
+    ) -> None:
         self.seeds = seeds
         self.values: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.info: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -186,15 +228,46 @@ class _Grid:
                 loaded = [_load(runs_dir, run_key(protocol, method, s)) for s in seeds]
                 self.values[protocol, method] = [_flat(m) for m, _ in loaded]
                 self.info[protocol, method] = [r for _, r in loaded]
+        self.imported: dict[str, list[str]] = {}
+        self.imported_names: dict[tuple[str, str], list[str]] = {}
+        seen: dict[tuple[str, str, Any], str] = {}  # (protocol, method, seed) -> model name
+        for name in imported:
+            metrics, run = _load(runs_dir, imported_run_key(name))
+            protocol, method, seed = str(run["protocol"]), str(run["method"]), run.get("seed")
+            where = f"official.models.{name}"
+            if "imported" not in run:
+                raise DataError(f"{runs_dir / imported_run_key(name)}/run.json: not an imported model's evaluation")
+            if protocol not in protocols:
+                raise DataError(f"{where}: protocol {protocol} is not in run.protocols ({', '.join(protocols)})")
+            if method in methods:
+                raise DataError(f"{where}: its method {method} is also a variant in run.methods; rename the variant")
+            twin = seen.setdefault((protocol, method, seed), name)
+            if twin != name:
+                raise DataError(
+                    f"{where}: {twin} is also {method} seed {seed} on {protocol}; a row is a mean over seeds, "
+                    "so import each seed once"
+                )
+            if (protocol, method) not in self.imported_names:
+                self.imported.setdefault(protocol, []).append(method)
+            self.imported_names.setdefault((protocol, method), []).append(name)
+            self.values.setdefault((protocol, method), []).append(_flat(metrics))
+            self.info.setdefault((protocol, method), []).append(run)
+
+    def label(self, method: str) -> str:
+        """A row's name in the tables: the variant, or an imported model's marked label."""
+        return imported_label(method) if any(method in rows for rows in self.imported.values()) else method
 
     def stat(self, protocol: str, method: str, key: str) -> tuple[float | None, float | None]:
         return _mean_std([v.get(key) for v in self.values[protocol, method]])
 
     def cell(self, protocol: str, method: str, key: str, **kwargs: Any) -> str:
-        return _cell(*self.stat(protocol, method, key), len(self.seeds), **kwargs)
+        return _cell(*self.stat(protocol, method, key), len(self.values[protocol, method]), **kwargs)
 
 
 def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: dict[str, str]) -> list[str]:
+    """The protocol's tables; imported models' rows follow the variants' (not in the selected-epoch table:
+    they have no validation-selected epoch)."""
+    rows = [*methods, *grid.imported.get(protocol, [])]
     info = grid.info[protocol, methods[0]][0]
     known, total = info["num_known"], info["num_classes"]
     # cards count epochs from 0 (as dvclive's steps); the report counts them from 1, "epoch E of E" is the last
@@ -207,7 +280,7 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
         "",
         *_table(
             ["Method", *(h for _, h in OWDFA_COLUMNS)],
-            [[m, *(grid.cell(protocol, m, k) for k, _ in OWDFA_COLUMNS)] for m in methods],
+            [[grid.label(m), *(grid.cell(protocol, m, k) for k, _ in OWDFA_COLUMNS)] for m in rows],
         ),
         "",
         "**Selected epoch** (best accuracy on the labelled validation split; the test split chooses nothing; "
@@ -222,14 +295,14 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
         "",
         *_table(
             ["Method", *(h for _, h in GCD_COLUMNS)],
-            [[m, *(grid.cell(protocol, m, k) for k, _ in GCD_COLUMNS)] for m in methods],
+            [[grid.label(m), *(grid.cell(protocol, m, k) for k, _ in GCD_COLUMNS)] for m in rows],
         ),
         "",
     ]
-    lines += _both_classifiers(grid, protocol, methods)
+    lines += _both_classifiers(grid, protocol, rows)
     checkpoint = info.get("checkpoint", "last")
     columns = [
-        c for c in K_COLUMNS if c[0] == "k_hat" or any(grid.stat(protocol, m, c[0])[0] is not None for m in methods)
+        c for c in K_COLUMNS if c[0] == "k_hat" or any(grid.stat(protocol, m, c[0])[0] is not None for m in rows)
     ]
     lines += [
         f"**Number of classes** ({checkpoint} checkpoint; the k-means estimates cluster the model's features of "
@@ -238,15 +311,15 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
         + " Error = abs(K̂−K)/K.",
         "",
     ]
-    rows = []
-    for m in methods:
-        cells = [m]
+    k_rows = []
+    for m in rows:
+        cells = [grid.label(m)]
         for key, _, _ in columns:
             mean, std = grid.stat(protocol, m, key)
-            cells += [_cell(mean, std, len(grid.seeds), percent=False), _k_error(mean, total)]
-        rows.append([*cells, str(total)])
+            cells += [_cell(mean, std, len(grid.values[protocol, m]), percent=False), _k_error(mean, total)]
+        k_rows.append([*cells, str(total)])
     header = ["Method", *(h for _, header, _ in columns for h in (header, "error")), "K"]
-    lines += [*_table(header, rows), ""]
+    lines += [*_table(header, k_rows), ""]
     lines += [
         f"**Calibration and confidence** ({checkpoint} checkpoint). ECE: expected calibration error of the "
         "max-softmax confidence, correctness after the joint Hungarian matching, 15 equal-width bins. Mean "
@@ -257,14 +330,14 @@ def _protocol_section(grid: _Grid, protocol: str, methods: list[str], figures: d
             ["Method", "ECE", "confidence known", "confidence novel", "epistemic known", "epistemic novel"],
             [
                 [
-                    m,
+                    grid.label(m),
                     grid.cell(protocol, m, "ece"),
                     grid.cell(protocol, m, "known_confidence"),
                     grid.cell(protocol, m, "novel_confidence"),
                     grid.cell(protocol, m, "known_epistemic", percent=False, digits=4),
                     grid.cell(protocol, m, "novel_epistemic", percent=False, digits=4),
                 ]
-                for m in methods
+                for m in rows
             ],
         ),
         "",
@@ -283,7 +356,7 @@ def _both_classifiers(grid: _Grid, protocol: str, methods: list[str]) -> list[st
     header = ["Method", *(f"{h}, K̂ rows" for _, h in keys), *(f"{h}, all rows" for _, h in keys)]
     rows = [
         [
-            m,
+            grid.label(m),
             *(grid.cell(protocol, m, k) for k, _ in keys),
             *(grid.cell(protocol, m, f"all_prototypes_{k}") for k, _ in keys),
         ]
@@ -331,7 +404,8 @@ def _ablation(grid: _Grid, protocols: list[str], methods: list[str]) -> list[str
 def _comparison_figures(
     grid: _Grid, protocol: str, methods: list[str], predictions_dir: Path | None, out_dir: Path
 ) -> dict[str, str]:
-    """Per-protocol figures across methods (first seed): confidence known vs novel, K̂ per epoch."""
+    """Per-protocol figures across methods (first seed): confidence known vs novel, K̂ per epoch (the
+    confidence figure also shows each imported row's first model; K̂ per epoch is training's alone)."""
     from owdfa import plots
 
     figures: dict[str, str] = {}
@@ -339,8 +413,12 @@ def _comparison_figures(
     folder = out_dir / "figures"
     if predictions_dir is not None:
         groups = {}
-        for m in methods:
-            path = predictions_dir / f"{run_key(protocol, m, seed)}.csv"
+        panels = {m: run_key(protocol, m, seed) for m in methods}
+        for m in grid.imported.get(protocol, []):
+            first = grid.imported_names[protocol, m][0]
+            panels[f"{grid.label(m)}, seed {grid.info[protocol, m][0]['seed']}"] = imported_run_key(first)
+        for m, key in panels.items():
+            path = predictions_dir / f"{key}.csv"
             if not path.is_file():
                 raise DataError(f"{path}: missing (run `dvc repro` so the evaluate stage writes it)")
             table = pd.read_csv(path)
@@ -372,6 +450,38 @@ def _comparison_figures(
     return figures
 
 
+def _imported_section(grid: _Grid) -> list[str]:
+    """Which imported models the marked rows are, where their weights came from, and why to read them warily."""
+    rows = []
+    for protocol, methods in grid.imported.items():
+        for method in methods:
+            for name, run in zip(grid.imported_names[protocol, method], grid.info[protocol, method], strict=True):
+                source = run["imported"].get("source") or {}
+                commit = source.get("commit")
+                where = f"{source.get('repo_id')}@{commit[:12]}" if commit else "a local file"
+                rows.append(
+                    [
+                        name,
+                        protocol,
+                        grid.label(method),
+                        str(run.get("seed")),
+                        str(run["imported"].get("num_active")),
+                        f"`{source.get('filename')}` ({where})",
+                        f"{str(source.get('sha256'))[:12]}…",
+                    ]
+                )
+    return [
+        '**Imported models.** Rows marked "(official checkpoint)" are the CAL authors\' released weights '
+        "(`official.models` in params.yaml), scored by the same evaluate stage on the same test split; mean ± sample "
+        "std over their own seeds. Each is the one checkpoint the authors' run kept (it chose the epoch on its test "
+        "split), so these rows are in the last-epoch tables and not in the selected-epoch ones. "
+        + IMPORTED_SPLIT_CAVEAT,
+        "",
+        *_table(["Model", "protocol", "row", "seed", "active prototypes", "file", "sha256"], rows),
+        "",
+    ]
+
+
 def build_report(
     runs_dir: Path,
     protocols: list[str],
@@ -379,12 +489,14 @@ def build_report(
     seeds: list[int],
     out_dir: Path,
     predictions_dir: Path | None = None,
+    imported: Sequence[str] = (),
 ) -> dict[str, Any]:
-    grid = _Grid(runs_dir, protocols, methods, seeds)
+    """`imported`: the names under `official.models`, evaluated into runs_dir/official-<name>/."""
+    grid = _Grid(runs_dir, protocols, methods, seeds, imported)
     summary: dict[str, Any] = {}
     for protocol in protocols:
         summary[protocol] = {}
-        for method in methods:
+        for method in [*methods, *grid.imported.get(protocol, [])]:
             entry: dict[str, Any] = {}
             for key in SUMMARY_KEYS:
                 entry[key], entry[f"{key}_std"] = grid.stat(protocol, method, key)
@@ -396,11 +508,16 @@ def build_report(
         f"mean ± sample std over seeds {', '.join(map(str, seeds))}.",
         "",
     ]
+    if grid.imported:
+        lines += _imported_section(grid)
     for protocol in protocols:
         figures = _comparison_figures(grid, protocol, methods, predictions_dir, out_dir)
         lines += _protocol_section(grid, protocol, methods, figures)
     lines += _ablation(grid, protocols, methods)
-    lines += _legend({m: grid.info[protocols[0], m][0] for m in methods})
+    legend = {m: grid.info[protocols[0], m][0] for m in methods}
+    for protocol, rows in grid.imported.items():
+        legend.update({grid.label(m): grid.info[protocol, m][0] for m in rows if grid.label(m) not in legend})
+    lines += _legend(legend)
     lines += _numerics(grid)
     lines.append(
         "Per-run figures (confusion matrix, reliability diagram, confidence histograms, t-SNE of test features, "
