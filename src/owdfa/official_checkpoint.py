@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from owdfa.data.hub import is_transport_error, one_line
 from owdfa.data.protocols import OWDFA40_FOLDERS, OWDFA40_PROTOCOLS
 from owdfa.errors import DataError
 from owdfa.models.prototype import IMAGENET_MEAN, IMAGENET_STD
@@ -262,25 +263,16 @@ def _hub_error(exc: Exception, repo_id: str, revision: str, endpoint: str) -> Ex
         return DataError(f"model repo {repo_id} not found at {endpoint}, or it is private: log in first")
     if isinstance(exc, hf_errors.HfHubHTTPError):
         status = exc.response.status_code if getattr(exc, "response", None) is not None else "?"
-        return DataError(f"the Hub at {endpoint} refused {where} (HTTP {status}): {_one_line(exc)}")
+        return DataError(f"the Hub at {endpoint} refused {where} (HTTP {status}): {one_line(exc)}")
     for error in chain:
-        if _is_transport_error(error) or isinstance(error, ConnectionError):
+        if is_transport_error(error) or isinstance(error, ConnectionError):
             return DataError(
-                f"cannot reach the Hub at {endpoint}: {_one_line(error)}; check HF_ENDPOINT / connectivity, "
+                f"cannot reach the Hub at {endpoint}: {one_line(error)}; check HF_ENDPOINT / connectivity, "
                 "or give a local .ckpt file"
             )
     if isinstance(exc, OSError):
-        return DataError(f"download of {where} from {endpoint} failed: {_one_line(exc)}")
+        return DataError(f"download of {where} from {endpoint} failed: {one_line(exc)}")
     return exc
-
-
-def _is_transport_error(exc: Exception) -> bool:
-    """The client's HTTP library is httpx2, httpx or requests depending on its version."""
-    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return True
-    return type(exc).__name__ in ("InvalidURL", "UnsupportedProtocol")
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
@@ -289,11 +281,6 @@ def _hash_file(path: Path) -> tuple[str, int]:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest(), path.stat().st_size
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +401,7 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
     try:
         names = pickle_globals(pickled)
     except (ValueError, EOFError, IndexError, KeyError) as exc:
-        raise DataError(f"{path}: corrupt checkpoint (unreadable pickle: {_one_line(exc)})") from None
+        raise DataError(f"{path}: corrupt checkpoint (unreadable pickle: {one_line(exc)})") from None
     for name in names:
         if name not in PLAIN_GLOBALS:
             raise _refused(path, name)
@@ -425,9 +412,9 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
         refused = re.search(r"GLOBAL (\S+) (?:was not an allowed|whose module)", str(exc))
         if refused:
             raise _refused(path, refused.group(1)) from None
-        raise DataError(f"{path}: refused by the restricted unpickler ({_one_line(exc)})") from None
+        raise DataError(f"{path}: refused by the restricted unpickler ({one_line(exc)})") from None
     except (RuntimeError, ValueError, EOFError, OSError, TypeError, AttributeError, KeyError) as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from None
+        raise DataError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
     if not isinstance(checkpoint, dict):
         raise DataError(
             f"{path}: not a Lightning checkpoint (it holds a {type(checkpoint).__name__}, not a dict with a state_dict)"
@@ -463,7 +450,7 @@ def _read_zip_pickle(path: Path) -> bytes:
             raise DataError(f"{path}: a legacy (pre-zip) torch pickle; only torch.save's zip format is read") from None
         raise DataError(f"{path}: not a PyTorch checkpoint (not a zip archive)") from None
     except OSError as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from None
+        raise DataError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
     with archive:
         infos = archive.infolist()
         pickles = [i.filename for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
@@ -478,7 +465,7 @@ def _read_zip_pickle(path: Path) -> bytes:
             damaged = archive.testzip()
             data = archive.read(pickles[0])
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-            raise DataError(f"{path}: truncated or corrupt checkpoint ({_one_line(exc)})") from None
+            raise DataError(f"{path}: truncated or corrupt checkpoint ({one_line(exc)})") from None
         if damaged is not None:
             raise DataError(f"{path}: corrupt checkpoint (CRC mismatch in {damaged})")
     return data

@@ -291,18 +291,18 @@ def _hub_error(exc: Exception, config: HubConfig, endpoint: str) -> Exception:
         )
     if isinstance(exc, hf_errors.HfHubHTTPError):
         status = exc.response.status_code if getattr(exc, "response", None) is not None else "?"
-        return DataError(f"the Hub at {endpoint} refused {where} (HTTP {status}): {_one_line(exc)}")
+        return DataError(f"the Hub at {endpoint} refused {where} (HTTP {status}): {one_line(exc)}")
     for error in chain:
-        if _is_transport_error(error) or isinstance(error, ConnectionError):
+        if is_transport_error(error) or isinstance(error, ConnectionError):
             return HubUnreachable(
-                f"cannot reach the Hub at {endpoint}: {_one_line(error)}; check HF_ENDPOINT / connectivity"
+                f"cannot reach the Hub at {endpoint}: {one_line(error)}; check HF_ENDPOINT / connectivity"
             )
     if isinstance(exc, OSError):
-        return DataError(f"download of {where} from {endpoint} failed: {_one_line(exc)}")
+        return DataError(f"download of {where} from {endpoint} failed: {one_line(exc)}")
     return exc
 
 
-def _is_transport_error(exc: Exception) -> bool:
+def is_transport_error(exc: Exception) -> bool:
     """The client's HTTP library is httpx2, httpx or requests depending on its version."""
     for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
         cls = getattr(sys.modules.get(module), name, None)
@@ -311,7 +311,8 @@ def _is_transport_error(exc: Exception) -> bool:
     return type(exc).__name__ in ("InvalidURL", "UnsupportedProtocol")
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most `limit` characters (client errors can span many)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -373,7 +374,7 @@ def _read_manifest(path: Path) -> dict | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(
-            f"{path}: unreadable download manifest ({_one_line(exc)}); delete it and run fetch again"
+            f"{path}: unreadable download manifest ({one_line(exc)}); delete it and run fetch again"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         raise DataError(f"{path}: not a download manifest of this tool; delete it and run fetch again")
