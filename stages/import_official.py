@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     card = import_model(args.params, args.name, args.out)
-    setting = "known K" if card["method"] == "cal_official" else f"unknown K, {card['num_active']} active prototypes"
+    from owdfa.official_checkpoint import import_setting
+
+    setting = import_setting(card)
     digest = card["source"]["sha256"][:12]
     print(f"import_official: {card['protocol']}, {setting}, seed {card['seed']} (sha256 {digest}...) -> {args.out}")
 

@@ -419,3 +419,10 @@ def test_download_problems_are_one_line_each(tmp_path, model_hub, monkeypatch):
     with pytest.raises(DataError) as err:
         fetch_official_checkpoint("protocol1/protocol1_seed2025.ckpt", COMMIT, tmp_path / "d3")
     assert one_line(err).startswith(f"cannot reach the Hub at {closed}")
+
+
+def test_a_protocol_that_contradicts_the_official_file_name_is_refused(p1_known):
+    path = p1_known[0]  # protocol1_seed2026.ckpt: a p1 checkpoint by its released name
+    with pytest.raises(DataError) as err:
+        import_official_checkpoint(local_checkpoint(path), protocol="p2", backbone=BACKBONE)
+    assert one_line(err) == f"{path}: protocol p2 given, but protocol1/protocol1_seed2026.ckpt is a p1 checkpoint"

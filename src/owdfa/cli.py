@@ -256,7 +256,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"{display_name(args.source)}: no such file, and not a released checkpoint (owdfa import --list)"
         )
     card = official.import_to_model_dir(source, args.out, protocol=args.protocol, num_active=args.num_active)
-    setting = "known K" if card["method"] == "cal_official" else f"unknown K, {card['num_active']} active prototypes"
+    setting = official.import_setting(card)
     print(
         f"owdfa: {display_name(str(args.out))}: CAL {card['protocol']}, {setting}, seed {card['seed']} "
         f"(sha256 {source.sha256[:12]}...)",

@@ -607,6 +607,8 @@ def import_official_checkpoint(
     prototypes = official.get(OFFICIAL_PROTOTYPES)
     rows = int(prototypes.shape[0]) if isinstance(prototypes, torch.Tensor) and prototypes.ndim == 2 else None
     run = official_run(source.filename or path.name)
+    if run is not None and protocol is not None and protocol != run.protocol:
+        raise DataError(f"{path}: protocol {protocol} given, but {run.filename} is a {run.protocol} checkpoint")
     protocol = protocol or (run.protocol if run else None)
     known_k = known_k if known_k is not None else (run.known_k if run else None)
     seed = seed if seed is not None else (run.seed if run else None)
@@ -716,6 +718,11 @@ def _selection_score(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(score, torch.Tensor) and score.numel() == 1:
                 return {"monitor": value.get("monitor"), "best_model_score": float(score)}
     return {}
+
+
+def import_setting(card: Mapping[str, Any]) -> str:
+    """`known K`, or `unknown K, N active prototypes`: what an imported card is, for one summary line."""
+    return "known K" if card["method"] == "cal_official" else f"unknown K, {card['num_active']} active prototypes"
 
 
 def write_model_dir(out: Path, imported: ImportedCheckpoint) -> None:
