@@ -5,86 +5,14 @@
 `official.download_dir` and checked against the Hub's sha256, or an existing local .ckpt file (known
 by its path only: after replacing it, `dvc repro -f import_official@<name>`). Either is read without
 running any code it carries and converted by `owdfa.official_checkpoint`; `evaluate_official@<name>`
-then scores the model on its protocol's test split.
-
-The params reading lives here, not in the library: `owdfa.official_checkpoint` is the `owdfa import`
-command's too, and this stage's settings are its own.
+then scores the model on its protocol's test split. The params and the import: `owdfa.official_models`.
 """
 
 import argparse
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from owdfa.config import Section, load_section, param
-from owdfa.data.protocols import OWDFA40_PROTOCOLS
-from owdfa.errors import ConfigError, DataError
+from owdfa.official_models import import_model
 from owdfa.stage import run_stage
-
-# A model's name becomes a stage name and a folder name: keep it to plain characters.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _optional_int(section: Section, key: str) -> int | None:
-    """An integer >= 0 or null (`num_active`, `seed`: the converter's own default applies to null)."""
-    return None if section.raw(key) is None else section.int(key, min=0)
-
-
-@dataclass(frozen=True)
-class OfficialSource:
-    """Where released checkpoints come from (params `official`, without `models`)."""
-
-    revision: str  # of the Hub repo: pin a commit sha (a branch or tag warns with the commit it resolved to)
-    download_dir: str  # downloads are kept here (never deleted by the pipeline)
-
-
-@dataclass(frozen=True)
-class OfficialModel:
-    """One entry of `official.models`."""
-
-    file: str  # a path in the Hub repo (`protocol1/protocol1_seed2025.ckpt`) or an existing local .ckpt
-    protocol: str = param(choices=tuple(OWDFA40_PROTOCOLS))  # OWDFA-40's; its split scores the model
-    num_active: int | None = param(None, optional=True, read=_optional_int)  # unknown K: DPP's count (default all)
-    seed: int | None = param(None, optional=True, read=_optional_int)  # default: from the official file name
-    backbone: str | None = param(None, optional=True)  # timm name; default the official resnet50 (tests: test_resnet)
-
-
-def model_settings(params: Path, name: str) -> tuple[OfficialSource, OfficialModel]:
-    """This model's settings and the shared source settings; other models' entries are not read."""
-    section = Section.from_file("official", params)
-    source = load_section(OfficialSource, section, extra_keys=("models",))
-    models = section.section("models")
-    if not models.has(name):
-        raise ConfigError(models.key(name), "no such model (dvc.yaml's import_official stages come from this mapping)")
-    if not MODEL_NAME.match(name):
-        raise ConfigError(models.key(name), "a model name is letters, digits, '.', '_' and '-' (it names a folder)")
-    return source, load_section(OfficialModel, models.section(name))
-
-
-def import_model(params: Path, name: str, out: Path) -> dict:
-    """Fetch (or take) the checkpoint, check it is the protocol's, write the model directory; its card fields."""
-    from owdfa import official_checkpoint as official
-
-    source, model = model_settings(params, name)
-    where = f"official.models.{name}"
-    released = official.official_run(model.file)
-    if released is not None and released.protocol != model.protocol:
-        problem = f"{model.protocol}, but {model.file} is a {released.protocol} checkpoint"
-        raise ConfigError(f"{where}.protocol", problem)
-    download_dir = Path(source.download_dir)
-    if out.resolve().is_relative_to(download_dir.resolve()) or download_dir.resolve().is_relative_to(out.resolve()):
-        raise ConfigError("official.download_dir", f"{download_dir} and the model directory {out} must lie apart")
-    local = Path(model.file).expanduser()
-    if local.is_file():
-        checkpoint = official.local_checkpoint(local)
-    elif local.is_absolute():
-        raise DataError(f"{where}.file: {local}: no such file")
-    else:
-        checkpoint = official.fetch_official_checkpoint(model.file, source.revision, download_dir)
-    options = {"backbone": model.backbone} if model.backbone is not None else {}
-    return official.import_to_model_dir(
-        checkpoint, out, protocol=model.protocol, seed=model.seed, num_active=model.num_active, **options
-    )
 
 
 def main() -> None:
@@ -97,8 +25,8 @@ def main() -> None:
     from owdfa.official_checkpoint import import_setting
 
     setting = import_setting(card)
-    digest = card["source"]["sha256"][:12]
-    print(f"import_official: {card['protocol']}, {setting}, seed {card['seed']} (sha256 {digest}...) -> {args.out}")
+    digest = card.source["sha256"][:12]
+    print(f"import_official: {card.protocol}, {setting}, seed {card.seed} (sha256 {digest}...) -> {args.out}")
 
 
 if __name__ == "__main__":

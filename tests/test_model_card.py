@@ -215,6 +215,19 @@ def test_a_pretrain_card_records_enabled_and_no_train_fields(tmp_path: Path) -> 
     assert replace(card, preprocessing=None).to_dict()["preprocessing"] is None
 
 
+def test_an_imported_card_records_no_pretrained_from(tmp_path: Path) -> None:
+    # `pretrained_from: null` means "trained from scratch" on a train stage's card only; an imported
+    # model's card (one with `source`, no `enabled`) leaves it out as any other None field
+    card = replace(train_card(), source={"filename": "protocol1_seed2025.ckpt", "sha256": "0" * 64}, seed=None)
+    written = json.loads(card.to_json())
+    assert "pretrained_from" not in written and "seed" not in written and written["source"] == card.source
+    assert written["val_best_epoch"] is None and "preprocessing" in written  # recorded even when null
+    assert "pretrained_from" in json.loads(train_card().to_json())
+    save_model_dir(tmp_path / "m", None, card)
+    again = ModelCard.read(tmp_path / "m")
+    assert again == card and again.to_json() == (tmp_path / "m" / "card.json").read_text()
+
+
 def test_a_skipped_pretraining_card(tmp_path: Path) -> None:
     save_model_dir(tmp_path / "m", None, SkippedPretraining())
     assert (tmp_path / "m" / "card.json").read_text() == '{\n  "enabled": false,\n  "format": 1\n}\n'

@@ -38,6 +38,7 @@ from huggingface_hub import constants, hf_hub_download  # noqa: F401
 
 from owdfa.data.protocols import OWDFA40_PROTOCOLS
 from owdfa.errors import DataError
+from owdfa.model_card import CardClass, ModelCard
 from owdfa.official_checkpoint import (
     OFFICIAL_NOVEL_ORDER,
     OFFICIAL_REPO_ID,
@@ -141,19 +142,21 @@ def test_known_k_checkpoint_imports_and_gives_the_official_logits(tmp_path, p1_k
     assert (ours - official_logits(state, pixels, 41, ffe=False)).abs().max() > 1e-2
 
     fields = imported.card
-    assert (fields["protocol"], fields["seed"], fields["num_known"]) == ("p1", 2026, 19)
-    assert fields["num_prototypes"] == fields["num_active"] == 41 and fields["dropout"] == 0.2
-    assert fields["model_options"] == {"ffe": True, "patch_features": False} and fields["image_size"] == 256
-    assert fields["preprocessing"]["mode"] == "crop" and fields["preprocessing"]["margin"] == 1.2
-    assert fields["preprocessing"]["detector"]["upsample"] == 0
-    assert fields["normalisation"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    classes = fields["classes"]
-    assert [c["label"] for c in classes] == list(official_class_order("p1"))
-    assert [c["target"] for c in classes] == list(range(41))
-    assert all(c["known"] == (c["target"] < 19) for c in classes)
-    assert classes[0]["name"] == "Real" and classes[0]["folder"] == "0_Real_CelebDF + 0_Real_FF++"
-    assert classes[1]["name"] == "Swap_Deepfakes"
-    source_record = fields["source"]
+    assert isinstance(fields, ModelCard)
+    assert (fields.protocol, fields.seed, fields.num_known) == ("p1", 2026, 19)
+    assert fields.num_prototypes == fields.num_active == 41 and fields.dropout == 0.2
+    assert fields.model_options == {"ffe": True, "patch_features": False} and fields.image_size == 256
+    assert fields.preprocessing.mode == "crop" and fields.preprocessing.margin == 1.2
+    assert fields.preprocessing.upsample == 0
+    assert fields.normalisation == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    classes = fields.classes
+    assert all(isinstance(c, CardClass) for c in classes)
+    assert [c.label for c in classes] == list(official_class_order("p1"))
+    assert [c.target for c in classes] == list(range(41))
+    assert all(c.known == (c.target < 19) for c in classes)
+    assert classes[0].name == "Real" and classes[0].folder == "0_Real_CelebDF + 0_Real_FF++"
+    assert classes[1].name == "Swap_Deepfakes"
+    source_record = fields.source
     assert source_record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert source_record["filename"] == "protocol1/protocol1_seed2026.ckpt"
     assert (source_record["epoch"], source_record["pytorch_lightning_version"]) == (37, "2.2.5")
@@ -161,6 +164,9 @@ def test_known_k_checkpoint_imports_and_gives_the_official_logits(tmp_path, p1_k
     # the card as written is what our card reader accepts, and what `owdfa attribute` gets
     written = json.loads((tmp_path / "model" / "card.json").read_text())
     assert written["backbone"] == BACKBONE and card.num_active == 41 and card.protocol == "p1"
+    assert card == fields  # read back: the card that was built
+    # None fields are left out but for the ones every card records (val_best_epoch, preprocessing)
+    assert written["val_best_epoch"] is None and not {"method_state", "pretrained_from"} & set(written)
     # timm's unused ImageNet head is the only official tensor left behind
     assert not any(k.startswith("backbone.fc") for k in imported.state)
     assert imported.state["prototypes"].data_ptr() != state["encoder.fc2"].data_ptr()
@@ -173,9 +179,9 @@ def test_unknown_k_checkpoint_keeps_every_row_unless_told(tmp_path):
 
     imported = import_official_checkpoint(source, backbone=BACKBONE, seed=2027)
     card = imported.card
-    assert (card["protocol"], card["num_prototypes"], card["num_active"], card["num_known"]) == ("p2", 130, 130, 13)
-    assert card["method"] == "cal_dpp_official" and card["method_state"]["dpp_faithful"] is True
-    assert "not stored in the checkpoint" in card["method_state"]["num_active_source"]
+    assert (card.protocol, card.num_prototypes, card.num_active, card.num_known) == ("p2", 130, 130, 13)
+    assert card.method == "cal_dpp_official" and card.method_state["dpp_faithful"] is True and card.dpp_faithful
+    assert "not stored in the checkpoint" in card.method_state["num_active_source"]
 
     pruned = import_official_checkpoint(source, backbone=BACKBONE, known_k=False, num_active=37)
     write_model_dir(tmp_path / "model", pruned)
@@ -187,6 +193,30 @@ def test_unknown_k_checkpoint_keeps_every_row_unless_told(tmp_path):
     with pytest.raises(DataError) as err:
         import_official_checkpoint(source, backbone=BACKBONE, num_active=12)
     assert one_line(err).endswith("num_active 12 is outside [13, 130]")
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("protocol1_seed2026.ckpt", {}),  # known K, seed from the name
+        ("wok_protocol2_seed2025.ckpt", {"num_active": 40}),  # unknown K: method_state, num_active given
+        ("best.ckpt", {"protocol": "p3"}),  # known K, no seed
+    ],
+)
+def test_an_imported_card_reads_back_and_rewrites_to_the_same_bytes(tmp_path, name, options):
+    rows = 130 if name.startswith("wok_protocol2") else 41
+    path = save_checkpoint(tmp_path / name, lightning_checkpoint(official_state(rows, seed=3)))
+    imported = import_official_checkpoint(local_checkpoint(path), backbone=BACKBONE, **options)
+    write_model_dir(tmp_path / "model", imported)
+
+    text = (tmp_path / "model" / "card.json").read_text()
+    assert text == imported.card.to_json()  # written by the shared writer
+    again = ModelCard.read(tmp_path / "model")
+    assert again == imported.card and again.to_json() == text
+    written = json.loads(text)
+    assert "pretrained_from" not in written and written["val_best_epoch"] is None
+    assert ("seed" in written) == (imported.card.seed is not None)
+    assert ("method_state" in written) == (imported.card.method == "cal_dpp_official")
 
 
 def test_official_file_names_and_p3_target_order():
@@ -207,7 +237,7 @@ def test_known_k_protocol_must_be_named_when_the_file_name_is_not_official(tmp_p
         import_official_checkpoint(local_checkpoint(renamed), backbone=BACKBONE)
     assert "cannot tell the protocol" in one_line(err)
     card = import_official_checkpoint(local_checkpoint(renamed), backbone=BACKBONE, protocol="p3").card
-    assert card["num_known"] == 29 and card["seed"] is None and card["method"] == "cal_official"
+    assert card.num_known == 29 and card.seed is None and card.method == "cal_official"
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,8 +418,8 @@ def test_checkpoint_is_downloaded_at_a_pinned_commit_verified_and_imported(tmp_p
     assert fetched.path.is_relative_to(tmp_path / "downloads" / "hyzheng__OWDFA_CAL" / COMMIT)
     assert not any("README" in path for _, path in model_hub.requests)  # only the one file is fetched
     card = import_official_checkpoint(fetched, backbone=BACKBONE).card
-    assert (card["protocol"], card["seed"]) == ("p1", 2025)
-    record = card["source"]
+    assert (card.protocol, card.seed) == ("p1", 2025)
+    record = card.source
     assert {key: record[key] for key in ("repo_id", "revision", "commit", "filename", "sha256")} == {
         "repo_id": OFFICIAL_REPO_ID,
         "revision": COMMIT,

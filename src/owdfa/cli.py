@@ -246,19 +246,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.source is None or args.out is None:
         raise DataError("owdfa import: give SOURCE and --out MODEL_DIR (or --list)")
     _check_import_target(args.out, args.force)
-    local = Path(args.source)
-    if local.is_file():
-        source = official.local_checkpoint(local)
-    elif official.official_run(args.source) is not None and "/" in args.source:
-        source = official.fetch_official_checkpoint(args.source, args.revision, args.download_dir)
-    else:
-        raise DataError(
-            f"{display_name(args.source)}: no such file, and not a released checkpoint (owdfa import --list)"
-        )
+    source = official.resolve_checkpoint(args.source, args.revision, args.download_dir)
     card = official.import_to_model_dir(source, args.out, protocol=args.protocol, num_active=args.num_active)
     setting = official.import_setting(card)
     print(
-        f"owdfa: {display_name(str(args.out))}: CAL {card['protocol']}, {setting}, seed {card['seed']} "
+        f"owdfa: {display_name(str(args.out))}: CAL {card.protocol}, {setting}, seed {card.seed} "
         f"(sha256 {source.sha256[:12]}...)",
         file=sys.stderr,
     )

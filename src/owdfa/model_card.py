@@ -1,6 +1,6 @@
 """The model card: what a model directory's `card.json` records, typed, in one place.
 
-The pretrain and train stages build a `ModelCard` and write it (`owdfa.model_io.save_model_dir`);
+The pretrain and train stages and `owdfa import` build a `ModelCard` and write it (`owdfa.model_io.save_model_dir`);
 evaluate, `owdfa attribute` and `owdfa info` read it with `ModelCard.read`, which checks every field
 first. A model directory is input from elsewhere (README, "Trust model"): the backbone must be a
 timm architecture this installation builds offline, counts, sizes and dropout must have their types
@@ -10,8 +10,8 @@ problem is one DataError line naming the file and the key: `<dir>/card.json: car
 The file is `{"format": 1, ...fields}`, keys sorted, indented by 2. A field left None is not
 written (`source`, for one: only an imported model has it), except those a training run records
 even when empty: `val_best_epoch` (null: no validation split), `preprocessing` (null: a face cache
-from before it was recorded) and, on a train stage's card (one without `enabled`),
-`pretrained_from` (null: trained from scratch). A pretrain stage with `enabled: false` writes
+from before it was recorded) and, on a train stage's card (one without `enabled` or `source`),
+`pretrained_from` (null: trained from scratch). A pretrain stage with `mode: none` writes
 `SkippedPretraining`'s card, `{"enabled": false, "format": 1}`.
 """
 
@@ -102,7 +102,8 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields (without `format`), None left out but for WRITTEN_WHEN_NULL (module docstring)."""
-        null_kept = WRITTEN_WHEN_NULL + (("pretrained_from",) if self.enabled is None else ())
+        train_stage = self.enabled is None and self.source is None
+        null_kept = WRITTEN_WHEN_NULL + (("pretrained_from",) if train_stage else ())
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

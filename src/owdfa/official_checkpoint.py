@@ -22,8 +22,8 @@ DPP's active prototype count (`valid_proto_num`) is a plain attribute of CAL_Cla
 not in the checkpoint: an unknown-K model keeps every row active (as the official
 `scripts/evaluate_wok.sh` evaluates it) unless the caller gives the count.
 
-Use: `fetch_official_checkpoint` (or `local_checkpoint`) -> `import_official_checkpoint` ->
-`write_model_dir`.
+Use: `resolve_checkpoint` (`fetch_official_checkpoint` or `local_checkpoint`) ->
+`import_official_checkpoint` -> `write_model_dir`.
 """
 
 from __future__ import annotations
@@ -44,9 +44,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from owdfa.data.face_preprocessing import DEFAULTS, FacePreprocessing
 from owdfa.data.hub import is_transport_error, one_line
 from owdfa.data.protocols import OWDFA40_FOLDERS, OWDFA40_PROTOCOLS
+from owdfa.data.walk import display_name
 from owdfa.errors import DataError
+from owdfa.model_card import CardClass, ModelCard
 from owdfa.models.prototype import IMAGENET_MEAN, IMAGENET_STD
 
 OFFICIAL_REPO_ID = "hyzheng/OWDFA_CAL"
@@ -63,14 +66,14 @@ DPP_PROTOTYPES_PER_KNOWN = 10  # train.py: with --enable_proto_pruning, 10 x the
 # The official face crop (dataset/owdfa_dataset.py load_img, dataset/face_cropper.py): dlib's HOG
 # detector without upsampling, the first box (dlib lists them most confident first) enlarged 1.2x,
 # clipped, no alignment; the whole image when no face is found. The align stage's `crop` mode does this.
-OFFICIAL_PREPROCESSING: dict[str, Any] = {
-    "mode": "crop",
-    "image_size": OFFICIAL_IMAGE_SIZE,
-    "detector": {"upsample": 0, "threshold": 0.0},
-    "margin": 1.2,
-    "padding": 0.25,  # unused by mode crop; the align stage's default
-    "predictor": None,
-}
+OFFICIAL_PREPROCESSING = FacePreprocessing(
+    mode="crop",
+    image_size=OFFICIAL_IMAGE_SIZE,
+    upsample=0,
+    threshold=0.0,
+    margin=1.2,
+    padding=DEFAULTS["padding"],  # unused by mode crop; the align stage's default
+)
 # Loss settings of the released runs (train.py defaults and scripts/train*.sh)
 OFFICIAL_METHOD_PARAMS: dict[str, Any] = {
     "teacher_temp": 0.1,
@@ -187,6 +190,30 @@ def local_checkpoint(path: Path, *, repo_id: str | None = None, filename: str | 
         raise DataError(f"{path}: checkpoint not found")
     sha256, size = _hash_file(path)
     return CheckpointFile(path, sha256, size, repo_id=repo_id, filename=filename)
+
+
+def resolve_checkpoint(
+    source: str, revision: str, download_dir: Path, *, params_key: str | None = None
+) -> CheckpointFile:
+    """`source` on disk: an existing local .ckpt file, else a file of the official Hub repo downloaded at
+    `revision` into `download_dir` (`fetch_official_checkpoint`).
+
+    As `owdfa import` names it (no `params_key`): only a released file's repo path (`owdfa import --list`)
+    is downloaded; anything else is `<source>: no such file, and not a released checkpoint`. As a params
+    entry names it (the import stage; `params_key` is the entry's key, `official.models.<name>.file`): `~`
+    is expanded, an absolute path must exist (`<params_key>: <path>: no such file`), and any other relative
+    path is the repo's (the Hub says so when it does not hold it).
+    """
+    local = Path(source) if params_key is None else Path(source).expanduser()
+    if local.is_file():
+        return local_checkpoint(local)
+    if params_key is None:
+        if official_run(source) is not None and "/" in source:
+            return fetch_official_checkpoint(source, revision, download_dir)
+        raise DataError(f"{display_name(source)}: no such file, and not a released checkpoint (owdfa import --list)")
+    if local.is_absolute():
+        raise DataError(f"{params_key}: {local}: no such file")
+    return fetch_official_checkpoint(source, revision, download_dir)
 
 
 def fetch_official_checkpoint(
@@ -489,10 +516,10 @@ def _plain(value: Any) -> Any:
 
 
 class ImportedCheckpoint(NamedTuple):
-    """Our model's state dict and the card fields the official checkpoint implies."""
+    """Our model's state dict and the model card the official checkpoint implies."""
 
     state: dict[str, torch.Tensor]
-    card: dict[str, Any]
+    card: ModelCard
 
 
 def official_key(ours: str) -> str | None:
@@ -569,7 +596,7 @@ def _dtype(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def official_classes(protocol: str) -> list[dict[str, Any]]:
+def official_classes(protocol: str) -> tuple[CardClass, ...]:
     """The card's class list in the official target order (label 0 is both real folders)."""
     folders: dict[int, list[str]] = {}
     for folder in OWDFA40_FOLDERS:
@@ -579,10 +606,8 @@ def official_classes(protocol: str) -> list[dict[str, Any]]:
     for target, label in enumerate(official_class_order(protocol)):
         names = folders[label]
         name = "Real" if label == 0 else names[0].split("_", 1)[1]
-        classes.append(
-            {"target": target, "label": label, "name": name, "folder": " + ".join(names), "known": label in known}
-        )
-    return classes
+        classes.append(CardClass(target, name, label=label, folder=" + ".join(names), known=label in known))
+    return tuple(classes)
 
 
 def import_official_checkpoint(
@@ -594,7 +619,7 @@ def import_official_checkpoint(
     backbone: str = OFFICIAL_BACKBONE,
     num_active: int | None = None,
 ) -> ImportedCheckpoint:
-    """Read an official CAL checkpoint safely and convert it: our state dict plus its card fields.
+    """Read an official CAL checkpoint safely and convert it: our state dict plus its model card.
 
     Protocol, setting and seed come from the official file name when not given; a known-K file's
     protocol cannot be told from its weights (41 rows in every protocol), an unknown-K one's can
@@ -661,10 +686,11 @@ def official_card(
     num_prototypes: int,
     num_active: int,
     active_given: bool,
-) -> dict[str, Any]:
-    """The model card fields of an imported official model (fields of `owdfa.model_card.ModelCard`).
+) -> ModelCard:
+    """The model card of an imported official model, written as every card is (`ModelCard.to_json`).
 
-    Provenance (Hub repo, commit, file, sha256, the Lightning metadata) is the card's `source`.
+    Provenance (Hub repo, commit, file, sha256, the Lightning metadata) is the card's `source`; a field
+    left None (`method_state` of a known-K model, `seed` when unknown) is not written.
     """
     provenance = {
         **source.record(),
@@ -684,30 +710,30 @@ def official_card(
             else "not stored in the checkpoint (valid_proto_num is a plain attribute): every row is active, "
             "as the official scripts/evaluate_wok.sh evaluates"
         )
-    return {
-        "backbone": backbone,
-        "num_prototypes": num_prototypes,
-        "num_active": num_active,
-        "num_known": len(OWDFA40_PROTOCOLS[protocol].known),
-        "dropout": OFFICIAL_DROPOUT,
-        "image_size": OFFICIAL_IMAGE_SIZE,
-        "model_options": {"ffe": True, "patch_features": False},
-        "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "preprocessing": {**OFFICIAL_PREPROCESSING, "detector": dict(OFFICIAL_PREPROCESSING["detector"])},
-        "classes": official_classes(protocol),
-        "num_classes_true": OWDFA40_NUM_CLASSES,
-        "benchmark": "owdfa40",
-        "protocol": protocol,
-        "method": "cal_official" if known_k else "cal_dpp_official",
-        "loss": "cal",
-        "method_params": method_params,
-        "method_state": state or None,
-        "source": provenance,
-        "seed": seed,
-        "val_best_epoch": None,  # the official run selected its epoch on the test split
-        "trained_on": f"the CAL authors' run ({OFFICIAL_CODE})",
-        "numerics": {"precision": "fp32", "deterministic": True},
-    }
+    return ModelCard(
+        backbone=backbone,
+        num_prototypes=num_prototypes,
+        num_active=num_active,
+        num_known=len(OWDFA40_PROTOCOLS[protocol].known),
+        dropout=OFFICIAL_DROPOUT,
+        image_size=OFFICIAL_IMAGE_SIZE,
+        model_options={"ffe": True, "patch_features": False},
+        normalisation={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        preprocessing=OFFICIAL_PREPROCESSING,
+        classes=official_classes(protocol),
+        num_classes_true=OWDFA40_NUM_CLASSES,
+        benchmark="owdfa40",
+        protocol=protocol,
+        method="cal_official" if known_k else "cal_dpp_official",
+        loss="cal",
+        method_params=method_params,
+        method_state=state or None,
+        source=provenance,
+        seed=seed,
+        val_best_epoch=None,  # the official run selected its epoch on the test split
+        trained_on=f"the CAL authors' run ({OFFICIAL_CODE})",
+        numerics={"precision": "fp32", "deterministic": True},
+    )
 
 
 def _selection_score(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -720,20 +746,21 @@ def _selection_score(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def import_setting(card: Mapping[str, Any]) -> str:
+def import_setting(card: ModelCard) -> str:
     """`known K`, or `unknown K, N active prototypes`: what an imported card is, for one summary line."""
-    return "known K" if card["method"] == "cal_official" else f"unknown K, {card['num_active']} active prototypes"
+    return "known K" if card.method == "cal_official" else f"unknown K, {card.num_active} active prototypes"
 
 
 def write_model_dir(out: Path, imported: ImportedCheckpoint) -> None:
-    """Write the model directory (the one place that calls `save_model_dir`)."""
+    """Write the model directory with the shared writer, as a trained model's (the one place that calls
+    `save_model_dir` here): `model.safetensors` and `card.json` (`ModelCard.to_json`)."""
     from owdfa.model_io import save_model_dir
 
     save_model_dir(Path(out), imported.state, imported.card)
 
 
-def import_to_model_dir(source: CheckpointFile, out: Path, **options: Any) -> dict[str, Any]:
-    """`import_official_checkpoint` then `write_model_dir`; returns the card fields."""
+def import_to_model_dir(source: CheckpointFile, out: Path, **options: Any) -> ModelCard:
+    """`import_official_checkpoint` then `write_model_dir`; returns the model card."""
     imported = import_official_checkpoint(source, **options)
     write_model_dir(out, imported)
     return imported.card
@@ -754,5 +781,6 @@ __all__ = [
     "official_run",
     "pickle_globals",
     "read_lightning_checkpoint",
+    "resolve_checkpoint",
     "write_model_dir",
 ]
