@@ -1,6 +1,9 @@
-"""DVC stage `pretrain@<protocol>`: supervised training on the labelled known classes (params: pretrain, numerics).
+"""DVC stage `pretrain@<protocol>`: the starting weights of the protocol's train runs (params: pretrain, numerics).
 
-`pretrain.nproc` and `--checkpoints` work as in the train stage (see stages/train.py).
+`pretrain.mode`: supervised on the labelled known classes, self_supervised (SimCLR on every training
+image, no label read), both (SimCLR, then supervised), or none. `--metrics` gets the starting
+features' known-class accuracy (`owdfa.feature_probe`) in every mode. `pretrain.nproc` and
+`--checkpoints` work as in the train stage (see stages/train.py).
 """
 
 import argparse
@@ -17,17 +20,18 @@ def main() -> None:
     parser.add_argument("--faces", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, default=None, help="per-epoch checkpoint directory (resume)")
+    parser.add_argument("--metrics", type=Path, default=None, help="starting features' known-class accuracy (JSON)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
     from owdfa.distributed import relaunch
-    from owdfa.train_config import train_config
-    from owdfa.training_stages import PRETRAIN_EXTRA, pretrain
+    from owdfa.train_config import pretrain_plan
+    from owdfa.training_stages import pretrain
 
     section = Section.from_file("pretrain", args.params)
-    nproc = train_config(section, extra_keys=PRETRAIN_EXTRA).nproc  # checks the params before launching
-    relaunch(nproc if section.bool("enabled") else 1)
-    pretrain(section, args.split, args.faces, args.out, args.checkpoints)
+    plan = pretrain_plan(section)  # checks the params before launching
+    relaunch(plan.config.nproc if plan.mode != "none" else 1)
+    pretrain(section, args.split, args.faces, args.out, args.checkpoints, args.metrics)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, help="folder of per-run prediction CSVs (comparison figures)")
+    parser.add_argument("--pretrain", type=Path, help="folder of the pretrain stages' metrics (starting features)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     imported = list(Section.from_file("official", args.params).section("models").keys())
-    build_report(args.runs, args.protocols, args.methods, args.seeds, args.out, args.predictions, imported)
+    build_report(
+        args.runs, args.protocols, args.methods, args.seeds, args.out, args.predictions, imported, args.pretrain
+    )
     print(f"report: {args.out / 'results.md'}")
 
 

@@ -84,3 +84,18 @@ def test_k_hat_is_the_analysed_checkpoints(faithful_run, tmp_path):
     assert by_val["k_hat"] == int(last["num_active"]) + 3
     assert by_last["k_hat"] == int(last["num_active"])
     assert json.loads((tmp_path / "a" / "run.json").read_text())["checkpoint"] == "val_best"
+
+
+def test_method_trajectories_pick_the_methods_own_series():
+    from owdfa.evaluation import method_trajectories
+
+    history = [
+        {"epoch": 0, "train/loss": 2.0, "method/tau_novel": 0.1234567, "train/acr_kept_fraction": 0.0},
+        {"epoch": 1, "train/loss": 1.0, "method/tau_novel": 1.5, "method/k_hat": 9, "train/acr_kept_fraction": 0.25},
+    ]
+    assert method_trajectories(history) == {
+        "acr_kept_fraction": [0.0, 0.25],
+        "k_hat": [9.0],
+        "tau_novel": [0.123457, 1.5],
+    }
+    assert method_trajectories([{"epoch": 0, "train/loss": 1.0, "val/acc": 0.5}]) == {}

@@ -103,7 +103,7 @@ def test_report_is_bit_identical_on_a_rerun(tmp_path, runs):
     build_report(runs[0], ["p1"], METHODS, SEEDS, first, runs[1])
     build_report(runs[0], ["p1"], METHODS, SEEDS, second, runs[1])
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == 4
+    assert len(files) == 5  # results.md, metrics.json, trajectories.json, two figures
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
 
@@ -135,3 +135,41 @@ def test_faithful_dpp_gets_both_classifiers_side_by_side(tmp_path, runs):
     # cal: last all_acc 0.60 / 0.62 -> 61.0 ± 1.4, novel 41.0 ± 1.4, known 80.0; all rows 30.0, 10.0, 70.0
     assert "| cal | 61.0 ± 1.4 | 41.0 ± 1.4 | 80.0 ± 0.0 | 30.0 ± 0.0 | 10.0 ± 0.0 | 70.0 ± 0.0 |" in text
     assert "| cal_abl1 | " not in text.split("**Faithful DPP, both classifiers**")[1].split("\n\n")[1]
+
+
+def test_starting_features_and_trajectories(tmp_path, runs):
+    """The pretrain stage's probe joins the protocol's section and metrics.json; per-epoch series go to
+    trajectories.json per seed (K-hat only where it changed, the method's own series as logged)."""
+    runs_dir = runs[0]
+    for seed in SEEDS:
+        path = runs_dir / run_key("p1", "cal", seed) / "run.json"
+        run = json.loads(path.read_text())
+        run["method_trajectories"] = {"tau_novel": [0.2, 1.1 - seed / 10], "acr_kept_fraction": [0.0, 0.5]}
+        path.write_text(json.dumps(run))
+    pretrain = tmp_path / "pretrain"
+    (pretrain / "p1").mkdir(parents=True)
+    (pretrain / "p1" / "metrics.json").write_text(
+        json.dumps({"mode": "both", "probe_known_acc": 0.625, "val_acc": None})
+    )
+    out = tmp_path / "out"
+    summary = build_report(runs_dir, ["p1"], METHODS, SEEDS, out, runs[1], pretrain_dir=pretrain)
+    assert summary["starting_features"] == {"p1": {"probe_known_acc": 0.625, "val_acc": None}}
+    text = (out / "results.md").read_text()
+    assert (
+        "**Starting features** (p1, `pretrain.mode: both`): known-class accuracy of a nearest-class-mean probe " in text
+    )
+    assert "validation split 62.5 %; the pretrain classifier's validation accuracy n/a." in text
+    trajectories = json.loads((out / "trajectories.json").read_text())
+    assert trajectories["p1"]["cal"] == {
+        "seeds": [0, 1],
+        "k_hat": [[40, 30, 15], [40, 30, 15]],
+        "acr_kept_fraction": [[0.0, 0.5], [0.0, 0.5]],
+        "tau_novel": [[0.2, 1.1], [0.2, 1.0]],
+    }
+    assert "tau_novel" not in trajectories["p1"]["cal_abl1"]  # its runs logged no threshold
+
+
+def test_no_pretrain_metrics_no_starting_features(tmp_path, runs):
+    summary = build_report(runs[0], ["p1"], METHODS, SEEDS, tmp_path / "out", runs[1], pretrain_dir=tmp_path / "none")
+    assert "starting_features" not in summary
+    assert "Starting features" not in (tmp_path / "out" / "results.md").read_text()

@@ -152,13 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
         "grid",
         help="regenerate grid tables (reports/grid/) as queued DVC experiments",
         description="Queue one `dvc exp run` per grid of params/grids.yaml, run the queue and write each "
-        "experiment's report to reports/grid/results-NAME.md and metrics-NAME.json. Run it in the repository.",
+        "experiment's report to reports/grid/results-NAME.md, metrics-NAME.json and trajectories-NAME.json. "
+        "Run it in the repository.",
     )
     grid.add_argument("names", metavar="NAME", nargs="*", help="grids to run (default: list them)")
     grid.add_argument(
         "-j", "--jobs", type=_positive_int, default=1, help="queue workers: cores // numerics.threads (default 1)"
     )
     grid.add_argument("--grids", type=Path, default=Path("params/grids.yaml"), help="the grids file")
+    study = commands.add_parser(
+        "study",
+        help="write the regime study's tables and figures (reports/study/) from the regime grids' reports",
+        description="Read reports/grid/ files of the grids named regime-<start>-PROTOCOL (run them first with "
+        "`owdfa grid`) and write reports/study/regimes-PROTOCOL.md, regimes-PROTOCOL.png and acr-PROTOCOL.png. "
+        "Nothing is trained. Run it in the repository.",
+    )
+    study.add_argument("protocol", metavar="PROTOCOL", help="p1, p2, p3 (or a custom protocol)")
+    study.add_argument("--grids", type=Path, default=Path("params/grids.yaml"), help="the grids file")
     return parser
 
 
@@ -198,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_info(args.model_dir, args.format)
             if args.command == "grid":
                 return cmd_grid(args.names, args.jobs, args.grids)
+            if args.command == "study":
+                return cmd_study(args.protocol, args.grids)
             if args.command == "import":
                 return cmd_import(args)
             return cmd_attribute(args)
@@ -228,6 +240,14 @@ def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
             print(f"{grid.name}: {grid.description}\n  {grid.command()}")
         return 0
     run_grids(names, Path.cwd(), jobs=jobs, grids_file=grids_file)
+    return 0
+
+
+def cmd_study(protocol: str, grids_file: Path) -> int:
+    from owdfa.study import write_study
+
+    for path in write_study(protocol, Path.cwd(), grids_file):
+        print(path, file=sys.stderr)
     return 0
 
 

@@ -191,6 +191,9 @@ def evaluate(
         "trained_under": card.numerics,
         "evaluated_under": describe_numerics(str(device), effective_precision(device, config.precision)),
     }
+    trajectories = method_trajectories(card.history or [])
+    if trajectories:  # methods that adapt something per epoch (CAL's ACR threshold)
+        run["method_trajectories"] = trajectories
     if card.source is not None:  # only imported models: a trained run's run.json stays as it was
         run["imported"] = {"source": card.source, "trained_on": card.trained_on, "num_active": card.num_active}
     atomic_write_json(out_dir / "run.json", run)
@@ -210,6 +213,20 @@ def evaluate(
         device,
     )
     return metrics
+
+
+# Per-epoch statistics worth following across epochs (besides K-hat): each method's own logged
+# values (`method/...`, e.g. CAL's adaptive novel threshold) and the share of ACR's kept pseudo-labels.
+TRAJECTORY_KEYS = {"train/acr_kept_fraction": "acr_kept_fraction"}
+
+
+def method_trajectories(history: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Name -> per-epoch values of what the method logged under `method/` and TRAJECTORY_KEYS."""
+    names = sorted({k for record in history for k in record if k.startswith("method/") or k in TRAJECTORY_KEYS})
+    return {
+        TRAJECTORY_KEYS.get(k, k.removeprefix("method/")): [round(float(r[k]), 6) for r in history if k in r]
+        for k in names
+    }
 
 
 @dataclass(frozen=True)

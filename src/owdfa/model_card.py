@@ -37,6 +37,7 @@ NETWORK_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 CLASS_KEYS = ("target", "name", "label", "folder", "known")
 NORMALISATION_KEYS = ("mean", "std")
 WRITTEN_WHEN_NULL = ("val_best_epoch", "preprocessing")
+PRETRAINED_MODES = ("supervised", "self_supervised", "both")  # pretrain.mode none writes SkippedPretraining's card
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ class ModelCard:
     model_options: dict[str, bool] | None = None  # of MODEL_OPTIONS
     seed: int | None = None
     enabled: bool | None = None  # true on a pretrain stage's card; never written by the train stage
+    pretrain_mode: str | None = None  # a pretrain stage's `pretrain.mode` (supervised, self_supervised, both)
     normalisation: dict[str, list[float]] | None = None  # the model's input mean and std
     history: list[dict[str, Any]] | None = None  # per epoch: "epoch", the logged losses, "lr", "val/acc"
+    self_supervised_history: list[dict[str, Any]] | None = None  # pretrain mode both: SimCLR's epochs, before history
     val_best_epoch: int | None = None  # index into history; None without a validation split
     trained_on: str | None = None
     numerics: dict[str, Any] | None = None  # owdfa.numerics.describe() of the training run
@@ -142,7 +145,7 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class SkippedPretraining:
-    """The card of a pretrain stage run with `enabled: false`: no weights, nothing else recorded."""
+    """The card of a pretrain stage run with `pretrain.mode: none`: no weights, nothing else recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"enabled": False}
@@ -205,7 +208,7 @@ def inspect_card(model_dir: Path) -> CardInspection:
 
 
 def _no_model(where: Path) -> str:
-    return f"{where}: pretraining was skipped (enabled: false): there is no model"
+    return f"{where}: pretraining was skipped (pretrain.mode: none): there is no model"
 
 
 def _parse(raw: dict[str, Any], where: Path) -> ModelCard | SkippedPretraining:
@@ -255,6 +258,8 @@ def _fields(card: Section, lenient: bool) -> dict[str, Any]:
     field("numerics", lambda: _optional(card, "numerics", partial(_mapping, card)))
     field("normalisation", lambda: _optional(card, "normalisation", partial(_normalisation, card)))
     field("history", lambda: _optional(card, "history", partial(_history, card)))
+    field("self_supervised_history", lambda: _optional(card, "self_supervised_history", partial(_history, card)))
+    field("pretrain_mode", lambda: _optional(card, "pretrain_mode", card.str, choices=PRETRAINED_MODES))
     field("val_best_epoch", lambda: _optional(card, "val_best_epoch", card.int, min=0))
     field("source", lambda: _optional(card, "source", partial(_mapping, card)))
     if not lenient:

@@ -536,3 +536,86 @@ def _as_float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. regime study (owdfa.study): accuracy against the starting features, ACR and K-hat per epoch
+# --------------------------------------------------------------------------------------------------
+@_styled
+def make_regime_figure(
+    regimes: Sequence[Any], methods: Sequence[str], metrics: Sequence[tuple[str, str]], protocol: str
+) -> Figure:
+    """One panel per metric: each method's mean ± std against the regime's starting-feature accuracy.
+
+    `regimes` are `owdfa.study.Regime`s; a regime without a probe value is left out of the panels.
+    """
+    fig = _new_figure(4.2 * len(metrics), 3.6)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    tab10 = matplotlib.colormaps["tab10"].colors
+    placed = [r for r in regimes if r.probe is not None]
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for i, method in enumerate(methods):
+            points = sorted(
+                (100 * r.probe, 100 * r.methods[method][key], 100 * (r.methods[method].get(f"{key}_std") or 0.0))
+                for r in placed
+                if method in r.methods and r.methods[method].get(key) is not None
+            )
+            if points:
+                x, y, err = (np.array(v) for v in zip(*points, strict=True))
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, lw=1.2, capsize=3, color=tab10[i % 10], label=method)
+        for r in placed:
+            ax.axvline(100 * r.probe, color="0.85", lw=0.8, zorder=0)
+        ax.set_xlabel("starting features: known-class accuracy (%)")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(f"{protocol}: {title}")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return fig
+
+
+@_styled
+def make_acr_figure(
+    regimes: Sequence[Any], acr_methods: Sequence[str], k_methods: Sequence[str], protocol: str
+) -> Figure:
+    """Left: CAL's novel threshold per epoch (mean over seeds), one line per regime and method; right: K-hat."""
+    fig = _new_figure(11.0, 3.6)
+    left, right = fig.subplots(1, 2)
+    tab10 = matplotlib.colormaps["tab10"].colors
+    styles = ["-", "--", ":", "-."]
+
+    def mean_series(series: Sequence[Sequence[float]]) -> np.ndarray:
+        length = min(len(s) for s in series)
+        return np.mean([list(s)[:length] for s in series], axis=0)
+
+    for i, r in enumerate(regimes):
+        for j, method in enumerate(acr_methods):
+            tau = r.trajectories.get(method, {}).get("tau_novel")
+            if tau:
+                y = mean_series(tau)
+                left.plot(
+                    np.arange(1, y.size + 1), y, ls=styles[j % 4], color=tab10[i % 10], label=f"{r.grid.name}, {method}"
+                )
+        for j, method in enumerate(k_methods):
+            k = r.trajectories.get(method, {}).get("k_hat")
+            if k:
+                y = mean_series(k)
+                right.plot(
+                    np.arange(1, y.size + 1),
+                    y,
+                    ls=styles[j % 4],
+                    marker="o",
+                    ms=3,
+                    color=tab10[i % 10],
+                    label=f"{r.grid.name}, {method}",
+                )
+    left.axhline(1.0, color="black", lw=0.8, ls="--")
+    left.set_xlabel("epoch")
+    left.set_ylabel(r"$\tau_{novel}$ (mean over seeds)")
+    left.set_title(f"{protocol}: ACR's novel threshold (1 = no novel pseudo-label passes)")
+    right.set_xlabel("epoch")
+    right.set_ylabel(r"$\hat{K}$ (mean over seeds)")
+    right.set_title(f"{protocol}: DPP's active prototypes")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small", frameon=False)
+    return fig

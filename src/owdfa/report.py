@@ -7,6 +7,10 @@ Markdown tables, as the papers print them. Every table says which metric convent
 checkpoint (last epoch, or the epoch selected on the labelled validation split) its numbers come
 from. Output depends only on the inputs (bit-identical on a re-run).
 
+Beside them: each protocol's starting features (the pretrain stage's probe, `starting_features` in
+metrics.json) and reports/trajectories.json, what changed per epoch in every run that changes
+something (DPP's K-hat, CAL's novel threshold and ACR's kept share), for the regime study.
+
 Imported models (`official.models` in params.yaml: the CAL authors' released weights, evaluated by
 `evaluate_official@<name>` into reports/runs/official-<name>/) join the same tables as rows of their
 own, one per protocol and method (mean ± std over the imported seeds), marked "(official
@@ -490,9 +494,15 @@ def build_report(
     out_dir: Path,
     predictions_dir: Path | None = None,
     imported: Sequence[str] = (),
+    pretrain_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """`imported`: the names under `official.models`, evaluated into runs_dir/official-<name>/."""
+    """`imported`: the names under `official.models`, evaluated into runs_dir/official-<name>/.
+
+    `pretrain_dir`: the pretrain stages' metrics (<protocol>/metrics.json), the starting features'
+    strength, reported per protocol and under `starting_features` in metrics.json.
+    """
     grid = _Grid(runs_dir, protocols, methods, seeds, imported)
+    starting = _starting_features(pretrain_dir, protocols)
     summary: dict[str, Any] = {}
     for protocol in protocols:
         summary[protocol] = {}
@@ -513,6 +523,8 @@ def build_report(
     for protocol in protocols:
         figures = _comparison_figures(grid, protocol, methods, predictions_dir, out_dir)
         lines += _protocol_section(grid, protocol, methods, figures)
+        if protocol in starting:
+            lines += _starting_line(protocol, starting[protocol])
     lines += _ablation(grid, protocols, methods)
     legend = {m: grid.info[protocols[0], m][0] for m in methods}
     for protocol, rows in grid.imported.items():
@@ -524,6 +536,55 @@ def build_report(
         "MC-dropout uncertainty maps, training curves, K̂ per epoch) are in "
         "`reports/runs/<protocol>-<method>-<seed>/plots/` (`dvc plots show` lists them)."
     )
+    if starting:
+        summary["starting_features"] = {p: {k: v for k, v in m.items() if k != "mode"} for p, m in starting.items()}
     atomic_write_json(out_dir / "metrics.json", summary)
+    atomic_write_json(out_dir / TRAJECTORIES_FILE, _trajectories(grid, protocols, methods))
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
     return summary
+
+
+TRAJECTORIES_FILE = "trajectories.json"
+
+
+def _starting_features(pretrain_dir: Path | None, protocols: list[str]) -> dict[str, dict[str, Any]]:
+    """protocol -> the pretrain stage's metrics (mode, probe_known_acc, val_acc), for the protocols that have them."""
+    found: dict[str, dict[str, Any]] = {}
+    for protocol in protocols if pretrain_dir is not None else []:
+        path = pretrain_dir / protocol / "metrics.json"
+        if path.is_file():
+            try:
+                found[protocol] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                raise DataError(f"{path}: not JSON (re-run the pretrain stage)") from None
+    return found
+
+
+def _starting_line(protocol: str, metrics: dict[str, Any]) -> list[str]:
+    def percent(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * float(value):.1f} %"
+
+    return [
+        f"**Starting features** ({protocol}, `pretrain.mode: {metrics.get('mode')}`): known-class accuracy of a "
+        f"nearest-class-mean probe on the labelled validation split {percent(metrics.get('probe_known_acc'))}; "
+        f"the pretrain classifier's validation accuracy {percent(metrics.get('val_acc'))}.",
+        "",
+    ]
+
+
+def _trajectories(grid: _Grid, protocols: list[str], methods: list[str]) -> dict[str, Any]:
+    """Per protocol and method, what changed per epoch in each seed's run: K-hat (when pruned) and the
+    method's own statistics (CAL's novel threshold, ACR's kept share); methods with none are left out."""
+    out: dict[str, Any] = {}
+    for protocol in protocols:
+        for method in methods:
+            runs = grid.info[protocol, method]
+            series: dict[str, list[list[float]]] = {}
+            if any(len(r.get("k_trajectory") or []) > 1 for r in runs):
+                series["k_hat"] = [list(r.get("k_trajectory") or []) for r in runs]
+            names = sorted({n for r in runs for n in r.get("method_trajectories") or {}})
+            for name in names:
+                series[name] = [list((r.get("method_trajectories") or {}).get(name, [])) for r in runs]
+            if series:
+                out.setdefault(protocol, {})[method] = {"seeds": list(grid.seeds), **series}
+    return out

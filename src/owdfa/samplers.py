@@ -173,13 +173,58 @@ class BalancedSampler:
             self._orders = [flat[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-SAMPLERS: dict[str, type[Sampler] | type[BalancedSampler]] = {
+class EveryRowSampler:
+    """Self-supervised pretraining's sampler: each epoch a fresh permutation of every row, no targets.
+
+    It reads `unlabelled_rows` only (the pretrain stage puts every training row there and gives no
+    labels) and returns -1 as every target. An epoch is len(rows) // batch_size batches, the short
+    remainder dropped, as SimCLR's loader does; the permutation comes from the loop's generator at
+    the epoch's first draw, so every rank draws the same global batch.
+    """
+
+    def __init__(self, data: TrainData, batch_size: int) -> None:
+        if len(data.unlabelled_rows) < batch_size:
+            raise ValueError(f"{len(data.unlabelled_rows)} training rows are fewer than one batch of {batch_size}")
+        self.rows, self.batch_size = np.asarray(data.unlabelled_rows), batch_size
+        self._order: np.ndarray | None = None
+        self._step_in_epoch = 0
+
+    @classmethod
+    def build(cls, data: TrainData, config: TrainConfig, method: Method) -> EveryRowSampler:
+        return cls(data, config.batch_size)
+
+    @property
+    def steps(self) -> int:
+        return len(self.rows) // self.batch_size
+
+    def draw(self, gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        if self._step_in_epoch == 0:
+            self._order = torch.randperm(len(self.rows), generator=gen).numpy()
+        start = self._step_in_epoch * self.batch_size
+        rows = self.rows[self._order[start : start + self.batch_size]]
+        self._step_in_epoch = (self._step_in_epoch + 1) % self.steps
+        return rows, torch.full((self.batch_size,), -1, dtype=torch.long)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"step_in_epoch": self._step_in_epoch}
+        if self._order is not None:
+            state["order"] = torch.from_numpy(self._order.astype(np.int64))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step_in_epoch = int(state["step_in_epoch"])
+        self._order = state["order"].numpy().copy() if "order" in state else None
+
+
+AnySampler = Sampler | BalancedSampler | EveryRowSampler
+SAMPLERS: dict[str, type[Sampler] | type[BalancedSampler] | type[EveryRowSampler]] = {
     "labelled_share": Sampler,
     "class_balanced": BalancedSampler,
+    "every_row": EveryRowSampler,
 }
 
 
-def build_sampler(data: TrainData, config: TrainConfig, method: Method) -> Sampler | BalancedSampler:
+def build_sampler(data: TrainData, config: TrainConfig, method: Method) -> AnySampler:
     """The sampler the method's recipe names (`Method.sampler`)."""
     if method.sampler not in SAMPLERS:
         raise ValueError(f"{type(method).__name__}.sampler = {method.sampler!r}; known: {', '.join(SAMPLERS)}")

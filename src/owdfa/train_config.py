@@ -92,3 +92,59 @@ class TrainData:
     val_targets: np.ndarray
     num_known: int
     num_classes: int
+
+
+PRETRAIN_MODES = ("none", "supervised", "self_supervised", "both")
+
+
+@dataclass(frozen=True)
+class SelfSupervisedConfig:
+    """SimCLR pretraining (`pretrain.self_supervised`, read in modes self_supervised and both).
+
+    Its own epochs, learning rate (constant: no step decay) and views (strong on both sides, a
+    stronger crop and jitter than the methods' own strong view, as SimCLR needs); batch size,
+    weight decay, backbone and device are the pretrain section's.
+    """
+
+    epochs: int = param(30, min=1)
+    lr: float = param(2e-3, min=0.0)
+    temperature: float = param(0.2, min=1e-3)
+    projection_dim: int = param(64, min=1)
+    augment: AugmentConfig = param(default_factory=AugmentConfig, nested=AUGMENT_PARAMS)
+
+
+@dataclass(frozen=True)
+class PretrainPlan:
+    """What the pretrain stage runs (`pretrain.mode`, `pretrain.seed`, `pretrain.self_supervised`).
+
+    none: no pretraining, the train stage starts from a random initialisation; supervised: the
+    labelled known classes (the section's training keys); self_supervised: SimCLR on every training
+    image, no label read; both: SimCLR, then the supervised warm-up from its weights.
+    """
+
+    mode: str
+    seed: int
+    config: TrainConfig  # the section's training keys: the supervised phase's, and SimCLR's batch size and device
+    self_supervised: SelfSupervisedConfig | None  # modes self_supervised and both
+
+    @property
+    def supervised(self) -> bool:
+        return self.mode in ("supervised", "both")
+
+
+PRETRAIN_KEYS = ("mode", "seed", "self_supervised")
+
+
+def pretrain_plan(section: Section) -> PretrainPlan:
+    """The pretrain section, checked whole: the training keys are read in every mode."""
+    config = train_config(section, extra_keys=PRETRAIN_KEYS)
+    mode = section.str("mode", choices=PRETRAIN_MODES)
+    ssl = None
+    if mode in ("self_supervised", "both"):
+        ssl = load_section(SelfSupervisedConfig, section.section("self_supervised"))
+    return PretrainPlan(mode=mode, seed=section.int("seed", min=0), config=config, self_supervised=ssl)
+
+
+def self_supervised_run(base: TrainConfig, ssl: SelfSupervisedConfig) -> TrainConfig:
+    """The training loop's settings of the SimCLR phase: its epochs, lr and views; the lr stays constant."""
+    return replace(base, epochs=ssl.epochs, lr=ssl.lr, lr_step=ssl.epochs, lr_gamma=1.0, augment=ssl.augment)

@@ -1,9 +1,11 @@
 """The one training loop shared by every method (pretrain, baselines, CAL, CPL).
 
 Each step draws a batch by the method's sampler (`Method.sampler`: CAL's, with replacement and each
-draw labelled with probability `labelled_share`; or CPL's class-balanced one), makes a weak and a
-strong view and runs them through the network in two passes (so BatchNorm sees per-view batches, as
-in CAL), or CPL's single view for a single-view method; the method turns the outputs into a loss.
+draw labelled with probability `labelled_share`; CPL's class-balanced one; or SimCLR's pass over
+every row), makes a weak and a strong view (two strong ones for SimCLR) and runs them through the
+network in two passes (so BatchNorm sees per-view batches, as in CAL), or CPL's single view for a
+single-view method; the method turns the outputs into a loss (a loss owning trainable parts, SimCLR's
+projection head, has them optimised with the model's).
 A method variant may override the optimiser settings (`owdfa.train_config.with_method_optimizer`).
 After each epoch the method's hook runs, the labelled validation split is scored, dvclive logs
 the curves and a checkpoint is written. Model selection uses validation only; the test split is
@@ -40,7 +42,7 @@ from owdfa.live_log import log_record, open_live
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
 from owdfa.numerics import configure_torch
-from owdfa.samplers import BalancedSampler, Sampler, build_sampler
+from owdfa.samplers import AnySampler, build_sampler
 from owdfa.train_config import TrainConfig, TrainData, check_divisible
 
 
@@ -142,7 +144,7 @@ class TrainStep:
     method: Method
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
-    sampler: Sampler | BalancedSampler
+    sampler: AnySampler
     host: HostBatches
     gen: torch.Generator
     config: TrainConfig
@@ -155,7 +157,9 @@ class TrainStep:
         rows, targets = self.sampler.draw(gen)
         targets = targets.to(self.device)
         x = self.host(rows)
-        if self.method.uses_strong_view:
+        if self.method.two_strong_views:
+            weak, strong = strong_view(x, config.augment, gen), strong_view(x, config.augment, gen)
+        elif self.method.uses_strong_view:
             weak, strong = weak_view(x, config.augment, gen), strong_view(x, config.augment, gen)
         else:
             weak, strong = single_view(x, config.augment, gen), None
@@ -209,7 +213,7 @@ def run_training(
         if num_prototypes is None:
             num_prototypes = method.num_prototypes(data.num_known, data.num_classes)
         model = _build_model(config, method, num_prototypes, init_state, world, device, section_name)
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad] + method.make_head(model.feature_dim, device)
         optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         gen = torch.Generator().manual_seed(seed)

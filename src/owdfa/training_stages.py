@@ -15,15 +15,23 @@ from owdfa.data.face_preprocessing import read_preprocessing
 from owdfa.data.split import read_split
 from owdfa.distributed import world_from_env
 from owdfa.errors import DataError
+from owdfa.feature_probe import feature_probe
+from owdfa.io import atomic_write_json
 from owdfa.methods import build_method
 from owdfa.methods.base import Supervised
+from owdfa.methods.simclr import SimCLR
 from owdfa.model_card import CardClass, ModelCard, SkippedPretraining, read_card
 from owdfa.model_io import load_state, params_hash, save_model_dir
 from owdfa.numerics import describe as describe_numerics
-from owdfa.train_config import TrainData, train_config, with_method_optimizer
+from owdfa.train_config import (
+    PretrainPlan,
+    TrainData,
+    pretrain_plan,
+    self_supervised_run,
+    train_config,
+    with_method_optimizer,
+)
 from owdfa.training import TrainResult, run_training
-
-PRETRAIN_EXTRA = ("enabled", "seed")
 
 
 def load_train_data(split_dir: Path, faces_dir: Path) -> tuple[TrainData, dict[str, Any]]:
@@ -76,53 +84,123 @@ def _card(
 
 
 def pretrain(
-    section: Section, split_dir: Path, faces_dir: Path, out: Path, checkpoints: Path | None = None
+    section: Section,
+    split_dir: Path,
+    faces_dir: Path,
+    out: Path,
+    checkpoints: Path | None = None,
+    metrics: Path | None = None,
 ) -> ModelCard | SkippedPretraining:
-    """Supervised training on the labelled known classes (skipped when `enabled: false`).
+    """The starting weights of every train run of a protocol, by `pretrain.mode` (`PretrainPlan`).
 
-    With `checkpoints`, an interrupted run resumes from its last epoch. In a multi-process run only
-    rank 0 writes.
+    With `checkpoints`, an interrupted run resumes from its last epoch (SimCLR's phase keeps its own
+    in `self_supervised/` below it until the whole stage has finished). `metrics` receives the
+    starting features' known-class accuracy (`feature_probe`) in every mode, none included. In a
+    multi-process run only rank 0 writes.
     """
-    config = train_config(section, extra_keys=PRETRAIN_EXTRA)
-    enabled = section.bool("enabled")
-    seed = section.int("seed", min=0)
+    plan = pretrain_plan(section)
     data, classes = load_train_data(split_dir, faces_dir)
-    if not enabled:
-        if world_from_env().is_main:
+    is_main = world_from_env().is_main
+    if plan.mode == "none":
+        if is_main:
+            model = _random_model(plan, data)
+            _write_metrics(metrics, plan.mode, feature_probe(model, data, plan.config), None)
             save_model_dir(out, None, SkippedPretraining())
             _finish(checkpoints)
         return SkippedPretraining()
-    result = run_training(
-        config,
-        data,
-        Supervised(),
-        num_prototypes=data.num_known,
-        seed=seed,
-        desc=f"pretrain {classes['protocol']}",
-        checkpoint_dir=checkpoints,
-        fingerprint_extra=_data_identity(classes, faces_dir),
-        section_name=section.name,
-    )
+    identity = _data_identity(classes, faces_dir)
+    ssl_result = init_state = None
+    if plan.self_supervised is not None:
+        ssl_result = run_training(
+            self_supervised_run(plan.config, plan.self_supervised),
+            label_free(data),
+            SimCLR(temperature=plan.self_supervised.temperature, projection_dim=plan.self_supervised.projection_dim),
+            num_prototypes=data.num_known,
+            seed=plan.seed,
+            desc=f"pretrain {classes['protocol']} (self-supervised)",
+            checkpoint_dir=None if checkpoints is None else checkpoints / SELF_SUPERVISED_DIR,
+            fingerprint_extra=identity,
+            section_name=section.name,
+        )
+        init_state = starting_weights(ssl_result.model.state_dict())
+    result = ssl_result
+    if plan.supervised:
+        result = run_training(
+            plan.config,
+            data,
+            Supervised(),
+            num_prototypes=data.num_known,
+            seed=plan.seed,
+            init_state=init_state,
+            desc=f"pretrain {classes['protocol']}",
+            checkpoint_dir=checkpoints,
+            fingerprint_extra=identity,
+            section_name=section.name,
+        )
     card = _card(
         result,
         classes,
         section.as_dict(),
         faces_dir,
         enabled=True,
-        method="supervised",
-        seed=seed,
+        pretrain_mode=plan.mode,
+        self_supervised_history=None if ssl_result is None or plan.mode == "self_supervised" else ssl_result.history,
+        method="supervised" if plan.supervised else SimCLR.name,
+        seed=plan.seed,
         image_size=_size(data),
     )
     if result.is_main:
+        val_acc = result.history[result.best_val_epoch]["val/acc"] if result.best_val_epoch is not None else None
+        _write_metrics(metrics, plan.mode, feature_probe(result.model, data, plan.config), val_acc)
         save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
         _finish(checkpoints)
     return card
+
+
+SELF_SUPERVISED_DIR = "self_supervised"
+
+
+def label_free(data: TrainData) -> TrainData:
+    """Every training row (labelled and unlabelled, sorted) and no label, no validation: what SimCLR is given."""
+    no_rows = np.zeros(0, dtype=np.int64)
+    return TrainData(
+        images=data.images,
+        labelled_rows=no_rows,
+        labelled_targets=no_rows,
+        unlabelled_rows=np.sort(np.concatenate([data.labelled_rows, data.unlabelled_rows])),
+        val_rows=no_rows,
+        val_targets=no_rows,
+        num_known=data.num_known,
+        num_classes=data.num_classes,
+    )
+
+
+def starting_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """What a later run takes from a pretrained model: the backbone and the neck; prototypes are always new."""
+    return {k: v for k, v in state.items() if k.startswith(("backbone.", "neck."))}
+
+
+def _random_model(plan: PretrainPlan, data: TrainData):
+    """The untrained network a `mode: none` run would start from (seeded by pretrain.seed), for the probe."""
+    from owdfa.models import AttributionModel
+    from owdfa.training import seed_everything
+
+    seed_everything(plan.seed)
+    config = plan.config
+    return AttributionModel(config.backbone, data.num_known, pretrained=config.pretrained, dropout=config.dropout)
+
+
+def _write_metrics(path: Path | None, mode: str, probe: float | None, val_acc: float | None) -> None:
+    if path is not None:
+        atomic_write_json(path, {"mode": mode, "probe_known_acc": probe, "val_acc": val_acc})
 
 
 def _finish(checkpoints: Path | None) -> None:
     """The model directory is safe on disk: the checkpoints have served (a kill before this resumes)."""
     if checkpoints is not None:
         close_checkpoints(checkpoints)
+        if (checkpoints / SELF_SUPERVISED_DIR).is_dir():
+            close_checkpoints(checkpoints / SELF_SUPERVISED_DIR)
 
 
 def _data_identity(classes: dict[str, Any], faces_dir: Path) -> dict[str, Any]:
@@ -136,13 +214,12 @@ def _size(data: TrainData) -> int:
 
 
 def initial_state(init_dir: Path | None) -> dict | None:
-    """Backbone and neck weights of the pretrained model; the prototypes are always new."""
+    """Backbone and neck weights of the pretrained model (`starting_weights`); None when pretraining was skipped."""
     if init_dir is None:
         return None
     if isinstance(read_card(init_dir), SkippedPretraining):
         return None
-    state = load_state(init_dir, "last")
-    return {k: v for k, v in state.items() if k.startswith(("backbone.", "neck."))}
+    return starting_weights(load_state(init_dir, "last"))
 
 
 def train(

@@ -63,6 +63,8 @@ class Method:
     # draw labelled with probability train.labelled_share, with replacement); "class_balanced" =
     # CPL's (alternating unlabelled / least-drawn labelled class). Part of a method's recipe.
     sampler: ClassVar[str] = "labelled_share"
+    # Both views strong (a contrastive objective's pair) instead of weak + strong.
+    two_strong_views: ClassVar[bool] = False
 
     def step_loss(self, step: StepInput) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -70,6 +72,14 @@ class Method:
     def model_options(self) -> dict[str, bool]:
         """Model parts this method needs (`ffe`, `patch_features`)."""
         return {}
+
+    def make_head(self, feature_dim: int, device: torch.device) -> list[torch.nn.Parameter]:
+        """Trainable parts the loss itself owns (a projection head), built once the model is; none by default.
+
+        They are optimised with the model's parameters and kept in `state_dict` for resuming, never
+        saved with the model.
+        """
+        return []
 
     def num_prototypes(self, num_known: int, num_classes: int) -> int:
         """Classifier rows to start with: the true class count when K is known."""

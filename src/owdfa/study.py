@@ -1,0 +1,182 @@
+"""The regime study: how each method fares as the starting features get stronger (README, "Where does
+CAL's lead come from?").
+
+Each regime is a grid of params/grids.yaml named `regime-<start>-<protocol>` (a starting point, and
+possibly a longer schedule, on one protocol, seeds 0-2), run by `owdfa grid` into reports/grid/. This
+module only reads those committed files and writes, per protocol, `reports/study/regimes-<protocol>.md`
+(the tables), `regimes-<protocol>.png` (All, Novel and GCD-v2 New ACC against the starting features'
+known-class accuracy) and `acr-<protocol>.png` (CAL's novel threshold and DPP's K-hat per epoch), so
+`owdfa study <protocol>` regenerates them exactly and nothing is copied by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from owdfa.errors import DataError
+from owdfa.grid import GRIDS_FILE, OUT_DIR, Grid, load_grids
+from owdfa.io import atomic_write_text
+
+STUDY_DIR = Path("reports/study")
+PREFIX = "regime-"
+# The paper's ordering on All ACC (CAL > CPL > baseline) and its ablation's (I < II < IV <= V).
+MAIN_ORDER = ("cal", "cpl", "baseline")
+ABLATION_ORDER = ("cal_abl1", "cal_abl2", "cal_abl4", "cal")
+METRICS = (("all_acc", "All ACC"), ("novel_acc", "Novel ACC"), ("gcd_v2_new_acc", "GCD-v2 New ACC"))
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One grid's results on the protocol: its starting features and every method's summary."""
+
+    grid: Grid
+    probe: float | None  # starting features: nearest-class-mean known-class accuracy (validation)
+    pretrain_val: float | None  # the pretrain classifier's validation accuracy (None without one)
+    methods: dict[str, dict[str, Any]]  # method -> metrics.json entry (means and _std)
+    trajectories: dict[str, dict[str, Any]]  # method -> per-seed per-epoch series
+
+
+def regime_grids(protocol: str, grids_file: Path = GRIDS_FILE) -> list[Grid]:
+    """The study's grids for `protocol`, in the grids file's order."""
+    suffix = f"-{protocol}"
+    return [g for g in load_grids(grids_file).values() if g.name.startswith(PREFIX) and g.name.endswith(suffix)]
+
+
+def load_regime(grid: Grid, protocol: str, grid_dir: Path) -> Regime | None:
+    """The grid's committed report files, or None when it has not been run yet."""
+    metrics_path = grid_dir / f"metrics-{grid.name}.json"
+    trajectories_path = grid_dir / f"trajectories-{grid.name}.json"
+    if not metrics_path.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        trajectories = json.loads(trajectories_path.read_text()) if trajectories_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{metrics_path.parent}: a grid file of {grid.name} is not JSON ({exc.msg})") from None
+    if protocol not in metrics:
+        raise DataError(f"{metrics_path}: no results for {protocol}")
+    start = (metrics.get("starting_features") or {}).get(protocol) or {}
+    return Regime(
+        grid=grid,
+        probe=start.get("probe_known_acc"),
+        pretrain_val=start.get("val_acc"),
+        methods=metrics[protocol],
+        trajectories=trajectories.get(protocol, {}),
+    )
+
+
+def _percent(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _ordering(regime: Regime, order: tuple[str, ...]) -> str:
+    """`holds` or `reversed` with the measured order of All ACC means, for the methods of `order` present."""
+    present = [m for m in order if m in regime.methods and regime.methods[m].get("all_acc") is not None]
+    if len(present) < 2:
+        return "n/a"
+    measured = sorted(present, key=lambda m: -regime.methods[m]["all_acc"])
+    verdict = "holds" if measured == present else "does not hold"
+    return f"{verdict} ({' > '.join(measured)})"
+
+
+def _first_epoch_at_least(values: list[float], bound: float) -> int | None:
+    return next((i + 1 for i, v in enumerate(values) if v >= bound), None)
+
+
+def _acr_cells(regime: Regime, method: str) -> list[str]:
+    """CAL's novel threshold: last value (mean over seeds), epochs at which it first reached 1 per seed
+    (max-softmax confidence cannot exceed 1, so from then on no novel pseudo-label is kept), kept share."""
+    series = regime.trajectories.get(method, {})
+    tau = series.get("tau_novel") or []
+    kept = series.get("acr_kept_fraction") or []
+    if not tau:
+        return ["n/a", "n/a", "n/a"]
+    last = sum(s[-1] for s in tau) / len(tau)
+    off = [_first_epoch_at_least(s, 1.0) for s in tau]
+    off_text = ", ".join("never" if e is None else str(e) for e in off)
+    kept_last = sum(s[-1] for s in kept) / len(kept) if kept else None
+    return [f"{last:.3f}", off_text, _percent(kept_last)]
+
+
+def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_FILE) -> list[Path]:
+    """reports/study/regimes-<protocol>.md and its two figures, from the committed grid files."""
+    grids = regime_grids(protocol, repo / grids_file)
+    if not grids:
+        raise DataError(f"{grids_file}: no grid named {PREFIX}<start>-{protocol}")
+    loaded = [(g, load_regime(g, protocol, repo / OUT_DIR)) for g in grids]
+    regimes = [r for _, r in loaded if r is not None]
+    missing = [g.name for g, r in loaded if r is None]
+    if not regimes:
+        raise DataError(f"{repo / OUT_DIR}: none of {', '.join(g.name for g in grids)} has been run (`owdfa grid`)")
+    methods = list(dict.fromkeys(m for r in regimes for m in r.methods if not m.endswith("_official")))
+    out_dir = repo / STUDY_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure, acr_figure = out_dir / f"regimes-{protocol}.png", out_dir / f"acr-{protocol}.png"
+    lines = [
+        f"# Regime study, protocol {protocol}",
+        "",
+        f"Generated by `owdfa study {protocol}` from the grid reports in `{OUT_DIR}/` (each made by "
+        "`owdfa grid NAME`, whose command is in its results file); do not edit by hand. Test split, last epoch, "
+        "percent, mean ± sample std over the grid's seeds. Starting features: known-class accuracy of a "
+        "nearest-class-mean probe on the labelled validation split (`owdfa.feature_probe`).",
+        "",
+    ]
+    if missing:
+        lines += [f"Not run yet: {', '.join(missing)}.", ""]
+    lines += [
+        "| Regime | Start | Starting features | Pretrain val ACC | CAL > CPL > baseline | I < II < IV ≤ V |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in regimes:
+        lines.append(
+            f"| {r.grid.name} | {r.grid.description} | {_percent(r.probe)} | {_percent(r.pretrain_val)} "
+            f"| {_ordering(r, MAIN_ORDER)} | {_ordering(r, ABLATION_ORDER)} |"
+        )
+    lines.append("")
+    for key, title in METRICS:
+        lines += [f"**{title}**", "", "| Regime | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for r in regimes:
+            cells = [
+                _percent(r.methods[m].get(key), r.methods[m].get(f"{key}_std")) if m in r.methods else "—"
+                for m in methods
+            ]
+            lines.append(f"| {r.grid.name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    acr_methods = [m for m in methods if any(r.trajectories.get(m, {}).get("tau_novel") for r in regimes)]
+    if acr_methods:
+        lines += [
+            "**ACR's novel threshold τ_novel** (τ_known is fixed, `known_threshold`): last epoch's value (mean "
+            "over seeds), the epoch at which it first reached 1 in each seed (from then on no novel pseudo-label "
+            "passes), and the share of pseudo-labels ACR kept in the last epoch.",
+            "",
+            "| Regime | Method | τ_novel, last | τ_novel ≥ 1 from epoch | kept, last epoch |",
+            "|---|---|---|---|---|",
+        ]
+        for r in regimes:
+            for m in acr_methods:
+                if m in r.trajectories:
+                    lines.append(f"| {r.grid.name} | {m} | " + " | ".join(_acr_cells(r, m)) + " |")
+        lines.append("")
+    k_methods = [m for m in methods if any(r.trajectories.get(m, {}).get("k_hat") for r in regimes)]
+    for m in k_methods:
+        lines += [f"**{m}: K̂ per epoch** (mean over seeds)", ""]
+        for r in regimes:
+            series = r.trajectories.get(m, {}).get("k_hat") or []
+            if series:
+                means = [sum(s[i] for s in series) / len(series) for i in range(min(map(len, series)))]
+                lines.append(f"* {r.grid.name}: " + ", ".join(f"{v:.1f}" for v in means))
+        lines.append("")
+    lines += [f"![{title} against starting features]({figure.name})" for title in ("accuracy",)]
+    lines += ["", f"![ACR threshold and K̂ per epoch]({acr_figure.name})", ""]
+    from owdfa import plots
+
+    plots.save_figure(plots.make_regime_figure(regimes, methods, METRICS, protocol), figure)
+    plots.save_figure(plots.make_acr_figure(regimes, acr_methods, k_methods, protocol), acr_figure)
+    text = out_dir / f"regimes-{protocol}.md"
+    atomic_write_text(text, "\n".join(lines))
+    return [text, figure, acr_figure]

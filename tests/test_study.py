@@ -1,0 +1,103 @@
+"""The regime study's tables and figures come from the committed grid files alone (`owdfa study`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from owdfa.cli import main
+from owdfa.errors import DataError
+from owdfa.study import write_study
+
+
+def method(all_acc: float, novel: float, new: float, std: float = 0.01) -> dict[str, float]:
+    return {
+        "all_acc": all_acc,
+        "all_acc_std": std,
+        "novel_acc": novel,
+        "novel_acc_std": std,
+        "gcd_v2_new_acc": new,
+        "gcd_v2_new_acc_std": std,
+    }
+
+
+def write_grid(repo: Path, name: str, probe: float, methods: dict[str, dict], trajectories: dict) -> None:
+    folder = repo / "reports" / "grid"
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {"p1": methods, "starting_features": {"p1": {"probe_known_acc": probe, "val_acc": None}}}
+    (folder / f"metrics-{name}.json").write_text(json.dumps(metrics))
+    (folder / f"trajectories-{name}.json").write_text(json.dumps({"p1": trajectories}))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    grids = {
+        "3seeds": {"description": "not a regime", "set": {"run.seeds": [0, 1, 2]}},
+        "regime-none-p1": {"description": "random init", "set": {"pretrain.mode": "none"}},
+        "regime-warmup-p1": {"description": "4 epochs", "set": {"run.protocols": ["p1"]}},
+        "regime-ssl-p1": {"description": "SimCLR", "set": {"pretrain.mode": "both"}},
+        "regime-none-p2": {"description": "other protocol", "set": {"pretrain.mode": "none"}},
+    }
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "grids.yaml").write_text(yaml.safe_dump(grids, sort_keys=False))
+    write_grid(
+        tmp_path,
+        "regime-none-p1",
+        0.30,
+        {"baseline": method(0.40, 0.20, 0.10), "cpl": method(0.45, 0.25, 0.12), "cal": method(0.42, 0.22, 0.11)},
+        {
+            "cal": {
+                "seeds": [0, 1],
+                "tau_novel": [[0.5, 1.1, 1.2], [0.4, 0.9, 1.0]],
+                "acr_kept_fraction": [[0, 0.2, 0.1], [0, 0.1, 0.3]],
+            }
+        },
+    )
+    write_grid(
+        tmp_path,
+        "regime-warmup-p1",
+        0.60,
+        {"baseline": method(0.50, 0.30, 0.20), "cpl": method(0.55, 0.35, 0.25), "cal": method(0.60, 0.40, 0.30)},
+        {"cal": {"seeds": [0, 1], "tau_novel": [[0.2, 0.3, 0.4], [0.2, 0.3, 0.5]]}},
+    )
+    return tmp_path
+
+
+def test_study_tables_follow_the_grid_files(repo: Path):
+    paths = write_study("p1", repo)
+    assert [p.name for p in paths] == ["regimes-p1.md", "regimes-p1.png", "acr-p1.png"]
+    text = paths[0].read_text()
+    assert "Not run yet: regime-ssl-p1." in text
+    assert "regime-none-p2" not in text and "3seeds" not in text
+    assert "| regime-none-p1 | random init | 30.0 | n/a | does not hold (cpl > cal > baseline) |" in text
+    assert "| regime-warmup-p1 | 4 epochs | 60.0 | n/a | holds (cal > cpl > baseline) |" in text
+    assert "| regime-warmup-p1 | 50.0 ± 1.0 | 55.0 ± 1.0 | 60.0 ± 1.0 |" in text  # All ACC row
+    # tau: last values 1.2 and 1.0 -> mean 1.100; first epoch >= 1 per seed: 2 and 3; kept last: (0.1 + 0.3) / 2
+    assert "| regime-none-p1 | cal | 1.100 | 2, 3 | 20.0 |" in text
+    assert "| regime-warmup-p1 | cal | 0.450 | never, never | n/a |" in text
+    for png in paths[1:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_is_byte_identical_on_a_rerun(repo: Path):
+    first = [p.read_bytes() for p in write_study("p1", repo)]
+    assert [p.read_bytes() for p in write_study("p1", repo)] == first
+
+
+def test_study_without_any_run_grid_is_one_line(repo: Path, capsys):
+    with pytest.raises(DataError, match="none of regime-none-p2 has been run"):
+        write_study("p2", repo)
+    with pytest.raises(DataError, match="no grid named regime-<start>-p9"):
+        write_study("p9", repo)
+
+
+def test_owdfa_study_command(repo: Path, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    assert main(["study", "p1"]) == 0
+    assert (repo / "reports" / "study" / "regimes-p1.md").is_file()
+    assert main(["study", "p2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("owdfa: ") or "none of regime-none-p2" in err
