@@ -333,6 +333,7 @@ def info_text(model_dir: Path, card: ModelCard | SkippedPretraining) -> str:
         ("model", str(model_dir)),
         ("benchmark", f"{_shown(card.benchmark)}, protocol {_shown(card.protocol)}"),
         ("method", f"{method}, seed {_shown(card.seed)}"),
+        *([("pretraining", f"pretrain.mode {card.pretrain_mode}")] if card.pretrain_mode else []),
         (
             "backbone",
             f"{_shown(card.backbone)}, {_shown(card.num_prototypes)} prototypes "
