@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from helpers.tiny_run import build_tiny_split, train_sections
+from helpers.tiny_run import build_tiny_split, shuffled_split, train_sections
 from safetensors.torch import load_file
 
 from owdfa.data.face_cache import read_faces
-from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE
+from owdfa.data.split import MANIFEST_FILE
 from owdfa.evaluation import kmeans_k_estimate
 from owdfa.inference import pick_device
 from owdfa.training_stages import train
@@ -25,18 +24,7 @@ VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
 def tiny_split(tmp_path_factory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("leak")
     build_tiny_split(base)
-    # The same split with every unlabelled and test label permuted.
-    shuffled = base / "split_shuffled"
-    shuffled.mkdir()
-    manifest = pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False)
-    hidden = manifest["split"].isin(["unlabelled", "test"]).to_numpy()
-    rng = np.random.default_rng(0)
-    for column in ("target", "label", "class_name", "known"):
-        values = manifest.loc[hidden, column].to_numpy()
-        manifest.loc[hidden, column] = values[rng.permutation(len(values))]
-    assert not manifest.equals(pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False))
-    manifest.to_csv(shuffled / MANIFEST_FILE, index=False, lineterminator="\n")
-    (shuffled / CLASSES_FILE).write_text((base / "split" / CLASSES_FILE).read_text())
+    shuffled = shuffled_split(base, "split_shuffled", ("unlabelled", "test"))  # their labels permuted
     return base / "faces", base / "split", shuffled
 
 

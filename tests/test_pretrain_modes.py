@@ -10,23 +10,19 @@ from __future__ import annotations
 import copy
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
 from helpers.paths import ROOT
-from helpers.tiny_run import build_tiny_split, stage_env, tiny_data
+from helpers.tiny_run import build_tiny_split, kill_once_checkpointed, shuffled_split, stage_env, tiny_data
 from safetensors.torch import load_file
 
 from owdfa.config import Section
-from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE
 from owdfa.errors import ConfigError
 from owdfa.feature_probe import nearest_mean_accuracy
 from owdfa.methods.simclr import SimCLR, nt_xent
@@ -44,22 +40,6 @@ def pretrain_section(mode: str, **changes: object) -> Section:
     return Section(section, "pretrain")
 
 
-def shuffled_split(base: Path, name: str, splits: tuple[str, ...]) -> Path:
-    """A copy of base/split with the labels of the rows in `splits` permuted among themselves."""
-    out = base / name
-    out.mkdir()
-    manifest = pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False)
-    chosen = manifest["split"].isin(list(splits)).to_numpy()
-    rng = np.random.default_rng(1)
-    for column in ("target", "label", "class_name", "known"):
-        values = manifest.loc[chosen, column].to_numpy()
-        manifest.loc[chosen, column] = values[rng.permutation(len(values))]
-    assert not manifest.equals(pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False))
-    manifest.to_csv(out / MANIFEST_FILE, index=False, lineterminator="\n")
-    (out / CLASSES_FILE).write_text((base / "split" / CLASSES_FILE).read_text())
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("pretrain")
@@ -67,8 +47,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {
         "faces": faces,
         "split": split,
-        "hidden_shuffled": shuffled_split(base, "hidden", ("unlabelled", "test")),
-        "all_shuffled": shuffled_split(base, "all", ("labelled", "unlabelled", "val", "test")),
+        "hidden_shuffled": shuffled_split(base, "hidden", ("unlabelled", "test"), seed=1),
+        "all_shuffled": shuffled_split(base, "all", ("labelled", "unlabelled", "val", "test"), seed=1),
     }
 
 
@@ -257,13 +237,7 @@ def test_sigkill_in_the_self_supervised_phase_then_rerun_equals_uninterrupted(ti
     subprocess.run(stage(path, tiny, whole), cwd=ROOT, env=stage_env(), check=True)
 
     proc = subprocess.Popen(stage(path, tiny, killed), cwd=ROOT, env=stage_env(), stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not any((killed / "checkpoints" / "self_supervised").glob("epoch-000[2-4].safetensors")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_checkpointed(proc, killed / "checkpoints" / "self_supervised")
     assert not (killed / "model").exists(), "killed too late: the run had finished"
 
     rerun = subprocess.run(stage(path, tiny, killed), cwd=ROOT, env=stage_env(), capture_output=True, text=True)

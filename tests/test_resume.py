@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.paths import ROOT
-from helpers.tiny_run import CONFIG, build_tiny_split, stage_command, stage_env, tiny_data, write_tiny_params
+from helpers.tiny_run import (
+    CONFIG,
+    build_tiny_split,
+    kill_once_checkpointed,
+    stage_command,
+    stage_env,
+    tiny_data,
+    write_tiny_params,
+)
 
 from owdfa.methods.base import Baseline, Method
 from owdfa.methods.cal import CAL
@@ -46,13 +52,7 @@ def test_sigkill_and_rerun_equals_uninterrupted(tiny, tmp_path):
     proc = subprocess.Popen(
         stage_command(params, faces, split, killed), cwd=ROOT, env=stage_env(), stdout=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 120
-    while not any((killed / "checkpoints").glob("epoch-000[2-4].safetensors")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_checkpointed(proc, killed / "checkpoints")
     assert not (killed / "model").exists(), "killed too late: the run had finished"
 
     rerun = subprocess.run(

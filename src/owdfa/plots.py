@@ -88,7 +88,7 @@ def _style() -> Iterator[None]:
         yield
 
 
-def _styled(func: Callable[P, R]) -> Callable[P, R]:
+def styled(func: Callable[P, R]) -> Callable[P, R]:
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with _style():
@@ -97,7 +97,7 @@ def _styled(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A pyplot-free figure with its own Agg canvas (no global registry, nothing to close)."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -107,7 +107,7 @@ def _new_figure(width: float, height: float) -> Figure:
 # --------------------------------------------------------------------------------------------------
 # saving
 # --------------------------------------------------------------------------------------------------
-@_styled
+@styled
 def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     """Render to PNG bytes without metadata, so identical inputs give identical bytes."""
     buf = io.BytesIO()
@@ -210,7 +210,7 @@ def confusion_pairs(targets: ArrayLike, preds: ArrayLike, class_names: Sequence[
     return pd.DataFrame({"actual": [rows[t] for t in y], "predicted": [name[c] for c in p.tolist()]})
 
 
-@_styled
+@styled
 def make_confusion_matrix(
     targets: ArrayLike, preds: ArrayLike, class_names: Sequence[str], num_known: int, title: str
 ) -> Figure:
@@ -224,7 +224,7 @@ def make_confusion_matrix(
     tick_size = 7 if side <= ANNOTATE_MAX_CLASSES else 5
     width = float(np.clip(0.22 * n_cols + 3.2, 4.5, 13.0))
     height = float(np.clip(0.22 * n_rows + 2.4, 3.8, 12.0))
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     ax = fig.add_subplot()
     im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
@@ -264,7 +264,7 @@ def make_confusion_matrix(
 _RELIABILITY_COLUMNS = ("bin_lower", "bin_upper", "count", "mean_confidence", "accuracy")
 
 
-@_styled
+@styled
 def make_reliability(table: pd.DataFrame, ece: float, title: str) -> Figure:
     """Accuracy per confidence bin against the diagonal, plus how many samples each bin holds."""
     missing = [c for c in _RELIABILITY_COLUMNS if c not in table.columns]
@@ -278,7 +278,7 @@ def make_reliability(table: pd.DataFrame, ece: float, title: str) -> Figure:
     used = (count > 0) & np.isfinite(acc) & np.isfinite(conf)
     width = hi - lo
 
-    fig = _new_figure(8.0, 3.6)
+    fig = new_figure(8.0, 3.6)
     ax_rel, ax_cnt = fig.subplots(1, 2, width_ratios=[1.15, 1.0])
     ax_rel.bar(lo[used], acc[used], width=width[used], align="edge", color=KNOWN_COLOR, alpha=0.85,
                edgecolor="white", lw=0.5, label="accuracy in bin")  # fmt: skip
@@ -307,14 +307,14 @@ def make_reliability(table: pd.DataFrame, ece: float, title: str) -> Figure:
 # --------------------------------------------------------------------------------------------------
 # 3. confidence of known vs novel samples
 # --------------------------------------------------------------------------------------------------
-@_styled
+@styled
 def make_confidence_histograms(groups: Mapping[str, Mapping[str, ArrayLike]], title: str, bins: int = 20) -> Figure:
     """Per method, the max-softmax density of known- vs novel-class test samples (the confidence skew)."""
     if not groups:
         raise ValueError("groups is empty")
     edges = np.linspace(0.0, 1.0, bins + 1)
     n_rows, n_cols = _grid(len(groups), 3)
-    fig = _new_figure(3.2 * n_cols + 0.4, 2.5 * n_rows + 0.5)
+    fig = new_figure(3.2 * n_cols + 0.4, 2.5 * n_rows + 0.5)
     # Same fixed [0, 1] x range on every panel, but not sharex: a panel above an empty slot keeps its ticks.
     axes = list(fig.subplots(n_rows, n_cols, squeeze=False).ravel())
     for ax, (method, by_group) in zip(axes, groups.items(), strict=False):
@@ -340,14 +340,14 @@ def make_confidence_histograms(groups: Mapping[str, Mapping[str, ArrayLike]], ti
 # --------------------------------------------------------------------------------------------------
 # 4. estimated number of classes over training
 # --------------------------------------------------------------------------------------------------
-@_styled
+@styled
 def make_k_trajectory(
     trajectories: Mapping[str, Sequence[int | float | None]], k_true: int, num_known: int, title: str
 ) -> Figure:
     """K-hat per epoch (epoch 1 = first entry); ``None``/NaN epochs are gaps in the line."""
     if not trajectories:
         raise ValueError("trajectories is empty")
-    fig = _new_figure(6.0, 3.4)
+    fig = new_figure(6.0, 3.4)
     ax = fig.add_subplot()
     tab10 = matplotlib.colormaps["tab10"].colors  # strong, distinct hues for a few runs
     colors = [tab10[i % len(tab10)] for i in range(len(trajectories))]
@@ -397,7 +397,7 @@ def tsne_embedding(features: ArrayLike, seed: int, max_points: int = 3000) -> tu
     return coords, idx
 
 
-@_styled
+@styled
 def make_tsne(
     features: ArrayLike,
     targets: ArrayLike,
@@ -417,7 +417,7 @@ def make_tsne(
     colors = class_colors(len(class_names))
 
     classes = np.unique(y)
-    fig = _new_figure(6.0 + (1.3 if classes.size <= 20 else 2.6), 5.2)
+    fig = new_figure(6.0 + (1.3 if classes.size <= 20 else 2.6), 5.2)
     ax = fig.add_subplot()
     handles = []
     for cls in classes:
@@ -446,7 +446,7 @@ def make_tsne(
 # --------------------------------------------------------------------------------------------------
 # 6. uncertainty / occlusion maps
 # --------------------------------------------------------------------------------------------------
-@_styled
+@styled
 def make_uncertainty_maps(
     images: Sequence[np.ndarray],
     maps: Sequence[np.ndarray],
@@ -476,7 +476,7 @@ def make_uncertainty_maps(
         cmap = "magma"
 
     n_rows, n_cols = _grid(len(images), max_cols)
-    fig = _new_figure(2.1 * n_cols + 1.0, 4.1 * n_rows + 0.4)
+    fig = new_figure(2.1 * n_cols + 1.0, 4.1 * n_rows + 0.4)
     axes = fig.subplots(2 * n_rows, n_cols, squeeze=False)
     mappable = None
     for k, (img, m, cap) in enumerate(zip(images, arrs, captions, strict=True)):
@@ -509,14 +509,14 @@ def make_uncertainty_maps(
 # --------------------------------------------------------------------------------------------------
 # 7. training curves
 # --------------------------------------------------------------------------------------------------
-@_styled
+@styled
 def make_training_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str], title: str) -> Figure:
     """One panel per key (losses and accuracies have different scales); x = ``epoch`` if logged, else 1..n."""
     if not keys:
         raise ValueError("keys is empty")
     epochs = np.array([row.get("epoch", i + 1) for i, row in enumerate(history)], dtype=float)
     n_rows, n_cols = _grid(len(keys), 3)
-    fig = _new_figure(3.0 * n_cols + 0.4, 2.4 * n_rows + 0.5)
+    fig = new_figure(3.0 * n_cols + 0.4, 2.4 * n_rows + 0.5)
     axes = list(fig.subplots(n_rows, n_cols, squeeze=False).ravel())
     for ax, key in zip(axes, keys, strict=False):
         values = np.array([_as_float(row.get(key)) for row in history], dtype=float)
@@ -536,86 +536,3 @@ def _as_float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-# --------------------------------------------------------------------------------------------------
-# 9. regime study (owdfa.study): accuracy against the starting features, ACR and K-hat per epoch
-# --------------------------------------------------------------------------------------------------
-@_styled
-def make_regime_figure(
-    regimes: Sequence[Any], methods: Sequence[str], metrics: Sequence[tuple[str, str]], protocol: str
-) -> Figure:
-    """One panel per metric: each method's mean ± std against the regime's starting-feature accuracy.
-
-    `regimes` are `owdfa.study.Regime`s; a regime without a probe value is left out of the panels.
-    """
-    fig = _new_figure(4.2 * len(metrics), 3.6)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    tab10 = matplotlib.colormaps["tab10"].colors
-    placed = [r for r in regimes if r.probe is not None]
-    for ax, (key, title) in zip(axes, metrics, strict=True):
-        for i, method in enumerate(methods):
-            points = sorted(
-                (100 * r.probe, 100 * r.methods[method][key], 100 * (r.methods[method].get(f"{key}_std") or 0.0))
-                for r in placed
-                if method in r.methods and r.methods[method].get(key) is not None
-            )
-            if points:
-                x, y, err = (np.array(v) for v in zip(*points, strict=True))
-                ax.errorbar(x, y, yerr=err, marker="o", ms=4, lw=1.2, capsize=3, color=tab10[i % 10], label=method)
-        for r in placed:
-            ax.axvline(100 * r.probe, color="0.85", lw=0.8, zorder=0)
-        ax.set_xlabel("starting features: known-class accuracy (%)")
-        ax.set_ylabel(f"{title} (%)")
-        ax.set_title(f"{protocol}: {title}")
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return fig
-
-
-@_styled
-def make_acr_figure(
-    regimes: Sequence[Any], acr_methods: Sequence[str], k_methods: Sequence[str], protocol: str
-) -> Figure:
-    """Left: CAL's novel threshold per epoch (mean over seeds), one line per regime and method; right: K-hat."""
-    fig = _new_figure(11.0, 3.6)
-    left, right = fig.subplots(1, 2)
-    tab10 = matplotlib.colormaps["tab10"].colors
-    styles = ["-", "--", ":", "-."]
-
-    def mean_series(series: Sequence[Sequence[float]]) -> np.ndarray:
-        length = min(len(s) for s in series)
-        return np.mean([list(s)[:length] for s in series], axis=0)
-
-    for i, r in enumerate(regimes):
-        for j, method in enumerate(acr_methods):
-            tau = r.trajectories.get(method, {}).get("tau_novel")
-            if tau:
-                y = mean_series(tau)
-                left.plot(
-                    np.arange(1, y.size + 1), y, ls=styles[j % 4], color=tab10[i % 10], label=f"{r.grid.name}, {method}"
-                )
-        for j, method in enumerate(k_methods):
-            k = r.trajectories.get(method, {}).get("k_hat")
-            if k:
-                y = mean_series(k)
-                right.plot(
-                    np.arange(1, y.size + 1),
-                    y,
-                    ls=styles[j % 4],
-                    marker="o",
-                    ms=3,
-                    color=tab10[i % 10],
-                    label=f"{r.grid.name}, {method}",
-                )
-    left.axhline(1.0, color="black", lw=0.8, ls="--")
-    left.set_xlabel("epoch")
-    left.set_ylabel(r"$\tau_{novel}$ (mean over seeds)")
-    left.set_title(f"{protocol}: ACR's novel threshold (1 = no novel pseudo-label passes)")
-    right.set_xlabel("epoch")
-    right.set_ylabel(r"$\hat{K}$ (mean over seeds)")
-    right.set_title(f"{protocol}: DPP's active prototypes")
-    for ax in (left, right):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="x-small", frameon=False)
-    return fig

@@ -12,10 +12,17 @@ known-class accuracy) and `acr-<protocol>.png` (CAL's novel threshold and DPP's 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from owdfa import plots
 from owdfa.errors import DataError
 from owdfa.grid import GRIDS_FILE, OUT_DIR, Grid, load_grids
 from owdfa.io import atomic_write_text
@@ -173,10 +180,101 @@ def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_
         lines.append("")
     lines += [f"![{title} against starting features]({figure.name})" for title in ("accuracy",)]
     lines += ["", f"![ACR threshold and K̂ per epoch]({acr_figure.name})", ""]
-    from owdfa import plots
-
-    plots.save_figure(plots.make_regime_figure(regimes, methods, METRICS, protocol), figure)
-    plots.save_figure(plots.make_acr_figure(regimes, acr_methods, k_methods, protocol), acr_figure)
+    plots.save_figure(make_regime_figure(regimes, methods, METRICS, protocol), figure)
+    plots.save_figure(make_acr_figure(regimes, acr_methods, k_methods, protocol), acr_figure)
     text = out_dir / f"regimes-{protocol}.md"
-    atomic_write_text(text, "\n".join(lines))
+    atomic_write_text(text, "\n".join(lines) + "\n")
     return [text, figure, acr_figure]
+
+
+# --------------------------------------------------------------------------------------------------
+# figures: accuracy against the starting features, ACR's threshold and K-hat per epoch
+# --------------------------------------------------------------------------------------------------
+@plots.styled
+def make_regime_figure(
+    regimes: Sequence[Regime], methods: Sequence[str], metrics: Sequence[tuple[str, str]], protocol: str
+) -> Figure:
+    """One panel per metric: each method's mean ± std against the regime's starting-feature accuracy.
+
+    A regime without a probe value is left out of the panels.
+    Regimes on the default schedule are joined by lines; one that changes a `train.*` key (a longer
+    schedule) is an open marker of the method's colour, not joined.
+    """
+    fig = plots.new_figure(4.2 * len(metrics), 3.6)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    tab10 = matplotlib.colormaps["tab10"].colors
+    placed = [r for r in regimes if r.probe is not None]
+
+    def scheduled(regime: Regime) -> bool:
+        return any(key.startswith("train.") for key in regime.grid.sets)
+
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for i, method in enumerate(methods):
+            for longer in (False, True):
+                points = sorted(
+                    (100 * r.probe, 100 * r.methods[method][key], 100 * (r.methods[method].get(f"{key}_std") or 0.0))
+                    for r in placed
+                    if scheduled(r) == longer and method in r.methods and r.methods[method].get(key) is not None
+                )
+                if not points:
+                    continue
+                x, y, err = (np.array(v) for v in zip(*points, strict=True))
+                style = {"ls": "none", "mfc": "none", "ms": 7} if longer else {"lw": 1.2, "ms": 4}
+                label = f"{method}, longer schedule" if longer else method
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=tab10[i % 10], label=label, **style)
+        for r in placed:
+            ax.axvline(100 * r.probe, color="0.85", lw=0.8, zorder=0)
+        ax.set_xlabel("starting features: known-class accuracy (%)")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(f"{protocol}: {title}")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return fig
+
+
+@plots.styled
+def make_acr_figure(
+    regimes: Sequence[Regime], acr_methods: Sequence[str], k_methods: Sequence[str], protocol: str
+) -> Figure:
+    """Left: CAL's novel threshold per epoch (mean over seeds), one line per regime and method; right: K-hat."""
+    fig = plots.new_figure(11.0, 3.6)
+    left, right = fig.subplots(1, 2)
+    tab10 = matplotlib.colormaps["tab10"].colors
+    styles = ["-", "--", ":", "-."]
+
+    def mean_series(series: Sequence[Sequence[float]]) -> np.ndarray:
+        length = min(len(s) for s in series)
+        return np.mean([list(s)[:length] for s in series], axis=0)
+
+    for i, r in enumerate(regimes):
+        for j, method in enumerate(acr_methods):
+            tau = r.trajectories.get(method, {}).get("tau_novel")
+            if tau:
+                y = mean_series(tau)
+                left.plot(
+                    np.arange(1, y.size + 1), y, ls=styles[j % 4], color=tab10[i % 10], label=f"{r.grid.name}, {method}"
+                )
+        for j, method in enumerate(k_methods):
+            k = r.trajectories.get(method, {}).get("k_hat")
+            if k:
+                y = mean_series(k)
+                right.plot(
+                    np.arange(1, y.size + 1),
+                    y,
+                    ls=styles[j % 4],
+                    marker="o",
+                    ms=3,
+                    color=tab10[i % 10],
+                    label=f"{r.grid.name}, {method}",
+                )
+    left.axhline(1.0, color="black", lw=0.8, ls="--")
+    left.set_xlabel("epoch")
+    left.set_ylabel(r"$\tau_{novel}$ (mean over seeds)")
+    left.set_title(f"{protocol}: ACR's novel threshold (1 = no novel pseudo-label passes)")
+    right.set_xlabel("epoch")
+    right.set_ylabel(r"$\hat{K}$ (mean over seeds)")
+    right.set_title(f"{protocol}: DPP's active prototypes")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small", frameon=False)
+    return fig

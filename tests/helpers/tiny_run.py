@@ -119,3 +119,39 @@ def tiny_data(size: int = 40) -> TrainData:
 
 
 CONFIG = TrainConfig(backbone="test_resnet", epochs=4, batch_size=8, lr_step=2, eval_batch_size=8, device="cpu")
+
+
+def shuffled_split(base: Path, name: str, splits: tuple[str, ...], seed: int = 0) -> Path:
+    """A copy of base/split as base/<name> with the labels of the rows in `splits` permuted among themselves."""
+    import pandas as pd
+
+    from owdfa.data.split import CLASSES_FILE, MANIFEST_FILE
+
+    out = base / name
+    out.mkdir()
+    manifest = pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False)
+    chosen = manifest["split"].isin(list(splits)).to_numpy()
+    rng = np.random.default_rng(seed)
+    for column in ("target", "label", "class_name", "known"):
+        values = manifest.loc[chosen, column].to_numpy()
+        manifest.loc[chosen, column] = values[rng.permutation(len(values))]
+    assert not manifest.equals(pd.read_csv(base / "split" / MANIFEST_FILE, keep_default_na=False))
+    manifest.to_csv(out / MANIFEST_FILE, index=False, lineterminator="\n")
+    (out / CLASSES_FILE).write_text((base / "split" / CLASSES_FILE).read_text())
+    return out
+
+
+def kill_once_checkpointed(
+    proc, folder: Path, pattern: str = "epoch-000[2-4].safetensors", timeout_s: float = 120
+) -> None:
+    """SIGKILL `proc` as soon as a checkpoint matching `pattern` appears in `folder` (mid-run, not at its end)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not any(folder.glob(pattern)):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
