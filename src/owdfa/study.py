@@ -178,8 +178,8 @@ def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_
                 means = [sum(s[i] for s in series) / len(series) for i in range(min(map(len, series)))]
                 lines.append(f"* {r.grid.name}: " + ", ".join(f"{v:.1f}" for v in means))
         lines.append("")
-    lines += [f"![{title} against starting features]({figure.name})" for title in ("accuracy",)]
-    lines += ["", f"![ACR threshold and K̂ per epoch]({acr_figure.name})", ""]
+    lines += [f"![accuracy against starting features]({figure.name})", ""]
+    lines += [f"![ACR threshold and K̂ per epoch]({acr_figure.name})", ""]
     plots.save_figure(make_regime_figure(regimes, methods, METRICS, protocol), figure)
     plots.save_figure(make_acr_figure(regimes, acr_methods, k_methods, protocol), acr_figure)
     text = out_dir / f"regimes-{protocol}.md"
