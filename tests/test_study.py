@@ -101,3 +101,44 @@ def test_owdfa_study_command(repo: Path, monkeypatch, capsys):
     assert main(["study", "p2"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("owdfa: ") or "none of regime-none-p2" in err
+
+
+def add_grid(repo: Path, name: str, body: dict) -> None:
+    path = repo / "params" / "grids.yaml"
+    grids = yaml.safe_load(path.read_text())
+    grids[name] = body
+    path.write_text(yaml.safe_dump(grids, sort_keys=False))
+
+
+def test_a_companion_grid_adds_its_methods_to_the_regime_with_its_settings(repo: Path):
+    # same settings as regime-warmup-p1 apart from run.methods -> its companion; regime-none-p1 sets pretrain.mode
+    add_grid(repo, "ablation-p1", {"set": {"run.protocols": ["p1"], "run.methods": ["cal_abl1", "cal_abl2"]}})
+    add_grid(repo, "other-p1", {"set": {"run.protocols": ["p1"], "train.epochs": 20}})  # other settings: not one
+    write_grid(
+        repo,
+        "ablation-p1",
+        0.60,
+        {
+            "cal_abl1": method(0.50, 0.10, 0.10),
+            "cal_abl2": method(0.55, 0.20, 0.20),
+            "cal": method(0.60, 0.40, 0.30),  # the regime's own cal: the same runs, the same numbers
+        },
+        {},
+    )
+    write_grid(repo, "other-p1", 0.60, {"cal_abl4": method(0.10, 0.10, 0.10)}, {})
+    text = write_study("p1", repo)[0].read_text()
+    # I (50.0) < II (55.0) < V (60.0); IV did not run, so it is left out of the ordering
+    assert "| regime-warmup-p1 + ablation-p1 | 4 epochs | 60.0 | n/a | holds (cal > cpl > baseline) " in text
+    assert "| holds (cal > cal_abl2 > cal_abl1) |" in text
+    assert "| All ACC | cal_abl1 | cal_abl2 | cal |" in text
+    assert "| regime-warmup-p1 | 50.0 ± 1.0 | 55.0 ± 1.0 | 60.0 ± 1.0 |" in text
+    assert "cal_abl4" not in text and "other-p1" not in text
+    # the main tables keep the regime grids' own methods
+    assert "| Regime | baseline | cpl | cal |" in text
+
+
+def test_a_companion_that_disagrees_on_a_shared_method_is_named_as_stale(repo: Path):
+    add_grid(repo, "ablation-p1", {"set": {"run.protocols": ["p1"], "run.methods": ["cal_abl1", "cal"]}})
+    write_grid(repo, "ablation-p1", 0.60, {"cal_abl1": method(0.5, 0.1, 0.1), "cal": method(0.59, 0.4, 0.3)}, {})
+    with pytest.raises(DataError, match="cal differs between grids regime-warmup-p1 and ablation-p1"):
+        write_study("p1", repo)

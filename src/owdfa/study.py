@@ -2,8 +2,10 @@
 CAL's lead come from?").
 
 Each regime is a grid of params/grids.yaml named `regime-<start>-<protocol>` (a starting point, and
-possibly a longer schedule, on one protocol, seeds 0-2), run by `owdfa grid` into reports/grid/. This
-module only reads those committed files and writes, per protocol, `reports/study/regimes-<protocol>.md`
+possibly a longer schedule, on one protocol, seeds 0-2), run by `owdfa grid` into reports/grid/. Any other
+grid with the same settings apart from `run.methods` (CAL's ablation rows, say) adds its methods to that
+regime; a method both grids ran must have the same results, or one of them is stale. This module only
+reads those committed files and writes, per protocol, `reports/study/regimes-<protocol>.md`
 (the tables), `regimes-<protocol>.png` (All, Novel and GCD-v2 New ACC against the starting features'
 known-class accuracy) and `acr-<protocol>.png` (CAL's novel threshold and DPP's K-hat per epoch), so
 `owdfa study <protocol>` regenerates them exactly and nothing is copied by hand.
@@ -29,9 +31,12 @@ from owdfa.io import atomic_write_text
 
 STUDY_DIR = Path("reports/study")
 PREFIX = "regime-"
-# The paper's ordering on All ACC (CAL > CPL > baseline) and its ablation's (I < II < IV <= V).
+METHODS_KEY = "run.methods"
+# The paper's orderings on All ACC, best first: CAL > CPL > baseline, and its ablation's V >= IV > II > I
+# (a tie keeps this order, so V = IV holds).
 MAIN_ORDER = ("cal", "cpl", "baseline")
-ABLATION_ORDER = ("cal_abl1", "cal_abl2", "cal_abl4", "cal")
+ABLATION_ORDER = ("cal", "cal_abl4", "cal_abl2", "cal_abl1")
+ABLATION_ROWS = ("cal_abl1", "cal_abl2", "cal_abl3", "cal_abl4", "cal")  # the ablation table's columns, I-V
 METRICS = (("all_acc", "All ACC"), ("novel_acc", "Novel ACC"), ("gcd_v2_new_acc", "GCD-v2 New ACC"))
 
 
@@ -44,16 +49,29 @@ class Regime:
     pretrain_val: float | None  # the pretrain classifier's validation accuracy (None without one)
     methods: dict[str, dict[str, Any]]  # method -> metrics.json entry (means and _std)
     trajectories: dict[str, dict[str, Any]]  # method -> per-seed per-epoch series
+    companions: tuple[str, ...] = ()  # grids that added methods in the same settings
+    added: frozenset[str] = frozenset()  # the methods only a companion ran
 
 
-def regime_grids(protocol: str, grids_file: Path = GRIDS_FILE) -> list[Grid]:
+def regime_grids(protocol: str, grids: Sequence[Grid]) -> list[Grid]:
     """The study's grids for `protocol`, in the grids file's order."""
     suffix = f"-{protocol}"
-    return [g for g in load_grids(grids_file).values() if g.name.startswith(PREFIX) and g.name.endswith(suffix)]
+    return [g for g in grids if g.name.startswith(PREFIX) and g.name.endswith(suffix)]
 
 
-def load_regime(grid: Grid, protocol: str, grid_dir: Path) -> Regime | None:
-    """The grid's committed report files, or None when it has not been run yet."""
+def _settings(grid: Grid) -> dict[str, Any]:
+    """What a grid sets apart from the methods it runs: the regime it runs them in."""
+    return {key: value for key, value in grid.sets.items() if key != METHODS_KEY}
+
+
+def companion_grids(regime: Grid, grids: Sequence[Grid]) -> list[Grid]:
+    """The grids that are not regimes themselves but run more methods in `regime`'s settings."""
+    settings = _settings(regime)
+    return [g for g in grids if not g.name.startswith(PREFIX) and _settings(g) == settings]
+
+
+def _read_grid(grid: Grid, protocol: str, grid_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A grid's committed metrics and trajectories files, or None when it has not been run yet."""
     metrics_path = grid_dir / f"metrics-{grid.name}.json"
     trajectories_path = grid_dir / f"trajectories-{grid.name}.json"
     if not metrics_path.is_file():
@@ -65,13 +83,46 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path) -> Regime | None:
         raise DataError(f"{metrics_path.parent}: a grid file of {grid.name} is not JSON ({exc.msg})") from None
     if protocol not in metrics:
         raise DataError(f"{metrics_path}: no results for {protocol}")
+    return metrics, trajectories
+
+
+def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[Grid] = ()) -> Regime | None:
+    """The regime's committed report files with its companions' methods, or None when it has not been run.
+
+    A companion that has not been run adds nothing. One that ran a method the regime ran too must have
+    the same results for it (the same runs, so the same numbers): a difference means one grid is stale.
+    """
+    read = _read_grid(grid, protocol, grid_dir)
+    if read is None:
+        return None
+    metrics, trajectories = read
+    methods = dict(metrics[protocol])
+    series = dict(trajectories.get(protocol, {}))
     start = (metrics.get("starting_features") or {}).get(protocol) or {}
+    read_companions: list[str] = []
+    for companion in companions:
+        extra = _read_grid(companion, protocol, grid_dir)
+        if extra is None:
+            continue
+        read_companions.append(companion.name)
+        extra_metrics, extra_trajectories = extra
+        for method, summary in extra_metrics[protocol].items():
+            if method in methods and methods[method] != summary:
+                raise DataError(
+                    f"{grid_dir}: {method} differs between grids {grid.name} and {companion.name}, which run it "
+                    "in the same settings; re-run the stale one (`owdfa grid NAME`)"
+                )
+            methods.setdefault(method, summary)
+        for method, trajectory in extra_trajectories.get(protocol, {}).items():
+            series.setdefault(method, trajectory)
     return Regime(
         grid=grid,
         probe=start.get("probe_known_acc"),
         pretrain_val=start.get("val_acc"),
-        methods=metrics[protocol],
-        trajectories=trajectories.get(protocol, {}),
+        methods=methods,
+        trajectories=series,
+        companions=tuple(read_companions),
+        added=frozenset(methods) - frozenset(metrics[protocol]),
     )
 
 
@@ -110,17 +161,35 @@ def _acr_cells(regime: Regime, method: str) -> list[str]:
     return [f"{last:.3f}", off_text, _percent(kept_last)]
 
 
+def _metric_table(regimes: Sequence[Regime], methods: Sequence[str], key: str, corner: str) -> list[str]:
+    """A markdown table of one metric: a row per regime, a column per method (mean ± std, — if not run)."""
+    lines = [f"| {corner} | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for r in regimes:
+        cells = [
+            _percent(r.methods[m].get(key), r.methods[m].get(f"{key}_std")) if m in r.methods else "—" for m in methods
+        ]
+        lines.append(f"| {r.grid.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_FILE) -> list[Path]:
     """reports/study/regimes-<protocol>.md and its two figures, from the committed grid files."""
-    grids = regime_grids(protocol, repo / grids_file)
+    every_grid = list(load_grids(repo / grids_file).values())
+    grids = regime_grids(protocol, every_grid)
     if not grids:
         raise DataError(f"{grids_file}: no grid named {PREFIX}<start>-{protocol}")
-    loaded = [(g, load_regime(g, protocol, repo / OUT_DIR)) for g in grids]
+    loaded = [(g, load_regime(g, protocol, repo / OUT_DIR, companion_grids(g, every_grid))) for g in grids]
     regimes = [r for _, r in loaded if r is not None]
     missing = [g.name for g, r in loaded if r is None]
     if not regimes:
         raise DataError(f"{repo / OUT_DIR}: none of {', '.join(g.name for g in grids)} has been run (`owdfa grid`)")
-    methods = list(dict.fromkeys(m for r in regimes for m in r.methods if not m.endswith("_official")))
+    every_method = list(dict.fromkeys(m for r in regimes for m in r.methods if not m.endswith("_official")))
+    methods = [m for m in every_method if any(m in r.methods and m not in r.added for r in regimes)]
+    ablated = [r for r in regimes if r.added]
+    only_added = [m for m in every_method if m not in methods]
+    ablation_methods = [m for m in ABLATION_ROWS if m in only_added or m == "cal"] + [
+        m for m in only_added if m not in ABLATION_ROWS
+    ]
     out_dir = repo / STUDY_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     figure, acr_figure = out_dir / f"regimes-{protocol}.png", out_dir / f"acr-{protocol}.png"
@@ -140,20 +209,22 @@ def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_
         "|---|---|---|---|---|---|",
     ]
     for r in regimes:
+        name = r.grid.name + "".join(f" + {c}" for c in r.companions)
         lines.append(
-            f"| {r.grid.name} | {r.grid.description} | {_percent(r.probe)} | {_percent(r.pretrain_val)} "
+            f"| {name} | {r.grid.description} | {_percent(r.probe)} | {_percent(r.pretrain_val)} "
             f"| {_ordering(r, MAIN_ORDER)} | {_ordering(r, ABLATION_ORDER)} |"
         )
     lines.append("")
     for key, title in METRICS:
-        lines += [f"**{title}**", "", "| Regime | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-        for r in regimes:
-            cells = [
-                _percent(r.methods[m].get(key), r.methods[m].get(f"{key}_std")) if m in r.methods else "—"
-                for m in methods
-            ]
-            lines.append(f"| {r.grid.name} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [f"**{title}**", "", *_metric_table(regimes, methods, key, "Regime"), ""]
+    if ablated:
+        lines += [
+            "**CAL's ablation**: the methods only a companion grid ran (named after the regime in the first table) "
+            "beside `cal`, which is row V.",
+            "",
+        ]
+        for key, title in METRICS:
+            lines += [*_metric_table(ablated, ablation_methods, key, title), ""]
     acr_methods = [m for m in methods if any(r.trajectories.get(m, {}).get("tau_novel") for r in regimes)]
     if acr_methods:
         lines += [
