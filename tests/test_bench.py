@@ -160,3 +160,32 @@ def test_stage_times_from_a_stamped_log(tmp_path: Path, bench_json: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     report = json.loads(bench_json.read_text())["stage_times"]
     assert report["stages"] == {"fetch": 9.0, "train@p1-cal-0": 65.0} and report["total_s"] == 75.0
+
+
+def test_numerics_fingerprint_is_stable_and_names_the_first_differing_probe(tmp_path: Path) -> None:
+    first = tmp_path / "here.json"
+    bench("numerics_fingerprint.py", "--image-size", "32", "--out", str(first))
+    fingerprint = json.loads(first.read_text())
+    names = [name for name, _ in fingerprint["probes"]]
+    assert names[0].startswith("forward ") and any(n.startswith("gradient ") for n in names)
+    assert any(n.startswith("train step 3 cal") for n in names) and "numpy matmul float64" in names
+    assert fingerprint["numerics"]["mode"] == "exact" and fingerprint["onednn_implementations"]
+    # another machine whose bits differ from the fifth probe on: the rerun here matches every other probe
+    other = dict(
+        fingerprint,
+        cpu="Other CPU",
+        probes=[[n, "0" * 16 if i >= 4 else h] for i, (n, h) in enumerate(fingerprint["probes"])],
+    )
+    other_path = tmp_path / "other.json"
+    other_path.write_text(json.dumps(other))
+    text = bench(
+        "numerics_fingerprint.py",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path / "again.json"),
+        "--compare",
+        str(other_path),
+    )
+    assert f"first difference: {names[4]} ({len(names) - 4} of {len(names)} probes differ)" in text
+    assert json.loads((tmp_path / "again.json").read_text())["probes"] == fingerprint["probes"]
