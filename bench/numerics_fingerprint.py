@@ -38,7 +38,7 @@ from owdfa.numerics import Numerics, exact_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "FINGERPRINT "
-BATCH, NUM_KNOWN, NUM_CLASSES, STEPS = 32, 7, 15, 3
+BATCH, NUM_CLASSES, STEPS = 32, 15, 3
 
 
 def digest(array: Any) -> str:
@@ -94,9 +94,7 @@ def training_probes(image_size: int) -> dict[str, str]:
     import numpy as np
     import torch
     import yaml
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from train import synthetic_data, training_step
+    from train import synthetic_data, training_step  # bench/train.py: this script's folder is on sys.path
 
     from owdfa.config import Section
     from owdfa.methods import build_method
@@ -181,8 +179,8 @@ def fingerprint(image_size: int) -> dict[str, Any]:
     }
 
 
-def compare(mine: dict[str, Any], theirs: dict[str, Any], label: str) -> int:
-    """Print where the two fingerprints differ; returns how many probes differ."""
+def compare(mine: dict[str, Any], theirs: dict[str, Any], label: str) -> None:
+    """Print where the two fingerprints differ: each differing probe, the first one, the oneDNN kernels."""
     print(f"this machine: {mine['cpu']}  |  {label}: {theirs['cpu']}")
     ours, other = dict(mine["probes"]), dict(theirs["probes"])
     differ = [k for k in ours if other.get(k) not in (None, ours[k])]
@@ -200,7 +198,6 @@ def compare(mine: dict[str, Any], theirs: dict[str, Any], label: str) -> int:
         print(f"  oneDNN here only:  {line}")
     for line in sorted(there - here):
         print(f"  oneDNN there only: {line}")
-    return len(differ)
 
 
 def main() -> None:
