@@ -133,6 +133,7 @@ def test_a_companion_grid_adds_its_methods_to_the_regime_with_its_settings(repo:
     assert "| All ACC | cal_abl1 | cal_abl2 | cal |" in text
     assert "| regime-warmup-p1 | 50.0 ± 1.0 | 55.0 ± 1.0 | 60.0 ± 1.0 |" in text
     assert "cal_abl4" not in text and "other-p1" not in text
+    assert "started from other features" not in text  # the same probe as its regime: nothing to say
     # the main tables keep the regime grids' own methods
     assert "| Regime | baseline | cpl | cal |" in text
 
@@ -142,3 +143,14 @@ def test_a_companion_that_disagrees_on_a_shared_method_is_named_as_stale(repo: P
     write_grid(repo, "ablation-p1", 0.60, {"cal_abl1": method(0.5, 0.1, 0.1), "cal": method(0.59, 0.4, 0.3)}, {})
     with pytest.raises(DataError, match="cal differs between grids regime-warmup-p1 and ablation-p1"):
         write_study("p1", repo)
+
+
+def test_a_companion_with_other_starting_features_is_kept_and_said(repo: Path):
+    # same settings, other pretrained start (made on another CPU): its rows stay, with one sentence naming both
+    add_grid(repo, "ablation-p1", {"set": {"run.protocols": ["p1"], "run.methods": ["cal_abl1"]}})
+    write_grid(repo, "ablation-p1", 0.655, {"cal_abl1": method(0.5, 0.1, 0.1)}, {})
+    text = write_study("p1", repo)[0].read_text()
+    assert (
+        "**ablation-p1 started from other features than regime-warmup-p1** (probe 65.5 against 60.0)" in text
+    )
+    assert "| regime-warmup-p1 | 50.0 ± 1.0 | 60.0 ± 1.0 |" in text

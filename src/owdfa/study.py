@@ -51,6 +51,8 @@ class Regime:
     trajectories: dict[str, dict[str, Any]]  # method -> per-seed per-epoch series
     companions: tuple[str, ...] = ()  # grids that added methods in the same settings
     added: frozenset[str] = frozenset()  # the methods only a companion ran
+    # companions whose own pretrain gave other starting features: (grid name, its probe)
+    other_starts: tuple[tuple[str, float | None], ...] = ()
 
 
 def regime_grids(protocol: str, grids: Sequence[Grid]) -> list[Grid]:
@@ -91,6 +93,8 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
 
     A companion that has not been run adds nothing. One that ran a method the regime ran too must have
     the same results for it (the same runs, so the same numbers): a difference means one grid is stale.
+    A companion whose starting features differ (made on another CPU, where exact mode gives other
+    bits, or stale) still adds its methods, and is listed in `other_starts` so the study says so.
     """
     read = _read_grid(grid, protocol, grid_dir)
     if read is None:
@@ -100,12 +104,16 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
     series = dict(trajectories.get(protocol, {}))
     start = (metrics.get("starting_features") or {}).get(protocol) or {}
     read_companions: list[str] = []
+    other_starts: list[tuple[str, float | None]] = []
     for companion in companions:
         extra = _read_grid(companion, protocol, grid_dir)
         if extra is None:
             continue
         read_companions.append(companion.name)
         extra_metrics, extra_trajectories = extra
+        extra_start = (extra_metrics.get("starting_features") or {}).get(protocol) or {}
+        if extra_start != start:
+            other_starts.append((companion.name, extra_start.get("probe_known_acc")))
         for method, summary in extra_metrics[protocol].items():
             if method in methods and methods[method] != summary:
                 raise DataError(
@@ -123,6 +131,7 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
         trajectories=series,
         companions=tuple(read_companions),
         added=frozenset(methods) - frozenset(metrics[protocol]),
+        other_starts=tuple(other_starts),
     )
 
 
@@ -215,6 +224,15 @@ def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_
             f"| {_ordering(r, MAIN_ORDER)} | {_ordering(r, ABLATION_ORDER)} |"
         )
     lines.append("")
+    for r in regimes:
+        for companion, probe in r.other_starts:
+            lines += [
+                f"**{companion} started from other features than {r.grid.name}** (probe {_percent(probe)} against "
+                f"{_percent(r.probe)}), though both set the same pretraining: the two grids were made on different "
+                "CPUs (exact mode's bits differ across CPUs) or one is stale. Their methods share a row here; "
+                "read the comparison across the two grids as one between separate draws.",
+                "",
+            ]
     for key, title in METRICS:
         lines += [f"**{title}**", "", *_metric_table(regimes, methods, key, "Regime"), ""]
     if ablated:
