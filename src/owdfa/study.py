@@ -112,7 +112,7 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
         read_companions.append(companion.name)
         extra_metrics, extra_trajectories = extra
         extra_start = (extra_metrics.get("starting_features") or {}).get(protocol) or {}
-        if extra_start != start:
+        if extra_start and extra_start != start:  # a grid made before probes were recorded has none to compare
             other_starts.append((companion.name, extra_start.get("probe_known_acc")))
         for method, summary in extra_metrics[protocol].items():
             if method in methods and methods[method] != summary:
