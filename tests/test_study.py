@@ -150,7 +150,18 @@ def test_a_companion_with_other_starting_features_is_kept_and_said(repo: Path):
     add_grid(repo, "ablation-p1", {"set": {"run.protocols": ["p1"], "run.methods": ["cal_abl1"]}})
     write_grid(repo, "ablation-p1", 0.655, {"cal_abl1": method(0.5, 0.1, 0.1)}, {})
     text = write_study("p1", repo)[0].read_text()
-    assert (
-        "**ablation-p1 started from other features than regime-warmup-p1** (probe 65.5 against 60.0)" in text
-    )
+    assert "**ablation-p1 started from other features than regime-warmup-p1** (probe 65.5 against 60.0)" in text
+    assert "| regime-warmup-p1 | 50.0 ± 1.0 | 60.0 ± 1.0 |" in text
+
+
+def test_a_companion_that_recorded_no_starting_features_is_not_said_to_differ(repo: Path):
+    # grids made before the probe was recorded have no starting_features: nothing to compare, no sentence
+    add_grid(repo, "ablation-p1", {"set": {"run.protocols": ["p1"], "run.methods": ["cal_abl1"]}})
+    write_grid(repo, "ablation-p1", 0.60, {"cal_abl1": method(0.5, 0.1, 0.1)}, {})
+    path = repo / "reports" / "grid" / "metrics-ablation-p1.json"
+    metrics = json.loads(path.read_text())
+    del metrics["starting_features"]
+    path.write_text(json.dumps(metrics))
+    text = write_study("p1", repo)[0].read_text()
+    assert "started from other features" not in text
     assert "| regime-warmup-p1 | 50.0 ± 1.0 | 60.0 ± 1.0 |" in text

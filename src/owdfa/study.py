@@ -88,6 +88,11 @@ def _read_grid(grid: Grid, protocol: str, grid_dir: Path) -> tuple[dict[str, Any
     return metrics, trajectories
 
 
+def _starting_features(metrics: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The grid's recorded starting features on `protocol` (probe, pretrain val ACC); {} if it has none."""
+    return (metrics.get("starting_features") or {}).get(protocol) or {}
+
+
 def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[Grid] = ()) -> Regime | None:
     """The regime's committed report files with its companions' methods, or None when it has not been run.
 
@@ -102,7 +107,7 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
     metrics, trajectories = read
     methods = dict(metrics[protocol])
     series = dict(trajectories.get(protocol, {}))
-    start = (metrics.get("starting_features") or {}).get(protocol) or {}
+    start = _starting_features(metrics, protocol)
     read_companions: list[str] = []
     other_starts: list[tuple[str, float | None]] = []
     for companion in companions:
@@ -111,7 +116,7 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
             continue
         read_companions.append(companion.name)
         extra_metrics, extra_trajectories = extra
-        extra_start = (extra_metrics.get("starting_features") or {}).get(protocol) or {}
+        extra_start = _starting_features(extra_metrics, protocol)
         if extra_start and extra_start != start:  # a grid made before probes were recorded has none to compare
             other_starts.append((companion.name, extra_start.get("probe_known_acc")))
         for method, summary in extra_metrics[protocol].items():
