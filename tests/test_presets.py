@@ -82,7 +82,11 @@ def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
     train = params["train"]
     for key, value in flatten(yaml.safe_load((ROOT / "params" / "owdfa40-cpl.yaml").read_text())).items():
         if key.startswith("train."):
-            train[key.removeprefix("train.")] = value
+            *parents, last = key.removeprefix("train.").split(".")
+            holder = train
+            for part in parents:
+                holder = holder[part]
+            holder[last] = value
     section = Section(train, "train")
     config = with_method_optimizer(train_config(section), Section(params["methods"]["cpl"], "methods.cpl"))
     assert (config.lr, config.weight_decay, config.lr_step, config.lr_gamma) == (2e-4, 1e-5, 10, 0.2)
@@ -92,3 +96,4 @@ def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
         "fp32",
         "resnet50.ram_in1k",
     )
+    assert config.augment.view == "official"  # the authors' pixels (README, 'Departures from the official code')

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from owdfa.config import Param, Section, load_section, param, read_params
-from owdfa.data.views import AugmentConfig
+from owdfa.data.views import VIEWS, AugmentConfig
 from owdfa.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,6 +23,7 @@ AUGMENT_PARAMS = {
     "crop_scale": Param(min=0.05, max=1.0),
     "jitter_prob": Param(min=0.0, max=1.0),
     "jitter": Param(min=0.0, max=0.95),
+    "view": Param(choices=VIEWS, optional=True),  # absent: direct (the pretrain phases' views)
 }
 
 
