@@ -254,6 +254,8 @@ def test_train_config_valid():
     assert config.epochs == 2 and config.augment.crop_scale == (0.5, 1.0)
     assert (config.nproc, config.precision, config.compile) == (1, "bf16", False)  # optional keys left out
     assert train({**TRAIN, "nproc": 2, "compile": True}).nproc == 2
+    assert config.augment.view == "direct"  # optional: the pretrain sections leave it out
+    assert train(changed(TRAIN, "augment.view", "official")).augment.view == "official"
 
 
 @pytest.mark.parametrize(
@@ -278,6 +280,8 @@ def test_train_config_valid():
         ("augment.crop_scale", [0.0, 1.0], "train.augment.crop_scale"),
         ("augment.jiter", 0.4, "train.augment.jiter"),
         ("augment", None, "train.augment"),
+        ("augment.view", "torchvision", "train.augment.view"),  # official | direct
+        ("augment.view", 1, "train.augment.view"),
     ],
 )
 def test_train_config_errors(path, value, key):

@@ -362,6 +362,13 @@ def test_a_method_variant_key_reruns_only_that_variants_runs(tiny_repo: TinyRepo
         assert changed_stages(tiny_repo) == set()
 
 
+def test_the_view_param_changes_only_the_training_runs(tiny_repo: TinyRepo) -> None:
+    # `dvc exp run -S train.augment.view=official`: the train stages read it, evaluate and report follow
+    # their new models; pretrain keeps its own augment section, so the starting weights are reused.
+    with tiny_repo.params({"train.augment.view": "official"}):
+        assert changed_stages(tiny_repo) == TRAIN_STAGES
+
+
 def test_an_evaluate_key_changes_only_the_evaluate_stages(tiny_repo: TinyRepo) -> None:
     with tiny_repo.params({"evaluate.ece_bins": 10}):
         assert changed_stages(tiny_repo) == EVALUATE_STAGES

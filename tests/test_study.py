@@ -165,3 +165,16 @@ def test_a_companion_that_recorded_no_starting_features_is_not_said_to_differ(re
     text = write_study("p1", repo)[0].read_text()
     assert "started from other features" not in text
     assert "| regime-warmup-p1 | 50.0 ± 1.0 | 60.0 ± 1.0 |" in text
+
+
+def test_a_regime_that_changes_the_training_is_named_by_its_change():
+    from owdfa.grid import Grid
+    from owdfa.study import Regime, training_change
+
+    def regime(sets: dict) -> Regime:
+        return Regime(grid=Grid("regime-x-p1", sets, "x"), probe=0.5, pretrain_val=None, methods={}, trajectories={})
+
+    assert training_change(regime({"pretrain.epochs": 20})) is None  # a starting point, not a training change
+    assert training_change(regime({"train.epochs": 20, "train.lr_step": 16})) == "longer schedule"
+    assert training_change(regime({"train.augment.view": "official"})) == "official view"
+    assert training_change(regime({"train.lr": 0.01, "train.batch_size": 32})) == "train.batch_size=32, train.lr=0.01"

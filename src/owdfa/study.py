@@ -37,6 +37,7 @@ METHODS_KEY = "run.methods"
 MAIN_ORDER = ("cal", "cpl", "baseline")
 ABLATION_ORDER = ("cal", "cal_abl4", "cal_abl2", "cal_abl1")
 ABLATION_ROWS = ("cal_abl1", "cal_abl2", "cal_abl3", "cal_abl4", "cal")  # the ablation table's columns, I-V
+LONGER_SCHEDULE = "longer schedule"  # a regime that trains for more epochs (train.epochs)
 METRICS = (("all_acc", "All ACC"), ("novel_acc", "Novel ACC"), ("gcd_v2_new_acc", "GCD-v2 New ACC"))
 
 
@@ -291,31 +292,34 @@ def make_regime_figure(
     """One panel per metric: each method's mean ± std against the regime's starting-feature accuracy.
 
     A regime without a probe value is left out of the panels.
-    Regimes on the default schedule are joined by lines; one that changes a `train.*` key (a longer
-    schedule) is an open marker of the method's colour, not joined.
+    Regimes with the default training are joined by lines; one that changes a `train.*` key (a longer
+    schedule, the official view) is an open marker of the method's colour, not joined, one marker
+    shape per kind of change.
     """
     fig = plots.new_figure(4.2 * len(metrics), 3.6)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     tab10 = matplotlib.colormaps["tab10"].colors
     placed = [r for r in regimes if r.probe is not None]
 
-    def scheduled(regime: Regime) -> bool:
-        return any(key.startswith("train.") for key in regime.grid.sets)
+    changes = list(dict.fromkeys(training_change(r) for r in placed))
+    others = [c for c in changes if c not in (None, LONGER_SCHEDULE)]
+    markers = {LONGER_SCHEDULE: "o", **dict(zip(others, "sD^v", strict=False))}
 
     for ax, (key, title) in zip(axes, metrics, strict=True):
         for i, method in enumerate(methods):
-            for longer in (False, True):
+            for change in changes:
                 points = sorted(
                     (100 * r.probe, 100 * r.methods[method][key], 100 * (r.methods[method].get(f"{key}_std") or 0.0))
                     for r in placed
-                    if scheduled(r) == longer and method in r.methods and r.methods[method].get(key) is not None
+                    if training_change(r) == change and method in r.methods and r.methods[method].get(key) is not None
                 )
                 if not points:
                     continue
                 x, y, err = (np.array(v) for v in zip(*points, strict=True))
-                style = {"ls": "none", "mfc": "none", "ms": 7} if longer else {"lw": 1.2, "ms": 4}
-                label = f"{method}, longer schedule" if longer else method
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=tab10[i % 10], label=label, **style)
+                style = {"ls": "none", "mfc": "none", "ms": 7} if change else {"lw": 1.2, "ms": 4}
+                label = f"{method}, {change}" if change else method
+                marker = markers.get(change, "o")
+                ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, color=tab10[i % 10], label=label, **style)
         for r in placed:
             ax.axvline(100 * r.probe, color="0.85", lw=0.8, zorder=0)
         ax.set_xlabel("starting features: known-class accuracy (%)")
@@ -323,6 +327,22 @@ def make_regime_figure(
         ax.set_title(f"{protocol}: {title}")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
+
+
+def training_change(regime: Regime) -> str | None:
+    """How a regime trains differently from the default, in the figure's words (None: it does not).
+
+    A regime's grid may change the training itself (`train.*` keys), not only the starting point:
+    a longer schedule (`train.epochs`), or the pixel recipe of the views (`train.augment.view`).
+    """
+    sets = {key: value for key, value in regime.grid.sets.items() if key.startswith("train.")}
+    if not sets:
+        return None
+    if "train.epochs" in sets:
+        return LONGER_SCHEDULE
+    if set(sets) == {"train.augment.view"}:
+        return f"{sets['train.augment.view']} view"
+    return ", ".join(f"{key}={value}" for key, value in sorted(sets.items()))
 
 
 @plots.styled

@@ -301,7 +301,9 @@ def pil_bilinear_resize(levels: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
     Pillow resamples in two separable passes, horizontal first, each rounding to uint8: an output
     level is clip((2^21 + sum_k level_k * weight_k) >> 22) with 22-bit fixed-point weights. The same
-    integer arithmetic here (int32, as Pillow's), a few taps per output pixel.
+    integer arithmetic here (int32, as Pillow's), a few taps per output pixel. (Pillow >= 13 takes the
+    vertical pass first when the height shrinks much more than the width; the views never resize so:
+    they scale uniformly, or enlarge a crop box.)
     """
     height, width = levels.shape[-2:]
     out = levels.to(torch.int32)
