@@ -93,13 +93,19 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last  # as the training loop, on every device
 
 
-def training_step(config: TrainConfig, data: TrainData, device: torch.device, method: Method) -> Callable[[], object]:
-    """The loop's step, set up as `run_training` sets it up (one process)."""
+def training_step(
+    config: TrainConfig, data: TrainData, device: torch.device, method: Method, compile_backend: str = "inductor"
+) -> Callable[[], object]:
+    """The loop's step, set up as `run_training` sets it up (one process).
+
+    `compile_backend` (with `config.compile`): torch.compile's backend; "eager" traces without
+    generating code (bench/gpu_check.py --dry).
+    """
     model = AttributionModel(config.backbone, data.num_classes, dropout=config.dropout, **method.model_options())
     model.to(device).to(memory_format=memory_format(device))
     params = [p for p in model.parameters() if p.requires_grad]
     step = TrainStep(
-        forward=torch.compile(model) if config.compile else model,
+        forward=torch.compile(model, backend=compile_backend) if config.compile else model,
         method=method,
         optimizer=torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay),
         params=params,

@@ -189,3 +189,30 @@ def test_numerics_fingerprint_is_stable_and_names_the_first_differing_probe(tmp_
     )
     assert f"first difference: {names[4]} ({len(names) - 4} of {len(names)} probes differ)" in text
     assert json.loads((tmp_path / "again.json").read_text())["probes"] == fingerprint["probes"]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
+    # The GPU check's own code paths, at tiny sizes on the CPU, so that it works the day a GPU is lent.
+    out = tmp_path / "bench-gpu.json"
+    text = bench("gpu_check.py", "--dry", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["dry"], text
+    parts = report["parts"]
+    assert set(parts) == {"tests", "model", "pipeline", "ddp"}
+    assert parts["tests"]["counts"].get("skipped", 0) >= 1  # the cuda tests are collected (and skip here)
+    assert set(parts["model"]["runs"]) == {"fp32-eager", "fp32-compiled", "bf16-eager", "bf16-compiled"}
+    assert all(run["loss_ok"] and run["images_per_s"] > 0 for run in parts["model"]["runs"].values())
+    assert parts["pipeline"]["trained_on"] == "cpu" and "last" in parts["pipeline"]["metrics"]
+    assert parts["ddp"]["backend"] == "gloo" and parts["ddp"]["world_size"] == 1
+
+
+def test_gpu_check_reports_a_broken_part_as_failed() -> None:
+    sys.path.insert(0, str(BENCH))
+    import gpu_check
+
+    def broken(sizes: gpu_check.Sizes) -> dict:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    result = gpu_check.run_part("model", broken, gpu_check.DRY)
+    assert result["ok"] is False and "illegal memory access" in result["error"]
