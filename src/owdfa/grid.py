@@ -127,21 +127,30 @@ def wait(names: list[str], repo: Path, timeout_s: float | None = None) -> dict[s
         time.sleep(POLL_S)
 
 
-def experiment_ref(name: str, repo: Path) -> str:
-    """The git ref of experiment `name` based on the current commit (`refs/exps/ab/cdef.../name`)."""
-    head = _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+def head_commit(repo: Path) -> str:
+    return _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+def experiment_ref(name: str, repo: Path, base: str | None = None) -> str:
+    """The git ref of experiment `name` queued on commit `base` (default: the current one).
+
+    DVC files an experiment under the commit it was queued on (`refs/exps/ab/cdef.../name`), which
+    is no longer HEAD when the user committed while the grid ran.
+    """
+    head = base or head_commit(repo)
     ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
     if _run(["git", "show-ref", "--verify", "--quiet", ref], repo, check=False).returncode != 0:
         raise GridError(f"experiment {name} left no result on commit {head[:7]} (see `dvc queue logs {name}`)")
     return ref
 
 
-def write_tables(grid: Grid, repo: Path, out_dir: Path = OUT_DIR) -> list[Path]:
+def write_tables(grid: Grid, repo: Path, out_dir: Path = OUT_DIR, base: str | None = None) -> list[Path]:
     """The experiment's `reports/results.md` and `reports/metrics.json`, as grid files in `out_dir`.
 
-    Nothing machine- or time-dependent is added, so a re-run on any machine writes the same bytes.
+    `base`: the commit the experiment was queued on (default: the current one). Nothing machine- or
+    time-dependent is added, so a re-run on any machine writes the same bytes.
     """
-    ref = experiment_ref(grid.experiment, repo)
+    ref = experiment_ref(grid.experiment, repo, base)
     results = _run(["git", "show", f"{ref}:reports/results.md"], repo).stdout
     metrics = _run(["git", "show", f"{ref}:reports/metrics.json"], repo).stdout
     trajectories = _run(["git", "show", f"{ref}:reports/trajectories.json"], repo).stdout
@@ -170,6 +179,7 @@ def run_grids(
     if unknown:
         raise ConfigError(str(grids_file), f"no grid named {', '.join(unknown)}; defined: {', '.join(grids)}")
     chosen = [grids[n] for n in names]
+    base = head_commit(repo)  # the experiments are filed under it, whatever is committed meanwhile
     for grid in chosen:
         print(f"grid {grid.name}: queued {grid.command()}", file=sys.stderr)
         queue(grid, repo)
@@ -184,6 +194,6 @@ def run_grids(
         raise GridError(f"grid experiments failed: {', '.join(failed)} (see `dvc queue logs NAME`)")
     written: list[Path] = []
     for grid in chosen:
-        written += write_tables(grid, repo)
+        written += write_tables(grid, repo, base=base)
     print(f"grids {', '.join(names)}: {seconds / 60:.1f} min; wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return written

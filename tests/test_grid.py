@@ -1,0 +1,31 @@
+"""`owdfa grid` finds each experiment's results under the commit it was queued on."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from owdfa.grid import GridError, experiment_ref, head_commit
+
+
+def git(repo: Path, env: dict[str, str], *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def test_a_commit_made_while_the_grid_runs_does_not_hide_its_experiment(tmp_path: Path, dvc_env) -> None:
+    # DVC files a queued experiment under the commit it was queued on; the user committing meanwhile
+    # (a README edit, say) must not make `owdfa grid` report that the experiment left no result.
+    git(tmp_path, dvc_env, "init", "-q")
+    (tmp_path / "a.txt").write_text("a\n")
+    git(tmp_path, dvc_env, "add", "a.txt")
+    git(tmp_path, dvc_env, "commit", "-q", "-m", "queued here")
+    queued_on = head_commit(tmp_path)
+    ref = f"refs/exps/{queued_on[:2]}/{queued_on[2:]}/grid-x"
+    git(tmp_path, dvc_env, "update-ref", ref, queued_on)  # what `dvc exp run --queue` leaves
+    (tmp_path / "a.txt").write_text("b\n")
+    git(tmp_path, dvc_env, "commit", "-q", "-am", "committed while the grid ran")
+    assert experiment_ref("grid-x", tmp_path, base=queued_on) == ref
+    with pytest.raises(GridError, match="left no result"):
+        experiment_ref("grid-x", tmp_path)  # looked up under the new HEAD: not there
