@@ -15,8 +15,10 @@ It also records which oneDNN implementation ran each primitive (`ONEDNN_VERBOSE`
 sizes oneDNN sees. Run it on two machines and `--compare` names the first probe whose bits differ:
 a convolution whose oneDNN implementation also differs points at oneDNN's CPU-dependent kernel
 choice; a matrix product at MKL.
-Usage: python bench/numerics_fingerprint.py                  # ~20 s; writes reports/numerics/fingerprint-<cpu>.json
+Usage: python bench/numerics_fingerprint.py                  # ~20 s; writes reports/numerics/fingerprint-<machine>.json
        python bench/numerics_fingerprint.py --compare reports/numerics/fingerprint-amd-epyc.json
+<machine> = vendor-family-model-ISA from /proc/cpuinfo (e.g. intel-6-143-avx512, amd-23-49-avx2), so two
+kinds of CPU never share a file name; a run never writes over the file it compares against.
 """
 
 from __future__ import annotations
@@ -159,6 +161,24 @@ def caches() -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^(L\d\w?) cache:\s*(.*)$", out, re.MULTILINE)}
 
 
+def cpu_identity() -> dict[str, str]:
+    """Vendor, family, model and widest vector ISA of this CPU (/proc/cpuinfo; 'unknown' elsewhere)."""
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(fields.get("vendor_id", ""), "unknown")
+    flags = set(fields.get("flags", "").split())
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+    return {"vendor": vendor, "family": fields.get("cpu family", "?"), "model": fields.get("model", "?"), "isa": isa}
+
+
+def machine_slug(identity: dict[str, str]) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(identity[k] for k in ("vendor", "family", "model", "isa")).lower())
+
+
 def fingerprint(image_size: int) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_"))}
     env.update(exact_environment(Numerics().threads), ONEDNN_VERBOSE="1")
@@ -171,6 +191,7 @@ def fingerprint(image_size: int) -> dict[str, Any]:
     result = json.loads(lines[-1][len(MARK) :])
     return {
         "cpu": cpu_name(),
+        "cpu_identity": cpu_identity(),
         "caches": caches(),
         "image_size": image_size,
         "numerics": result["numerics"],
@@ -203,7 +224,7 @@ def compare(mine: dict[str, Any], theirs: dict[str, Any], label: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, help="default: reports/numerics/fingerprint-<cpu>.json")
+    parser.add_argument("--out", type=Path, help="default: reports/numerics/fingerprint-<machine>.json")
     parser.add_argument("--compare", type=Path, help="a fingerprint from another machine")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,11 +232,15 @@ def main() -> None:
         child(args.image_size)
         return
     mine = fingerprint(args.image_size)
-    slug = re.sub(r"[^a-z0-9]+", "-", mine["cpu"].lower()).strip("-")
-    out = args.out or ROOT / "reports" / "numerics" / f"fingerprint-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, mine)
-    print(f"{len(mine['probes'])} probes, {len(mine['onednn_implementations'])} oneDNN implementations -> {out}")
+    out = args.out or ROOT / "reports" / "numerics" / f"fingerprint-{machine_slug(mine['cpu_identity'])}.json"
+    summary = f"{len(mine['probes'])} probes, {len(mine['onednn_implementations'])} oneDNN implementations"
+    if args.compare and out.resolve() == args.compare.resolve():
+        # The reference of a comparison is never overwritten (it would then be compared with itself).
+        print(f"{summary}; not written: {out} is the fingerprint compared against")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, mine)
+        print(f"{summary} -> {out}")
     if args.compare:
         try:
             theirs = json.loads(args.compare.read_text())

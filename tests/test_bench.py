@@ -189,6 +189,14 @@ def test_numerics_fingerprint_is_stable_and_names_the_first_differing_probe(tmp_
     )
     assert f"first difference: {names[4]} ({len(names) - 4} of {len(names)} probes differ)" in text
     assert json.loads((tmp_path / "again.json").read_text())["probes"] == fingerprint["probes"]
+    identity = fingerprint["cpu_identity"]
+    assert identity["vendor"] in ("intel", "amd", "unknown") and identity["isa"] in ("avx512", "avx2", "sse")
+    # The file compared against is never overwritten, even where it is where this run would write.
+    before = other_path.read_bytes()
+    same = ("--out", str(other_path), "--compare", str(other_path))
+    text = bench("numerics_fingerprint.py", "--image-size", "32", *same)
+    assert "not written" in text and other_path.read_bytes() == before
+    assert f"first difference: {names[4]}" in text  # compared with the reference, not with itself
 
 
 @pytest.mark.slow
