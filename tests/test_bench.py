@@ -31,6 +31,7 @@ def bench_json(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_bench_tiny(bench_json: Path) -> None:
     tiny = ("--image-size", "32", "--batch-size", "8", "--steps", "1", "--threads", "1")
     text = bench("train.py", *tiny, "--out", str(bench_json))
@@ -44,6 +45,7 @@ def test_train_bench_tiny(bench_json: Path) -> None:
     assert "(a) step efficiency" in text and "(b) input headroom" in text
 
 
+@pytest.mark.slow
 def test_budget_bench_tiny(bench_json: Path) -> None:
     tiny = ("--backbone", "test_resnet", "--image-size", "64", "--global-batch", "64")
     bench("budget.py", *tiny, "--out", str(bench_json))
@@ -56,6 +58,7 @@ def test_budget_bench_tiny(bench_json: Path) -> None:
     assert memory["1"]["fp32"] > memory["8"]["fp32"] >= budget["model_state_gib"]
 
 
+@pytest.mark.slow
 def test_repro_bench_times_only_an_up_to_date_pipeline(tmp_path: Path, bench_json: Path, run_dvc, run_git, dvc_env):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -92,6 +95,7 @@ def test_table_marks_what_was_not_run(bench_json: Path) -> None:
     assert "not run" in lines["(a) step efficiency"] and "not run" in lines["(e) dvc repro no-op"]
 
 
+@pytest.mark.slow
 def test_numerics_bench_tiny(bench_json: Path) -> None:
     tiny = ("--image-size", "32", "--batch-size", "8", "--steps", "1", "--rounds", "1", "--threads", "1")
     text = bench("numerics.py", *tiny, "--out", str(bench_json))
@@ -113,6 +117,7 @@ def test_numerics_bench_tiny(bench_json: Path) -> None:
     assert "all (exact mode)" in text
 
 
+@pytest.mark.slow
 def test_concurrency_bench_tiny(bench_json: Path) -> None:
     tiny = ("--image-size", "32", "--batch-size", "8", "--steps", "1", "--warmup", "1", "--repeats", "1")
     only = ("--spins", "1000", "--only", "libgomp default", "GOMP_SPINCOUNT=1000", "--busy")
@@ -162,6 +167,7 @@ def test_stage_times_from_a_stamped_log(tmp_path: Path, bench_json: Path) -> Non
     assert report["stages"] == {"fetch": 9.0, "train@p1-cal-0": 65.0} and report["total_s"] == 75.0
 
 
+@pytest.mark.slow
 def test_numerics_fingerprint_is_stable_and_names_the_first_differing_probe(tmp_path: Path) -> None:
     first = tmp_path / "here.json"
     bench("numerics_fingerprint.py", "--image-size", "32", "--out", str(first))

@@ -605,6 +605,7 @@ def test_weights_that_lie_are_refused_in_one_line(
     assert err.count("\n") == 1 and str(target) in err and message in err, err
 
 
+@pytest.mark.slow
 def test_attribute_and_info_never_reach_the_network(images: Path, model: AttributionModel, tmp_path: Path) -> None:
     """A listening local port as the Hub endpoint: a card naming a Hub model must not make a connection."""
     import os

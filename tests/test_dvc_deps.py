@@ -72,6 +72,7 @@ def test_evaluation_does_not_run_the_training_code() -> None:
     assert "src/owdfa/estimate_k.py" in closure and "src/owdfa/inference.py" in closure
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module",
     ["owdfa.training_stages", "owdfa.evaluation", "owdfa.report", "owdfa.data.fetch", "owdfa.data.align", "owdfa.cli"],

@@ -49,6 +49,7 @@ def _test_rows(split: Path, faces: Path):
     return images, test["row"].to_numpy(np.int64), test["target"].to_numpy(np.int64), int(classes["num_known"])
 
 
+@pytest.mark.slow
 def test_faithful_dpp_reports_the_pruned_and_the_all_rows_classifier(faithful_run, tmp_path):
     faces, split, model_dir = faithful_run
     metrics = evaluate(_evaluate_section("last"), model_dir, split, faces, tmp_path / "out", tmp_path / "p.csv")
@@ -72,6 +73,7 @@ def test_faithful_dpp_reports_the_pruned_and_the_all_rows_classifier(faithful_ru
     assert "val_best_all_prototypes" in metrics and metrics["k_hat"] == pruned
 
 
+@pytest.mark.slow
 def test_k_hat_is_the_analysed_checkpoints(faithful_run, tmp_path):
     # A val_best snapshot taken at an epoch with another active count: K̂ must be that epoch's.
     faces, split, model_dir = faithful_run

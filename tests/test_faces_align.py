@@ -323,6 +323,7 @@ def test_resize_mode_matches_plain_pil_decoding_byte_for_byte(tmp_path: Path) ->
     assert (tmp_path / "faces" / "faces.csv").read_text() == table.to_csv(index=False, lineterminator="\n")
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_write_identical_caches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     raw, index, good, bad = make_raw(tmp_path)
     section = Section({"mode": "crop", "image_size": 64, "workers": 2}, "align")
@@ -347,6 +348,7 @@ def test_one_and_two_workers_write_identical_caches(tmp_path: Path, capsys: pyte
     assert all(err.count(f"{name}: unreadable image") == 2 for name in bad)
 
 
+@pytest.mark.slow
 def test_aligned_mode_through_the_stage(tmp_path: Path) -> None:
     raw, index, good, _ = make_raw(tmp_path)
     section = Section({"mode": "aligned", "image_size": 128, "detector": {"upsample": 0, "threshold": 0.0}}, "align")

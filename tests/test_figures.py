@@ -69,6 +69,7 @@ def test_every_data_axes_has_title_and_labels(built):
                 assert ax.get_xlabel() or ax.get_ylabel() or not ax.axison, (name, ax)
 
 
+@pytest.mark.slow
 def test_png_is_valid_and_bit_identical(built, tmp_path):
     for name, fig in built.items():
         first = plots.png_bytes(fig)

@@ -367,6 +367,7 @@ def test_branch_revision_warns_with_the_commit_to_pin(tmp_path, hub, client_env,
     assert not client_env.exists()
 
 
+@pytest.mark.slow
 def test_dropped_connection_is_resumed_with_a_range_request(tmp_path, hub, client_env, monkeypatch):
     """The client keeps what it received in whole 10 MiB chunks and asks for the rest with a Range request."""
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -384,6 +385,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(tmp_path, hub, clien
     assert {e["path"]: e["sha256"] for e in manifest["files"]}[LANDMARK_PREDICTOR_FILE] == sha256(big)
 
 
+@pytest.mark.slow
 def test_failed_download_is_one_line_and_a_rerun_completes(tmp_path, hub, dataset, client_env, monkeypatch):
     """The connection drops and the resume attempt fails: one line; the next run finishes the job."""
     monkeypatch.setenv("HF_ENDPOINT", hub.url)

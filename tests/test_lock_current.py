@@ -54,6 +54,7 @@ def test_stale_entries_classifier() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_dvc_lock_matches_code_and_params(run_dvc) -> None:
     if not (ROOT / ".git").exists() or not (ROOT / ".dvc").is_dir():
         pytest.skip(f"{ROOT} is not a git checkout with a .dvc folder")

@@ -97,6 +97,7 @@ def test_pin_after_torch_loaded_checks_instead_of_pretending() -> None:
     assert os.environ["OMP_NUM_THREADS"] == "2"  # nothing was changed behind the loaded libraries
 
 
+@pytest.mark.slow
 def test_pin_overrides_a_users_own_caps_and_thread_count() -> None:
     probe = (
         "from owdfa.numerics import Numerics, configure_torch, pin; pin(Numerics(threads=3)); import torch, json; "
@@ -161,6 +162,7 @@ def subnormal_probe(before_configure: str) -> dict[str, object]:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_subnormals_are_flushed_on_every_thread_or_on_none() -> None:
     # a stage: configure_torch comes before any parallel work, so both threads flush
     assert subnormal_probe("pass") == {"kept": 0, "threads": 2, "record": "flushed"}

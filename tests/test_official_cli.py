@@ -35,6 +35,7 @@ def resnet50_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(folder / "wok_protocol1_seed2026.ckpt", lightning_checkpoint(state))
 
 
+@pytest.mark.slow
 def test_list_names_every_released_file() -> None:
     proc = run_cli("import", "--list")
     assert proc.returncode == 0, proc.stderr
@@ -43,6 +44,7 @@ def test_list_names_every_released_file() -> None:
     assert "protocol3/protocol_seed2025.ckpt" in names  # as released (sic)
 
 
+@pytest.mark.slow
 def test_imported_checkpoint_is_a_model_directory_for_info_and_attribute(tmp_path, resnet50_checkpoint) -> None:
     out = tmp_path / "cal-p1"
     proc = run_cli("import", resnet50_checkpoint, "--out", out, "--num-active", "30")
@@ -68,6 +70,7 @@ def test_imported_checkpoint_is_a_model_directory_for_info_and_attribute(tmp_pat
     assert row["face_found"] is True and 0 <= row["cluster"] < 30 and "error" not in row
 
 
+@pytest.mark.slow
 def test_a_hostile_checkpoint_runs_nothing_and_is_one_line(tmp_path) -> None:
     target = tmp_path / "pwned"
     checkpoint = lightning_checkpoint(official_state(41))
@@ -81,6 +84,7 @@ def test_a_hostile_checkpoint_runs_nothing_and_is_one_line(tmp_path) -> None:
     assert not target.exists() and not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_import_never_replaces_what_is_not_its_own(tmp_path, resnet50_checkpoint) -> None:
     notes = tmp_path / "notes"
     notes.mkdir()

@@ -99,6 +99,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory, checkpoints) -> dict[str,
     return {"base": base, "faces": faces, "split": split, "model": base / "model"}
 
 
+@pytest.mark.slow
 def test_an_imported_model_is_scored_on_its_one_checkpoint(imported, tmp_path, capsys):
     card = ModelCard.read(imported["model"])
     assert card.history is None and card.val_best_epoch is None and card.source is not None
@@ -120,6 +121,7 @@ def test_an_imported_model_is_scored_on_its_one_checkpoint(imported, tmp_path, c
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_model_is_scored_only_on_its_own_classes_and_face_size(imported, tmp_path):
     section, model = evaluate_section("last"), imported["model"]
 
@@ -144,6 +146,7 @@ def test_a_model_is_scored_only_on_its_own_classes_and_face_size(imported, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_import_stage_mistakes_are_one_line_each(tmp_path, checkpoints, dvc_env):
     models = {
         "wrong-protocol": {**model_entry(checkpoints["known"]), "protocol": "p2"},

@@ -147,6 +147,7 @@ def test_reliability_figure(tmp_path: Path) -> None:
         plots.make_reliability(table.drop(columns="accuracy"), 0.1, "x")
 
 
+@pytest.mark.slow
 def test_confidence_histograms_figure(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     groups = {m: {"known": rng.beta(8, 2, 60), "novel": rng.beta(3, 3, 40)} for m in ("CAL", "CPL", "baseline", "ORCA")}
@@ -227,6 +228,7 @@ def test_class_colors_cycle_beyond_palette() -> None:
     assert len(set(colors[:60])) == 60 and colors[60] == colors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signed", [True, False])
 def test_uncertainty_maps_figure(tmp_path: Path, signed: bool) -> None:
     rng = np.random.default_rng(5)

@@ -105,6 +105,7 @@ def assert_same(a: TrainResult, b: TrainResult) -> None:
         assert torch.equal(a.best_val_state[key], b.best_val_state[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_interrupted_run_resumes_bit_for_bit(name, tmp_path):
     data = tiny_data()
@@ -163,6 +164,7 @@ def test_checkpoint_is_safetensors_with_json(tmp_path):
     assert any(k.startswith("optim/") for k in found.tensors) and any(k.startswith("model/") for k in found.tensors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lose_live_dir", [False, True])
 def test_curves_continue_exactly(tmp_path, monkeypatch, lose_live_dir):
     """Killed after logging epoch 3 but before its checkpoint: the resumed curves drop that row and go on.

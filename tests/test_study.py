@@ -82,6 +82,7 @@ def test_study_tables_follow_the_grid_files(repo: Path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_study_is_byte_identical_on_a_rerun(repo: Path):
     first = [p.read_bytes() for p in write_study("p1", repo)]
     assert [p.read_bytes() for p in write_study("p1", repo)] == first
