@@ -129,7 +129,7 @@ def check_tests(sizes: Sizes) -> dict[str, Any]:
 def check_model(sizes: Sizes) -> dict[str, Any]:
     """The preset's step in bf16/fp32 x eager/compiled: rate, peak memory, first-step loss agreement."""
     import torch
-    from train import synthetic_data, training_step
+    from train import sync, synthetic_data, training_step
 
     from owdfa.config import Section
     from owdfa.data.views import AugmentConfig
@@ -159,8 +159,8 @@ def check_model(sizes: Sizes) -> dict[str, Any]:
             step = training_step(config, data, device, method, compile_backend=sizes.compile_backend)
             start = time.perf_counter()
             first = step()
-            first_s = time.perf_counter() - start  # includes compilation when compiled
             sync(device)
+            first_s = time.perf_counter() - start  # includes compilation when compiled
             start = time.perf_counter()
             for _ in range(sizes.steps):
                 step()
@@ -188,13 +188,6 @@ def check_model(sizes: Sizes) -> dict[str, Any]:
         "timed_steps": sizes.steps,
         "runs": runs,
     }
-
-
-def sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_pipeline(sizes: Sizes) -> dict[str, Any]:
