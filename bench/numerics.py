@@ -5,9 +5,11 @@ libraries choose, as `numerics.reproducible: false`), each pin of `owdfa.numeric
 them (exact mode). The thread count is the same everywhere (`--threads`, default 2 = numerics.threads),
 so only the kernels differ; what a fixed thread count costs on a machine with more cores is the ratio
 of its core count to `threads`, at most. Rounds take turns over the set-ups; each rate is the best of
-`--rounds`. The OpenBLAS pin touches only NumPy (evaluation's k-means and metrics), not this step.
-Merges {"numerics": ...} into reports/bench.json.
-Usage: python bench/numerics.py            # about 2 minutes on 2 cores
+`--rounds`. The OpenBLAS and NumPy pins touch only NumPy (evaluation's k-means and metrics), not this
+step. Merges {"numerics": ...} into reports/bench.json; another backbone or size goes under its own key.
+Usage: python bench/numerics.py            # about 2.5 minutes on 2 cores
+       python bench/numerics.py --backbone resnet50 --image-size 256 --batch-size 8 --steps 4 --only-exact
+                                           # the OWDFA-40 preset's network on the CPU (about 3 minutes)
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from common import cpu_name, merge_into
 from owdfa.numerics import EXACT_ISA, THREAD_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
+BASE, EXACT = "none (reproducible: false)", "all (exact mode)"
 SETUPS: dict[str, dict[str, str]] = {
-    "none (reproducible: false)": {},
+    BASE: {},
     **{f"{name} only": {name: value} for name, value in EXACT_ISA.items() if name != "OPENBLAS_CORETYPE"},
-    "all (exact mode)": dict(EXACT_ISA),
+    EXACT: dict(EXACT_ISA),
 }
 
 
-def child(steps: int, image_size: int, batch_size: int) -> None:
+def child(steps: int, image_size: int, batch_size: int, backbone: str | None) -> None:
     """Time the training step in this process (its environment holds the pins); print images/s."""
     import torch
     import yaml
@@ -44,7 +47,7 @@ def child(steps: int, image_size: int, batch_size: int) -> None:
     from owdfa.training import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-    config = TrainConfig(backbone=section["backbone"], dropout=section["dropout"], batch_size=batch_size)
+    config = TrainConfig(backbone=backbone or section["backbone"], dropout=section["dropout"], batch_size=batch_size)
     seed_everything(0)
     method = build_method("cal", Section.from_file("methods", ROOT / "params.yaml"))
     step = training_step(config, synthetic_data(4 * batch_size, image_size), torch.device("cpu"), method)
@@ -61,6 +64,8 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
     full = {k: v for k, v in os.environ.items() if k not in EXACT_ISA}
     full.update(env, **dict.fromkeys(THREAD_VARIABLES, str(args.threads)))
     cmd = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--image-size", str(args.image_size)]
+    if args.backbone:
+        cmd += ["--backbone", args.backbone]
     out = subprocess.run(
         [*cmd, "--batch-size", str(args.batch_size)], env=full, capture_output=True, text=True, check=True
     )
@@ -74,23 +79,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backbone", help="default: params.yaml train.backbone (e.g. resnet50: the OWDFA-40 preset's)")
+    parser.add_argument("--only-exact", action="store_true", help="time exact mode against no pin only, not each pin")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.steps, args.image_size, args.batch_size)
+        child(args.steps, args.image_size, args.batch_size, args.backbone)
         return
-    best: dict[str, float] = dict.fromkeys(SETUPS, 0.0)
+    setups = {name: SETUPS[name] for name in (BASE, EXACT)} if args.only_exact else SETUPS
+    best: dict[str, float] = dict.fromkeys(setups, 0.0)
     capability: dict[str, str] = {}
     for _ in range(args.rounds):
-        for name, env in SETUPS.items():
+        for name, env in setups.items():
             result = measure(env, args)
             best[name] = max(best[name], float(result["rate"]))
             capability[name] = str(result["capability"])
-    base = best["none (reproducible: false)"]
+    base = best[BASE]
     report = {
         "config": {
-            "backbone": "params.yaml train.backbone",
+            "backbone": args.backbone or "params.yaml train.backbone",
             "variant": "cal",
             "image_size": args.image_size,
             "batch_size": args.batch_size,
@@ -103,8 +111,11 @@ def main() -> None:
         "time_vs_unpinned": {name: round(base / rate, 3) for name, rate in best.items()},
         "aten_capability": capability,
     }
-    merge_into(args.out, "numerics", report)
-    print(f"CAL training step, {args.image_size} px, batch {args.batch_size}, {args.threads} threads, {cpu_name()}")
+    default_network = args.backbone is None and args.image_size == 64 and args.batch_size == 64
+    key = "numerics" if default_network else f"numerics_{args.backbone or 'default'}_{args.image_size}px"
+    merge_into(args.out, key, report)
+    network = f"{args.backbone or 'default backbone'}, {args.image_size} px, batch {args.batch_size}"
+    print(f"CAL training step, {network}, {args.threads} threads, {cpu_name()}")
     for name, rate in best.items():
         print(f"  {name:<34}{rate:8.1f} img/s  {base / rate:6.3f}x time   ATen {capability[name]}")
 

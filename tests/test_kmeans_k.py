@@ -403,3 +403,21 @@ def test_kmeans_k_estimate_returns_each_chosen_estimator():
     assert kmeans_k_estimate(*args, ()) == {}
     both = kmeans_k_estimate(*args)  # default: every estimator, in K_ESTIMATORS order
     assert both == {"gcd": expected_gcd, "ss_kmeans_folds": expected_ours} and list(both) == list(K_ESTIMATORS)
+
+
+def test_kmeans_runs_on_at_most_two_openmp_threads() -> None:
+    # scikit-learn adds its threads' partial centre sums in the order they finish: with three or more
+    # threads that order (and so a bit of the centres) can change from run to run, with two it cannot.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from owdfa.estimate_k import KMEANS_MAX_THREADS, _kmeans_threads_capped
+
+    def openmp_threads() -> set[int]:
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "openmp"}
+
+    assert KMEANS_MAX_THREADS == 2
+    for outside, inside in ((4, 2), (2, 2), (1, 1)):
+        with threadpool_limits(limits=outside, user_api="openmp"):
+            with _kmeans_threads_capped():
+                assert openmp_threads() == {inside}
+            assert openmp_threads() == {outside}

@@ -25,6 +25,7 @@ from owdfa.config import Section
 from owdfa.errors import ConfigError
 from owdfa.numerics import (
     EXACT_ISA,
+    NUMERICS_VERSION,
     SHARED_CORES_WAIT_POLICY,
     THREAD_VARIABLES,
     WAIT_VARIABLES,
@@ -70,8 +71,33 @@ def test_params_defaults_and_one_line_errors() -> None:
 def test_exact_environment_pins_every_library_and_the_threads() -> None:
     env = exact_environment(3)
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
-    assert env["MKL_CBWR"] == "AVX2,STRICT" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    # MKL's one branch defined for every vendor (its ISA branches hold on Intel CPUs only)
+    assert env["MKL_CBWR"] == "COMPATIBLE" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    assert env["NPY_DISABLE_CPU_FEATURES"] == "X86_V4 AVX512_ICL AVX512_SPR"
     assert all(env[name] == "3" for name in THREAD_VARIABLES)
+
+
+@pytest.mark.slow
+def test_pinned_numpy_takes_its_avx2_loops_and_the_pinned_blas_threads() -> None:
+    # NumPy picks its SIMD loops when it loads: after pin() its AVX-512 targets are off on any CPU, and
+    # configure_torch() gives its OpenBLAS the pinned thread count even where one CPU is visible.
+    probe = (
+        "import os, json\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from owdfa import numerics\n"
+        "numerics.pin(numerics.Numerics())\n"
+        "import numpy\n"
+        "from numpy._core._multiarray_umath import __cpu_features__ as features\n"
+        "from threadpoolctl import threadpool_info\n"
+        "numerics.configure_torch()\n"
+        "blas = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(json.dumps({'v4': features.get('X86_V4', False), 'avx2': features['AVX2'], 'blas': blas}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in EXACT_ISA and k not in THREAD_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    result = json.loads(out.stdout)
+    assert result["v4"] is False and result["avx2"] is True
+    assert result["blas"] and set(result["blas"]) == {2}
 
 
 def test_exact_mode_needs_x86_64_with_avx2_and_fma() -> None:
@@ -176,12 +202,13 @@ def test_record_holds_the_pins_not_the_machine() -> None:
     record = describe("cpu", "fp32")
     assert record["mode"] == "exact" and record["threads"] == 2
     assert record["aten_cpu_capability"] == "AVX2"
-    assert record["onednn_max_cpu_isa"] == "AVX2" and record["mkl_cbwr"] == "AVX2,STRICT"
+    assert record["onednn_max_cpu_isa"] == "AVX2" and record["mkl_cbwr"] == "COMPATIBLE"
+    assert record["version"] == NUMERICS_VERSION and record["numpy_disabled_features"] == "X86_V4 AVX512_ICL AVX512_SPR"
     assert record["openblas_coretype"] == "Haswell" and record["deterministic_algorithms"] in (True, False)
     assert set(record["versions"]) == {"torch", "mkl", "onednn", "numpy"}
     assert "unknown" not in record["versions"].values()
     text = summary(record)
-    assert text.startswith("exact mode: AVX2 kernels") and "2 threads" in text
+    assert text.startswith(f"exact mode: version {NUMERICS_VERSION}, AVX2 kernels") and "2 threads" in text
 
 
 # --- another machine, simulated -----------------------------------------------------------------

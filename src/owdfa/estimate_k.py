@@ -27,12 +27,14 @@ Only the ``-1`` / label values passed in are used; true labels of unlabelled sam
 from __future__ import annotations
 
 import numbers
+from contextlib import AbstractContextManager
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from sklearn.cluster import KMeans
+from threadpoolctl import ThreadpoolController
 
 from owdfa.metrics import cluster_acc
 
@@ -296,6 +298,18 @@ GCD_KMEANS_PARAMS: dict[str, object] = {
 # minimize_scalar(method="bounded") options: GCD passes only disp=True (printing, no effect on the
 # result), so scipy's defaults apply; pinned here so a future default change cannot move K-hat.
 GCD_BRENT_OPTIONS: dict[str, float] = {"xatol": 1e-5, "maxiter": 500}
+# scikit-learn's Lloyd iteration adds each OpenMP thread's partial centre sums under a lock, in the
+# order the threads finish (sklearn/cluster/_k_means_lloyd.pyx, lloyd_iter_chunked_dense; its inertia
+# likewise). With one or two threads that order cannot change a bit (0 + a + b == 0 + b + a); with
+# three or more it can, from run to run. So k-means never runs on more than two threads.
+KMEANS_MAX_THREADS = 2
+
+
+def _kmeans_threads_capped() -> AbstractContextManager[object]:
+    """A context in which OpenMP runs at most KMEANS_MAX_THREADS threads (fewer stay as they are)."""
+    controller = ThreadpoolController()
+    current = [info["num_threads"] for info in controller.info() if info["user_api"] == "openmp"]
+    return controller.limit(limits=min([KMEANS_MAX_THREADS, *current]), user_api="openmp")
 
 
 def _gcd_features(features: ArrayLike) -> np.ndarray:
@@ -339,7 +353,8 @@ def gcd_estimate_k(features: ArrayLike, labels: ArrayLike, num_known: int, k_max
         k = int(point)
         trace.append((float(point), k))
         if k not in evaluated:
-            pred = KMeans(n_clusters=k, **GCD_KMEANS_PARAMS).fit(x).labels_
+            with _kmeans_threads_capped():
+                pred = KMeans(n_clusters=k, **GCD_KMEANS_PARAMS).fit(x).labels_
             evaluated[k] = cluster_acc(y_lab, pred[labelled].astype(np.int64))
         return -evaluated[k]
 

@@ -2,18 +2,25 @@
 
 Floating-point training on the CPU depends on which kernels run, and those are chosen per machine:
 ATen's vector width (AVX2 or AVX-512), oneDNN's instruction set for convolutions, MKL's code path
-for matrix products, OpenBLAS's kernel for NumPy's (k-means, metrics) and the number of threads
-that split each reduction. In exact mode (`reproducible: true`, the default) every one of these is
-pinned to a level that every x86-64 machine of the last decade has (AVX2 with FMA) and to a fixed
-thread count, so a fresh clone on another machine regenerates `dvc.lock` and `reports/` byte for
-byte. `reproducible: false` leaves the libraries to pick the widest kernels and all cores.
+for matrix products, exp/log/sqrt and FFTs, OpenBLAS's kernel for NumPy's products (k-means,
+metrics), NumPy's own SIMD loops, and the number of threads that split each reduction. In exact mode
+(`reproducible: true`, the default) each is pinned to a level every x86-64 machine of the last
+decade has (AVX2 with FMA) and to a fixed thread count. `reproducible: false` leaves the libraries to
+pick the widest kernels and all cores.
+
+MKL chooses its code path by the CPU *vendor* as well as the ISA: Intel's oneMKL guide ("Getting
+Started with Conditional Numerical Reproducibility") documents the ISA branches of `MKL_CBWR` (AVX2,
+AVX512, ...) for Intel processors only and says a non-Intel CPU takes the AUTO branch instead; only
+`COMPATIBLE` is defined for Intel and compatible processors alike. So exact mode pins `COMPATIBLE`
+(until numerics version 2 it pinned `AVX2,STRICT`, which an AMD CPU ignored: the AMD EPYCs trained
+other weights). NumPy picks its SIMD loops at import (`NPY_DISABLE_CPU_FEATURES` turns its AVX-512
+targets off, so exp/log/sums take the AVX2 loops on every machine). What was verified, on which CPUs
+and how (a fresh clone, a fingerprint, the vendor-flip test), is README "Exact results across machines".
 
 The libraries read these settings once, when they load, so `pin()` must run before torch or NumPy
 is imported: the stages and `owdfa attribute` call it first and import their library afterwards;
-`configure_torch()` then sets what torch only takes at run time (thread count, deterministic algorithms).
-Each pin was measured to matter (`bench/numerics.py`): leaving any one of them out changes the
-trained weights on an AVX-512 machine. NumPy's own SIMD dispatch (exp, log, sums) gave identical
-bits at AVX2 and AVX-512 and is not pinned.
+`configure_torch()` then sets what the libraries only take at run time (thread counts,
+deterministic algorithms).
 """
 
 from __future__ import annotations
@@ -29,14 +36,19 @@ from typing import Any
 from owdfa.config import Section, load_section, param
 from owdfa.errors import ConfigError, OwdfaError
 
+# The generation of exact mode: which pins it sets. Results (dvc.lock, reports, grids, fingerprints)
+# of one version agree across machines; a change of pins that moves any bit increments it.
+# 1: MKL_CBWR=AVX2,STRICT (vendor-dependent); 2: MKL_CBWR=COMPATIBLE + NumPy's AVX2 loops.
+NUMERICS_VERSION = 2
 DEFAULT_THREADS = 2  # the embedded benchmark's committed tables were computed with 2 threads
 REQUIRED_CPU_FLAGS = ("avx2", "fma")
 # What every library reads at load time in exact mode (thread counts are added by `exact_environment`).
 EXACT_ISA = {
     "ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorised kernels: 8-wide float, not 16-wide
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN convolutions: no AVX-512 / AMX kernels
-    "MKL_CBWR": "AVX2,STRICT",  # MKL conditional numerical reproducibility: the AVX2 branch, strict
+    "MKL_CBWR": "COMPATIBLE",  # MKL: the one code path its guide documents for Intel and AMD alike
     "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: the AVX2 kernels whatever the CPU
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's own loops: AVX2, never AVX-512
 }
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # How an idle OpenMP thread waits at a barrier: scheduling only, never the numbers. torch's pip
@@ -204,7 +216,21 @@ def configure_torch() -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
     if _pinned is not None and _pinned.threads:
         torch.set_num_threads(_pinned.threads)
+        _pin_blas_threads(_pinned.threads)
     flush_denormals()
+
+
+def _pin_blas_threads(threads: int) -> None:
+    """NumPy's OpenBLAS computes with `threads` threads even where fewer CPUs are visible.
+
+    OpenBLAS caps OPENBLAS_NUM_THREADS at the CPUs in the process's affinity mask when it loads, and
+    its matrix-vector products and long dot products split the sum between threads: a 1-CPU container
+    would silently sum in another order. Setting the count after loading is not capped.
+    """
+    import numpy  # noqa: F401  (loads OpenBLAS, so that threadpoolctl finds it)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def _config_version(pattern: str) -> str:
@@ -226,6 +252,7 @@ def describe(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     numerics = pinned()
     record: dict[str, Any] = {
         "mode": numerics.mode if numerics else "unpinned",
+        "version": NUMERICS_VERSION if numerics and numerics.reproducible else None,
         "device": device,
         "precision": precision,
         "threads": torch.get_num_threads(),
@@ -233,6 +260,7 @@ def describe(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
         "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "native"),
+        "numpy_disabled_features": os.environ.get("NPY_DISABLE_CPU_FEATURES", "none"),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "subnormals": {True: "flushed", False: "kept", None: "unset"}[_flushed],
         "versions": {
@@ -249,6 +277,7 @@ def summary(record: dict[str, Any]) -> str:
     """One line for logs and the report."""
     if record.get("mode") == "exact":
         isa = (
+            f"version {record.get('version')}, "
             f"{record['aten_cpu_capability']} kernels "
             f"(oneDNN {record['onednn_max_cpu_isa']}, MKL {record['mkl_cbwr']}, OpenBLAS {record['openblas_coretype']})"
         )

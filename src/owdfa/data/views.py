@@ -451,12 +451,11 @@ def official_single_view(images: torch.Tensor, draws: SingleDraws) -> torch.Tens
     flip = draws.flip.to(levels.device).view(-1, 1, 1, 1)
     levels = torch.where(flip, levels.flip(-1), levels)
     out = _brightness_contrast_levels(levels, draws.alpha, draws.beta, draws.adjust)
-    cropped = draws.crop.nonzero().squeeze(1)
+    cropped = draws.crop.nonzero().squeeze(1)  # on the CPU, as the draws are
     if len(cropped):
         size = official_crop_size(height)
         mid = _crop_resize(levels, draws.boxes, cropped, (size, size), antialias=False)
-        picked = cropped.to("cpu")
-        mid = _brightness_contrast_levels(mid, draws.alpha[picked], draws.beta[picked], draws.adjust[picked])
+        mid = _brightness_contrast_levels(mid, draws.alpha[cropped], draws.beta[cropped], draws.adjust[cropped])
         out[cropped.to(levels.device)] = resize_levels(mid, (height, width), antialias=False)
     return out.div_(255.0)
 
