@@ -6,7 +6,7 @@ them (exact mode). The thread count is the same everywhere (`--threads`, default
 so only the kernels differ; what a fixed thread count costs on a machine with more cores is the ratio
 of its core count to `threads`, at most. Rounds take turns over the set-ups; each rate is the best of
 `--rounds`. The OpenBLAS and NumPy pins touch only NumPy (evaluation's k-means and metrics), not this
-step. Merges {"numerics": ...} into reports/bench.json; another backbone or size goes under its own key.
+step. Merges {"numerics": ...} into reports/bench.json; another backbone goes under its own key.
 Usage: python bench/numerics.py            # about 2.5 minutes on 2 cores
        python bench/numerics.py --backbone resnet50 --image-size 256 --batch-size 8 --steps 4 --only-exact
                                            # the OWDFA-40 preset's network on the CPU (about 3 minutes)
@@ -111,8 +111,7 @@ def main() -> None:
         "time_vs_unpinned": {name: round(base / rate, 3) for name, rate in best.items()},
         "aten_capability": capability,
     }
-    default_network = args.backbone is None and args.image_size == 64 and args.batch_size == 64
-    key = "numerics" if default_network else f"numerics_{args.backbone or 'default'}_{args.image_size}px"
+    key = "numerics" if args.backbone is None else f"numerics_{args.backbone}_{args.image_size}px"
     merge_into(args.out, key, report)
     network = f"{args.backbone or 'default backbone'}, {args.image_size} px, batch {args.batch_size}"
     print(f"CAL training step, {network}, {args.threads} threads, {cpu_name()}")

@@ -15,8 +15,17 @@ It also records which oneDNN implementation ran each primitive (`ONEDNN_VERBOSE`
 sizes oneDNN sees. Run it on two machines and `--compare` names the first probe whose bits differ:
 a convolution whose oneDNN implementation also differs points at oneDNN's CPU-dependent kernel
 choice; a matrix product at MKL.
-Usage: python bench/numerics_fingerprint.py                  # ~20 s; writes reports/numerics/fingerprint-<machine>.json
-       python bench/numerics_fingerprint.py --compare reports/numerics/fingerprint-amd-epyc.json
+
+Each file states what its bits depend on besides the CPU: the numerics version (`owdfa.numerics.
+NUMERICS_VERSION`, the generation of exact mode's pins), the library versions, and `code`, a digest
+of the source the probes run (the package files they import, bench/train.py, this script, and
+params.yaml's train and methods sections). `--check` compares this machine with every committed
+fingerprint that agrees on all three and exits 1 on the first probe that differs, naming both
+machines (the suite runs it: tests/test_bench.py); a committed file made on other code or another
+numerics version is listed as not comparable (regenerate it on its machine).
+Usage: python bench/numerics_fingerprint.py                  # ~6 s; writes reports/numerics/fingerprint-<machine>.json
+       python bench/numerics_fingerprint.py --compare reports/numerics/fingerprint-amd-23-1-avx2.json
+       python bench/numerics_fingerprint.py --check         # with every committed fingerprint; 1 on a difference
 <machine> = vendor-family-model-ISA from /proc/cpuinfo (e.g. intel-6-143-avx512, amd-23-49-avx2), so two
 kinds of CPU never share a file name; a run never writes over the file it compares against.
 """
@@ -35,10 +44,13 @@ from typing import Any
 
 from common import cpu_name
 
+from owdfa.import_closure import import_closure
 from owdfa.io import atomic_write_json
-from owdfa.numerics import Numerics, exact_environment
+from owdfa.machine import cpu_identity, machine_slug
+from owdfa.numerics import NUMERICS_VERSION, Numerics, exact_environment
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "reports" / "numerics"
 MARK = "FINGERPRINT "
 BATCH, NUM_CLASSES, STEPS = 32, 15, 3
 
@@ -161,26 +173,23 @@ def caches() -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^(L\d\w?) cache:\s*(.*)$", out, re.MULTILINE)}
 
 
-def cpu_identity() -> dict[str, str]:
-    """Vendor, family, model and widest vector ISA of this CPU (/proc/cpuinfo; 'unknown' elsewhere)."""
-    fields: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(fields.get("vendor_id", ""), "unknown")
-    flags = set(fields.get("flags", "").split())
-    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
-    return {"vendor": vendor, "family": fields.get("cpu family", "?"), "model": fields.get("model", "?"), "isa": isa}
+def code_digest() -> str:
+    """sha256 (16 hex digits) of everything the probes run besides the libraries: a change moves it."""
+    import yaml
 
-
-def machine_slug(identity: dict[str, str]) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", "-".join(identity[k] for k in ("vendor", "family", "model", "isa")).lower())
+    scripts = [Path(__file__).resolve(), ROOT / "bench" / "train.py", ROOT / "bench" / "common.py"]
+    files = sorted({*(ROOT / f for script in scripts for f in import_closure(script)), *scripts})
+    digest_of = hashlib.sha256()
+    for file in files:
+        digest_of.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    digest_of.update(json.dumps({k: params[k] for k in ("train", "methods")}, sort_keys=True).encode())
+    return digest_of.hexdigest()[:16]
 
 
 def fingerprint(image_size: int) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_"))}
+    # faulthandler would take SIGSEGV from a preloaded CPUID shim (the vendor-flip test)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "PYTHONFAULTHANDLER"))}
     env.update(exact_environment(Numerics().threads), ONEDNN_VERBOSE="1")
     proc = subprocess.run(
         [sys.executable, __file__, "--child", "--image-size", str(image_size)], env=env, capture_output=True, text=True
@@ -193,6 +202,8 @@ def fingerprint(image_size: int) -> dict[str, Any]:
         "cpu": cpu_name(),
         "cpu_identity": cpu_identity(),
         "caches": caches(),
+        "numerics_version": NUMERICS_VERSION,
+        "code": code_digest(),
         "image_size": image_size,
         "numerics": result["numerics"],
         "onednn_implementations": onednn_implementations(proc.stdout),
@@ -221,23 +232,82 @@ def compare(mine: dict[str, Any], theirs: dict[str, Any], label: str) -> None:
         print(f"  oneDNN there only: {line}")
 
 
+def not_comparable(mine: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    """Why two fingerprints cannot be expected to agree (None: they can)."""
+    if theirs.get("numerics_version", 1) != mine["numerics_version"]:
+        return f"numerics version {theirs.get('numerics_version', 1)}, this one {mine['numerics_version']}"
+    if theirs.get("code") != mine["code"]:
+        return "made on other code (another commit's models, training step or params)"
+    if theirs.get("image_size") != mine["image_size"]:
+        return f"{theirs.get('image_size')} px images, this one {mine['image_size']} px"
+    versions, here = theirs.get("numerics", {}).get("versions"), mine["numerics"]["versions"]
+    if versions != here:
+        return f"made with {versions}, this one {here}"
+    return None
+
+
+def check(mine: dict[str, Any], folder: Path, own: Path | None) -> int:
+    """Compare `mine` with every fingerprint in `folder` it can be compared with; 1 on a difference."""
+    label = f"this machine ({mine['cpu']}, {machine_slug(mine['cpu_identity'])})"
+    compared, failures = 0, []
+    for path in sorted(folder.glob("fingerprint-*.json")):
+        if own is not None and path.resolve() == own.resolve():
+            continue  # the file this run just wrote
+        try:
+            theirs = json.loads(path.read_text())
+            other = dict(theirs["probes"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            failures.append(f"{path}: not a fingerprint ({exc})")
+            continue
+        reason = not_comparable(mine, theirs)
+        if reason:
+            print(f"  not compared: {path.name} ({reason})")
+            continue
+        compared += 1
+        differ = [(k, v) for k, v in mine["probes"] if other.get(k) not in (None, v)]
+        if differ:
+            name, value = differ[0]
+            failures.append(
+                f"probe '{name}': {label} gives {value}, {path.name} ({theirs.get('cpu')}) gives {other[name]} "
+                f"({len(differ)} of {len(mine['probes'])} probes differ)"
+            )
+        else:
+            print(f"  same bits: {path.name} ({theirs.get('cpu')}), all {len(mine['probes'])} probes")
+    for failure in failures:
+        print(f"DIFFERS: {failure}")
+    if not compared and not failures:
+        print(f"no committed fingerprint of numerics version {mine['numerics_version']} and this code to compare with")
+    return 1 if failures else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", type=Path, help="default: reports/numerics/fingerprint-<machine>.json")
     parser.add_argument("--compare", type=Path, help="a fingerprint from another machine")
+    parser.add_argument(
+        "--check",
+        nargs="?",
+        type=Path,
+        const=COMMITTED,
+        metavar="FOLDER",
+        help="compare with every comparable fingerprint in FOLDER (default reports/numerics); exit 1 on a difference",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.image_size)
         return
     mine = fingerprint(args.image_size)
-    out = args.out or ROOT / "reports" / "numerics" / f"fingerprint-{machine_slug(mine['cpu_identity'])}.json"
+    out: Path | None = args.out or COMMITTED / f"fingerprint-{machine_slug(mine['cpu_identity'])}.json"
     summary = f"{len(mine['probes'])} probes, {len(mine['onednn_implementations'])} oneDNN implementations"
-    if args.compare and out.resolve() == args.compare.resolve():
+    if args.compare and out is not None and out.resolve() == args.compare.resolve():
         # The reference of a comparison is never overwritten (it would then be compared with itself).
         print(f"{summary}; not written: {out} is the fingerprint compared against")
-    else:
+    elif args.check and not args.out:
+        print(f"{summary}; not written (--check compares with the committed files; --out writes one)")
+        out = None
+    elif out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, mine)
         print(f"{summary} -> {out}")
@@ -247,6 +317,8 @@ def main() -> None:
         except (OSError, json.JSONDecodeError) as exc:
             sys.exit(f"error: {args.compare}: not a fingerprint ({exc})")
         compare(mine, theirs, str(args.compare))
+    if args.check:
+        sys.exit(check(mine, args.check, out))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def test_numerics_bench_tiny(bench_json: Path) -> None:
         "ATEN_CPU_CAPABILITY only",
         "ONEDNN_MAX_CPU_ISA only",
         "MKL_CBWR only",
+        "NPY_DISABLE_CPU_FEATURES only",
         "all (exact mode)",
     }
     assert all(rate > 0 for rate in numerics["images_per_s"].values())
@@ -115,6 +116,12 @@ def test_numerics_bench_tiny(bench_json: Path) -> None:
     assert numerics["aten_capability"]["ATEN_CPU_CAPABILITY only"] == "AVX2"
     assert numerics["time_vs_unpinned"]["none (reproducible: false)"] == 1.0
     assert "all (exact mode)" in text
+    # another network (the OWDFA-40 preset's, on a CPU): exact mode against no pin only, under its own key
+    bench("numerics.py", *tiny, "--backbone", "test_resnet", "--only-exact", "--out", str(bench_json))
+    report = json.loads(bench_json.read_text())
+    other = report["numerics_test_resnet_32px"]
+    assert set(other["images_per_s"]) == {"none (reproducible: false)", "all (exact mode)"}
+    assert other["config"]["backbone"] == "test_resnet" and report["numerics"] == numerics
 
 
 @pytest.mark.slow
@@ -203,6 +210,43 @@ def test_numerics_fingerprint_is_stable_and_names_the_first_differing_probe(tmp_
     text = bench("numerics_fingerprint.py", "--image-size", "32", *same)
     assert "not written" in text and other_path.read_bytes() == before
     assert f"first difference: {names[4]}" in text  # compared with the reference, not with itself
+    # --check: every comparable fingerprint in a folder; a difference names the probe and both machines
+    folder = tmp_path / "committed"
+    folder.mkdir()
+    (folder / "fingerprint-other.json").write_text(json.dumps(other))
+    legacy = {k: v for k, v in other.items() if k not in ("numerics_version", "code")}  # numerics version 1
+    (folder / "fingerprint-legacy.json").write_text(json.dumps(legacy))
+    stale = dict(fingerprint, code="0" * 16)
+    (folder / "fingerprint-stale.json").write_text(json.dumps(stale))
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "numerics_fingerprint.py"), "--image-size", "32", "--check", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"DIFFERS: probe '{names[4]}': this machine ({fingerprint['cpu']}" in done.stdout
+    assert "fingerprint-other.json (Other CPU)" in done.stdout
+    assert "not compared: fingerprint-legacy.json (numerics version 1" in done.stdout
+    assert "not compared: fingerprint-stale.json (made on other code" in done.stdout
+    assert fingerprint["numerics_version"] >= 2 and len(fingerprint["code"]) == 16
+
+
+@pytest.mark.slow
+def test_this_machine_gives_the_bits_of_every_committed_fingerprint() -> None:
+    # The committed fingerprints of other machines (reports/numerics), made by the same code under the
+    # same numerics version: exact mode must give their bits here. A file of other code is listed as
+    # not comparable, and where none is comparable the test says so and skips.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "numerics_fingerprint.py"), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    if "no committed fingerprint" in done.stdout:
+        pytest.skip(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow

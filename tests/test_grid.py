@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -29,3 +30,17 @@ def test_a_commit_made_while_the_grid_runs_does_not_hide_its_experiment(tmp_path
     assert experiment_ref("grid-x", tmp_path, base=queued_on) == ref
     with pytest.raises(GridError, match="left no result"):
         experiment_ref("grid-x", tmp_path)  # looked up under the new HEAD: not there
+
+
+def test_made_under_names_the_numerics_and_cpu_or_says_they_were_not_recorded(tmp_path: Path) -> None:
+    from owdfa.grid import made_under
+
+    (tmp_path / "results-old.md").write_text("| exact mode: AVX2 kernels (oneDNN AVX2, MKL AVX2,STRICT, ...) | 24 |\n")
+    assert made_under("old", tmp_path) == "numerics version 1 (MKL's pin held on Intel CPUs only), CPU not recorded"
+    assert made_under("never-run", tmp_path) == "numerics and CPU not recorded"
+    cpu = {"name": "AMD EPYC 7551", "vendor": "amd", "family": "23", "model": "1", "isa": "avx2"}
+    (tmp_path / "made-new.json").write_text(json.dumps({"cpu": cpu, "numerics": {"version": 2, "mode": "exact"}}))
+    assert made_under("new", tmp_path) == "numerics version 2, AMD EPYC 7551 (amd, family 23 model 1, avx2)"
+    (tmp_path / "made-broken.json").write_text("{")
+    with pytest.raises(GridError, match="made-broken.json: not a grid provenance record"):
+        made_under("broken", tmp_path)

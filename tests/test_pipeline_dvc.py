@@ -26,6 +26,9 @@ import pytest
 import yaml
 from helpers.dvc_repo import copy_pipeline, dump_params, set_keys
 
+from owdfa.machine import cpu_identity
+from owdfa.numerics import NUMERICS_VERSION
+
 pytestmark = pytest.mark.slow
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
@@ -416,6 +419,11 @@ def test_grid_runs_as_a_queued_experiment_and_writes_its_table(tiny_repo: TinyRe
         assert "| baseline |" in results and "Protocol p2" not in results
         metrics = json.loads(tiny_repo.read("reports/grid/metrics-two-seeds.json"))
         assert 0.0 <= metrics["p1"]["baseline"]["all_acc"] <= 1.0
+        # where it was made: the commit queued on, exact mode's version, this CPU
+        made = json.loads(tiny_repo.read("reports/grid/made-two-seeds.json"))
+        assert made["commit"] == tiny_repo.git("rev-parse", "HEAD").strip()
+        assert made["numerics"] == {"version": NUMERICS_VERSION, "mode": "exact"}
+        assert made["cpu"] == cpu_identity() and made["command"].startswith("dvc exp run")
         log = tiny_repo.dvc("queue", "logs", "grid-two-seeds")
         # seed 0's runs are the committed ones: only the new seed and the report run
         assert ran_stages(log) == {"train@p1-baseline-1", "evaluate@p1-baseline-1", "report"}, log[-3000:]

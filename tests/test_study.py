@@ -179,3 +179,21 @@ def test_a_regime_that_changes_the_training_is_named_by_its_change():
     assert training_change(regime({"train.epochs": 20, "train.lr_step": 16})) == "longer schedule"
     assert training_change(regime({"train.augment.view": "official"})) == "official view"
     assert training_change(regime({"train.lr": 0.01, "train.batch_size": 32})) == "train.batch_size=32, train.lr=0.01"
+
+
+def test_a_companion_of_another_numerics_version_is_not_combined_and_said(repo: Path):
+    # regime-warmup-p1 is a version-1 grid (its report names MKL AVX2,STRICT), ablation-p1 a version-2
+    # one (made-ablation-p1.json): the same settings computed other bits, so its rows are not merged
+    # (its `cal` would otherwise be a "stale" disagreement), and the study says why and how to fix it
+    folder = repo / "reports" / "grid"
+    (folder / "results-regime-warmup-p1.md").write_text("| exact mode: AVX2 kernels (MKL AVX2,STRICT) | 3 |\n")
+    add_grid(repo, "ablation-p1", {"set": {"run.protocols": ["p1"], "run.methods": ["cal_abl1", "cal"]}})
+    write_grid(repo, "ablation-p1", 0.655, {"cal_abl1": method(0.5, 0.1, 0.1), "cal": method(0.59, 0.4, 0.3)}, {})
+    cpu = {"name": "Intel(R) Xeon(R) Processor", "vendor": "intel", "family": "6", "model": "167", "isa": "avx512"}
+    made = {"cpu": cpu, "numerics": {"version": 2, "mode": "exact"}}
+    (folder / "made-ablation-p1.json").write_text(json.dumps(made))
+    text = write_study("p1", repo)[0].read_text()
+    assert "**ablation-p1 is not combined with regime-warmup-p1**: it was made under numerics version 2" in text
+    assert "| regime-warmup-p1 | 4 epochs |" in text and "cal_abl1" not in text.split("**All ACC**")[1]
+    assert "* regime-warmup-p1: numerics version 1 (MKL's pin held on Intel CPUs only), CPU not recorded" in text
+    assert "* regime-none-p1: numerics and CPU not recorded" in text

@@ -4,7 +4,9 @@ A grid (`params/grids.yaml`) is a name and the params it sets (`run.seeds: [0, 1
 NAME...` queues one `dvc exp run --queue -n grid-NAME -S key=value ...` per grid, starts the queue
 (`dvc queue start -j JOBS`), waits for it, and writes the experiment's own report stage outputs to
 `reports/grid/results-NAME.md`, `metrics-NAME.json` and `trajectories-NAME.json`: the committed files are the
-pipeline's output, with only the provenance line saying which command made them. The workspace
+pipeline's output, with only the provenance line saying which command made them. `made-NAME.json` says
+where: the commit, the numerics version and mode, and the CPU (exact mode's bits should not depend on
+the CPU; the record lets a reader check a claim of that kind against the machines it was made on). The workspace
 (params.yaml, dvc.lock, reports/) is not touched otherwise: queued experiments run in their own copy
 of the repository, and stages whose params and deps match the committed `dvc.lock` are not re-run.
 """
@@ -24,8 +26,9 @@ from typing import Any
 import yaml
 
 from owdfa.errors import ConfigError, OwdfaError
-from owdfa.io import atomic_write_text
-from owdfa.numerics import shared_cores_environment
+from owdfa.io import atomic_write_json, atomic_write_text
+from owdfa.machine import cpu_identity
+from owdfa.numerics import NUMERICS_VERSION, shared_cores_environment
 
 GRIDS_FILE = Path("params/grids.yaml")
 OUT_DIR = Path("reports/grid")
@@ -167,7 +170,64 @@ def write_tables(grid: Grid, repo: Path, out_dir: Path = OUT_DIR, base: str | No
     atomic_write_text(paths[0], results.replace(PROVENANCE, provenance, 1))
     atomic_write_text(paths[1], metrics)
     atomic_write_text(paths[2], trajectories)
-    return paths
+    made = repo / out_dir / f"made-{grid.name}.json"
+    atomic_write_json(made, provenance_record(grid, repo, ref))
+    return [*paths, made]
+
+
+def provenance_record(grid: Grid, repo: Path, ref: str) -> dict[str, Any]:
+    """Where a grid's tables were made: commit, numerics (version and mode, from its params) and CPU."""
+    params = yaml.safe_load(_run(["git", "show", f"{ref}:params.yaml"], repo).stdout) or {}
+    numerics = params.get("numerics") or {}
+    exact = bool(numerics.get("reproducible", True))
+    return {
+        "grid": grid.name,
+        "command": grid.command(),
+        "commit": _run(["git", "rev-parse", f"{ref}^{{commit}}"], repo).stdout.strip(),
+        "numerics": {"version": NUMERICS_VERSION if exact else None, "mode": "exact" if exact else "native"},
+        "cpu": cpu_identity(),
+    }
+
+
+def _made_record(name: str, grid_dir: Path) -> dict[str, Any] | None:
+    made = grid_dir / f"made-{name}.json"
+    if not made.is_file():
+        return None
+    try:
+        record = json.loads(made.read_text())
+        cpu, numerics = record["cpu"], record["numerics"]
+        if not (isinstance(cpu, dict) and isinstance(numerics, dict) and "name" in cpu and "mode" in numerics):
+            raise KeyError("cpu.name, numerics.mode")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise GridError(f"{made}: not a grid provenance record ({exc})") from None
+    return record
+
+
+def numerics_version(name: str, grid_dir: Path) -> int | None:
+    """The exact-mode numerics version a committed grid was made under (None: native or unknown).
+
+    Grids written before `made-NAME.json` existed were made under version 1: their report names
+    MKL AVX2,STRICT.
+    """
+    record = _made_record(name, grid_dir)
+    if record is not None:
+        return record["numerics"].get("version") if record["numerics"]["mode"] == "exact" else None
+    results = grid_dir / f"results-{name}.md"
+    if results.is_file() and "MKL AVX2,STRICT" in results.read_text():
+        return 1
+    return None
+
+
+def made_under(name: str, grid_dir: Path) -> str:
+    """One line on the numerics and CPU a committed grid was made under (for the study and README)."""
+    record = _made_record(name, grid_dir)
+    if record is not None:
+        cpu, numerics = record["cpu"], record["numerics"]
+        mode = f"numerics version {numerics['version']}" if numerics["mode"] == "exact" else "native numerics"
+        return f"{mode}, {cpu['name']} ({cpu['vendor']}, family {cpu['family']} model {cpu['model']}, {cpu['isa']})"
+    if numerics_version(name, grid_dir) == 1:
+        return "numerics version 1 (MKL's pin held on Intel CPUs only), CPU not recorded"
+    return "numerics and CPU not recorded"
 
 
 def run_grids(

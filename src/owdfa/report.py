@@ -200,8 +200,9 @@ def _numerics(grid: _Grid) -> list[str]:
                 seen[numerics_summary(record) if record else "not recorded (a run from before owdfa.numerics)"] += 1
     exact = all(text.startswith("exact mode") for text in seen)
     verdict = (
-        "Every training and evaluation run behind these tables ran in **exact mode** (pinned AVX2 kernels and thread "
-        "count): a fresh clone on another x86-64 machine with AVX2 computes the same bits (README: 'Exact results')."
+        "Every training and evaluation run behind these tables ran in **exact mode** (pinned AVX2 kernels, MKL's "
+        "vendor-independent path and thread count), whose bits should not depend on the CPU; which CPUs were "
+        "verified, and how, is in README 'Exact results across machines'."
         if exact
         else "**Not every run was in exact mode**: another machine (or thread count) may give other numbers."
     )

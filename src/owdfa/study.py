@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from owdfa import plots
 from owdfa.errors import DataError
-from owdfa.grid import GRIDS_FILE, OUT_DIR, Grid, load_grids
+from owdfa.grid import GRIDS_FILE, OUT_DIR, Grid, load_grids, made_under, numerics_version
 from owdfa.io import atomic_write_text
 
 STUDY_DIR = Path("reports/study")
@@ -54,6 +54,9 @@ class Regime:
     added: frozenset[str] = frozenset()  # the methods only a companion ran
     # companions whose own pretrain gave other starting features: (grid name, its probe)
     other_starts: tuple[tuple[str, float | None], ...] = ()
+    # companions made under another numerics version, not combined: (grid name, its version)
+    other_numerics: tuple[tuple[str, int | None], ...] = ()
+    numerics: int | None = None  # the exact-mode numerics version the grid was made under
 
 
 def regime_grids(protocol: str, grids: Sequence[Grid]) -> list[Grid]:
@@ -99,8 +102,10 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
 
     A companion that has not been run adds nothing. One that ran a method the regime ran too must have
     the same results for it (the same runs, so the same numbers): a difference means one grid is stale.
-    A companion whose starting features differ (made on another CPU, where exact mode gives other
-    bits, or stale) still adds its methods, and is listed in `other_starts` so the study says so.
+    A companion whose starting features differ (made on another CPU under numerics version 1, whose
+    bits depended on the vendor, or stale) still adds its methods, and is listed in `other_starts` so
+    the study says so. A companion made under another numerics version is not combined at all (its
+    runs of the same settings computed other bits): it is listed in `other_numerics`.
     """
     read = _read_grid(grid, protocol, grid_dir)
     if read is None:
@@ -111,9 +116,14 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
     start = _starting_features(metrics, protocol)
     read_companions: list[str] = []
     other_starts: list[tuple[str, float | None]] = []
+    other_numerics: list[tuple[str, int | None]] = []
+    version = numerics_version(grid.name, grid_dir)
     for companion in companions:
         extra = _read_grid(companion, protocol, grid_dir)
         if extra is None:
+            continue
+        if (companion_version := numerics_version(companion.name, grid_dir)) != version:
+            other_numerics.append((companion.name, companion_version))
             continue
         read_companions.append(companion.name)
         extra_metrics, extra_trajectories = extra
@@ -138,6 +148,8 @@ def load_regime(grid: Grid, protocol: str, grid_dir: Path, companions: Sequence[
         companions=tuple(read_companions),
         added=frozenset(methods) - frozenset(metrics[protocol]),
         other_starts=tuple(other_starts),
+        other_numerics=tuple(other_numerics),
+        numerics=version,
     )
 
 
@@ -230,12 +242,27 @@ def write_study(protocol: str, repo: Path = Path("."), grids_file: Path = GRIDS_
             f"| {_ordering(r, MAIN_ORDER)} | {_ordering(r, ABLATION_ORDER)} |"
         )
     lines.append("")
+    lines += [
+        "Made under (`reports/grid/made-NAME.json`; numerics version 1's MKL pin held on Intel CPUs only, so "
+        "its grids are comparable with each other when made on Intel, and not with version 2's):",
+        "",
+    ]
+    for name in dict.fromkeys(n for r in regimes for n in (r.grid.name, *r.companions)):
+        lines.append(f"* {name}: {made_under(name, repo / OUT_DIR)}")
+    lines.append("")
     for r in regimes:
+        for companion, companion_version in r.other_numerics:
+            lines += [
+                f"**{companion} is not combined with {r.grid.name}**: it was made under numerics version "
+                f"{companion_version}, {r.grid.name} under {r.numerics}, so their runs of the same settings "
+                f"computed other bits. `owdfa grid {r.grid.name}` regenerates the regime under the current version.",
+                "",
+            ]
         for companion, probe in r.other_starts:
             lines += [
                 f"**{companion} started from other features than {r.grid.name}** (probe {_percent(probe)} against "
-                f"{_percent(r.probe)}), though both set the same pretraining: the two grids were made on different "
-                "CPUs (exact mode's bits differ across CPUs) or one is stale. Their methods share a row here; "
+                f"{_percent(r.probe)}), though both set the same pretraining: the two grids were made under other "
+                "numerics versions or CPUs (see above), or one is stale. Their methods share a row here; "
                 "read the comparison across the two grids as one between separate draws.",
                 "",
             ]

@@ -1,0 +1,135 @@
+"""Exact mode gives the same bits whichever vendor the CPU reports: Intel and AMD train the same weights.
+
+MKL picks its code path by the CPU vendor as well as by the ISA, so a pin that holds on Intel can be
+ignored on AMD (numerics version 1's MKL_CBWR=AVX2,STRICT was). This test shows the process the other
+vendor, on this machine, with a CPUID shim of our own (tests/helpers/cpuid_vendor.c, built here with
+the system C compiler and preloaded), and compares the numerics fingerprint (bench/numerics_fingerprint.py:
+every module and gradient of the CAL network, three training steps of the baseline and CAL, NumPy's
+products and reductions) computed natively and with the vendor flipped: Intel shown as AMD family 0x17,
+AMD shown as Intel family 6. The ISA flags stay the real ones, so this finds vendor dependence; the
+committed fingerprints of other machines (test_bench.py) cover the rest.
+
+It skips only where it cannot run: not x86-64 Linux, no CPUID faulting (the flag cpuid_fault in
+/proc/cpuinfo; which of the project's machines have it: README, "Exact results across machines"), or
+no C compiler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIM_SOURCE = ROOT / "tests" / "helpers" / "cpuid_vendor.c"
+VENDOR_STRINGS = {"intel": "GenuineIntel", "amd": "AuthenticAMD"}
+
+
+def cpu_flags_and_vendor() -> tuple[set[str], str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set(), "unknown"
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    vendor = {v: k for k, v in VENDOR_STRINGS.items()}.get(fields.get("vendor_id", ""), "unknown")
+    return set(fields.get("flags", "").split()), vendor
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CPUID shim, compiled for this session; skips where this machine cannot run it."""
+    flags, vendor = cpu_flags_and_vendor()
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"the vendor flip needs x86-64 Linux, this is {platform.system()} {platform.machine()}")
+    if vendor == "unknown":
+        pytest.skip("the CPU vendor is neither Intel nor AMD")
+    if "cpuid_fault" not in flags:
+        pytest.skip("this CPU or kernel cannot make CPUID fault (no cpuid_fault in /proc/cpuinfo)")
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        pytest.skip("no C compiler (cc, gcc or clang) to build the CPUID shim")
+    library = tmp_path_factory.mktemp("shim") / "cpuid_vendor.so"
+    build = [compiler, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(library), str(SHIM_SOURCE)]
+    done = subprocess.run(build, capture_output=True, text=True)
+    assert done.returncode == 0, f"building the shim failed: {done.stderr}"
+    return library
+
+
+def other_vendor() -> str:
+    return {"intel": "amd", "amd": "intel"}[cpu_flags_and_vendor()[1]]
+
+
+def flipped(shim: Path, vendor: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
+    return {**env, "LD_PRELOAD": str(shim), "OWDFA_CPUID_VENDOR": vendor}
+
+
+def vendor_seen(env: dict[str, str], shim: Path) -> str:
+    """The vendor string that a CPUID instruction in a process started with `env` reads."""
+    probe = (
+        "import ctypes, sys\n"
+        "seen = ctypes.create_string_buffer(13)\n"
+        f"ctypes.CDLL({str(shim)!r}).cpuid_vendor_seen(seen)\n"
+        "print(seen.value.decode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def fingerprint(out: Path, env: dict[str, str]) -> list[list[str]]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "numerics_fingerprint.py"), "--image-size", "32", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())["probes"]
+
+
+def first_difference(native: list[list[str]], shown: list[list[str]]) -> str | None:
+    theirs = dict(shown)
+    differ = [name for name, value in native if theirs.get(name) != value]
+    return f"'{differ[0]}' ({len(differ)} of {len(native)} probes differ)" if differ else None
+
+
+def test_the_shim_shows_the_other_vendor_and_only_when_asked(shim: Path) -> None:
+    # Without this the comparison below could pass because nothing was flipped.
+    vendor = other_vendor()
+    assert vendor_seen(flipped(shim, vendor), shim) == VENDOR_STRINGS[vendor]
+    native = {k: v for k, v in os.environ.items() if k != "OWDFA_CPUID_VENDOR"}
+    assert vendor_seen({**native, "LD_PRELOAD": str(shim)}, shim) == VENDOR_STRINGS[cpu_flags_and_vendor()[1]]
+    # a wrong value is refused in one line, not taken as a vendor
+    done = subprocess.run(
+        [sys.executable, "-c", "pass"], env=flipped(shim, "via"), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "OWDFA_CPUID_VENDOR must be amd or intel" in done.stderr
+
+
+@pytest.mark.slow
+def test_exact_mode_gives_the_same_bits_with_the_vendor_flipped(shim: Path, tmp_path: Path) -> None:
+    vendor = other_vendor()
+    native = fingerprint(tmp_path / "native.json", {k: v for k, v in os.environ.items() if k != "OWDFA_CPUID_VENDOR"})
+    shown = fingerprint(tmp_path / f"shown-{vendor}.json", flipped(shim, vendor))
+    difference = first_difference(native, shown)
+    assert difference is None, (
+        f"exact mode depends on the CPU vendor: shown as {VENDOR_STRINGS[vendor]}, this machine's bits "
+        f"differ from probe {difference} on"
+    )
+
+
+def test_first_difference_names_the_first_probe() -> None:
+    native = [["a", "1"], ["b", "2"], ["c", "3"]]
+    assert first_difference(native, [["a", "1"], ["b", "2"], ["c", "3"]]) is None
+    assert first_difference(native, [["a", "1"], ["b", "9"], ["c", "8"]]) == "'b' (2 of 3 probes differ)"
