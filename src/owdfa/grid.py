@@ -171,19 +171,20 @@ def write_tables(grid: Grid, repo: Path, out_dir: Path = OUT_DIR, base: str | No
     atomic_write_text(paths[1], metrics)
     atomic_write_text(paths[2], trajectories)
     made = repo / out_dir / f"made-{grid.name}.json"
-    atomic_write_json(made, provenance_record(grid, repo, ref))
+    atomic_write_json(made, provenance_record(grid, repo, ref, base or head_commit(repo)))
     return [*paths, made]
 
 
-def provenance_record(grid: Grid, repo: Path, ref: str) -> dict[str, Any]:
-    """Where a grid's tables were made: commit, numerics (version and mode, from its params) and CPU."""
+def provenance_record(grid: Grid, repo: Path, ref: str, base: str) -> dict[str, Any]:
+    """Where a grid's tables were made: the commit queued on, numerics (version and mode) and CPU."""
     params = yaml.safe_load(_run(["git", "show", f"{ref}:params.yaml"], repo).stdout) or {}
     numerics = params.get("numerics") or {}
     exact = bool(numerics.get("reproducible", True))
     return {
         "grid": grid.name,
         "command": grid.command(),
-        "commit": _run(["git", "rev-parse", f"{ref}^{{commit}}"], repo).stdout.strip(),
+        "commit": base,  # the code and params the experiment started from; the experiment's own commit:
+        "experiment": _run(["git", "rev-parse", f"{ref}^{{commit}}"], repo).stdout.strip(),
         "numerics": {"version": NUMERICS_VERSION if exact else None, "mode": "exact" if exact else "native"},
         "cpu": cpu_identity(),
     }
