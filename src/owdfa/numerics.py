@@ -1,4 +1,4 @@
-"""CPU numerics pinned so that a run gives the same bits on every x86-64 machine (params: numerics).
+"""CPU numerics pinned so that a run's bits should not depend on the x86-64 machine (params: numerics).
 
 Floating-point training on the CPU depends on which kernels run, and those are chosen per machine:
 ATen's vector width (AVX2 or AVX-512), oneDNN's instruction set for convolutions, MKL's code path
