@@ -31,8 +31,9 @@ SHIM_SOURCE = ROOT / "tests" / "helpers" / "cpuid_vendor.c"
 VENDOR_STRINGS = {"intel": "GenuineIntel", "amd": "AuthenticAMD"}
 # The pipeline's own image size (data.synthetic.image_size, align.image_size). At 32 px one oneDNN
 # convolution (layer3.0.conv2) gives other bits when the vendor is flipped: oneDNN blocks it by the
-# cache sizes it reads from the vendor's own CPUID leaves, which an Intel CPU shown as AMD answers
-# with an L1 of zero (README, "Exact results across machines"). 64 px computes the same bits.
+# cache sizes it reads through CPUID, from leaves that differ by vendor, and an Intel CPU shown as
+# AMD does not answer AMD's cache leaves as an AMD would (README, "Exact results across machines").
+# 64 px computes the same bits.
 IMAGE_SIZE = 64
 
 
