@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from owdfa.machine import cpu_identity
+from owdfa.numerics import _cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIM_SOURCE = ROOT / "tests" / "helpers" / "cpuid_vendor.c"
 VENDOR_STRINGS = {"intel": "GenuineIntel", "amd": "AuthenticAMD"}
@@ -38,16 +41,8 @@ IMAGE_SIZE = 64
 
 
 def cpu_flags_and_vendor() -> tuple[set[str], str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set(), "unknown"
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    vendor = {v: k for k, v in VENDOR_STRINGS.items()}.get(fields.get("vendor_id", ""), "unknown")
-    return set(fields.get("flags", "").split()), vendor
+    """/proc/cpuinfo's flags (empty where there is none) and the vendor: intel, amd or unknown."""
+    return _cpu_flags() or set(), cpu_identity()["vendor"]
 
 
 @pytest.fixture(scope="session")
