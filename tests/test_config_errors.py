@@ -386,6 +386,7 @@ def test_evaluate_config_valid():
         ("kmeans_max_factor", float("inf"), "evaluate.kmeans_max_factor"),
         ("uncertainty_maps", DELETE, "evaluate.uncertainty_maps"),
         ("uncertainty_maps.per_class", 21, "evaluate.uncertainty_maps.per_class"),
+        ("uncertainty_maps.classes", 0, "evaluate.uncertainty_maps.classes"),
         ("k_estimators", ["gcd", "gcd"], "evaluate.k_estimators"),
         ("mc_dropout_passes", DELETE, "evaluate.mc_dropout_passes"),
         ("uncertainty_maps.window", 0, "evaluate.uncertainty_maps.window"),

@@ -14,7 +14,7 @@ from helpers.tiny_run import build_tiny_split, train_sections
 from owdfa.config import Section
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
-from owdfa.evaluation import evaluate
+from owdfa.evaluation import evaluate, map_classes
 from owdfa.inference import pick_device, predict
 from owdfa.metrics import evaluate_predictions
 from owdfa.model_card import ModelCard
@@ -37,7 +37,7 @@ def _evaluate_section(checkpoint: str) -> Section:
     section = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"])
     section.update(
         checkpoint=checkpoint, device="cpu", k_estimators=[], mc_dropout_passes=2, tsne_max_points=0,
-        uncertainty_maps={"per_class": 0, "window": 16, "stride": 8},
+        uncertainty_maps={"per_class": 0, "classes": 8, "window": 16, "stride": 8},
     )  # fmt: skip
     return Section(section, "evaluate")
 
@@ -101,3 +101,12 @@ def test_method_trajectories_pick_the_methods_own_series():
         "tau_novel": [0.123457, 1.5],
     }
     assert method_trajectories([{"epoch": 0, "train/loss": 1.0, "val/acc": 0.5}]) == {}
+
+
+def test_uncertainty_maps_show_classes_spread_from_first_known_to_last_novel():
+    # 15 classes, 8 shown: positions round(linspace(0, 14, 8)) = 0, 2, 4, 6, 8, 10, 12, 14
+    assert map_classes(np.arange(15), 8).tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    # 41 classes (OWDFA-40): round(k * 40 / 7) = 0, 6, 11, 17, 23, 29, 34, 40
+    assert map_classes(np.arange(41), 8).tolist() == [0, 6, 11, 17, 23, 29, 34, 40]
+    assert map_classes(np.array([9, 3, 5]), 8).tolist() == [3, 5, 9]  # fewer classes than asked: all
+    assert map_classes(np.arange(5), 1).tolist() == [0]

@@ -75,6 +75,7 @@ class EvaluateConfig:
     ece_bins: int = param(min=1, max=100)
     mc_dropout_passes: int = param(min=1, max=1000)
     maps_per_class: int = param(min=0, max=20, key="uncertainty_maps.per_class")
+    maps_classes: int = param(min=1, key="uncertainty_maps.classes")
     map_window: int = param(min=1, key="uncertainty_maps.window")
     map_stride: int = param(min=1, key="uncertainty_maps.stride")
     tsne_max_points: int = param(min=0)
@@ -465,11 +466,26 @@ def _group_mean(values: np.ndarray, mask: np.ndarray) -> float | None:
     return float(values[mask].mean()) if mask.any() else None
 
 
+def map_classes(targets: np.ndarray, count: int) -> np.ndarray:
+    """`count` of the sorted `targets`, evenly spaced from the first to the last (all if there are fewer)."""
+    targets = np.sort(np.asarray(targets))
+    if len(targets) <= count:
+        return targets
+    return targets[np.unique(np.round(np.linspace(0, len(targets) - 1, count)).astype(np.int64))]
+
+
 def _uncertainty_maps(model, images, test, class_names, config: EvaluateConfig, device, title, path: Path) -> None:
-    """Occlusion maps of MC-dropout uncertainty for the first `per_class` test images of each class."""
+    """Occlusion maps of MC-dropout uncertainty for the first `per_class` test images of `classes` classes.
+
+    Each map costs a forward pass per patch position, and a figure of 41 classes is both the slowest
+    part of an evaluation and too small to read, so at most `uncertainty_maps.classes` classes are
+    shown, spread evenly over the targets (known ones first, so both kinds are shown).
+    """
     if config.maps_per_class == 0:
         return
-    picked = test.sort_values(["target", "path"], kind="stable").groupby("target").head(config.maps_per_class)
+    shown_targets = map_classes(np.unique(test["target"].to_numpy()), config.maps_classes)
+    picked = test[test["target"].isin(shown_targets)]
+    picked = picked.sort_values(["target", "path"], kind="stable").groupby("target").head(config.maps_per_class)
     size = images.shape[1]
     window, stride = min(config.map_window, size), min(config.map_stride, size)
     shown, maps, captions = [], [], []
