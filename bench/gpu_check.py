@@ -112,7 +112,7 @@ PIPELINE_COMMON = {
 def check_tests(sizes: Sizes) -> dict[str, Any]:
     """pytest -m cuda: on a GPU they run; on the CPU they are collected and skip (exit 0)."""
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
         cwd=ROOT,
         capture_output=True,
         text=True,
