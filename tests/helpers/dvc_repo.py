@@ -42,5 +42,10 @@ def copy_pipeline(path: Path, changes: dict[str, Any], dvc_env: dict[str, str]) 
     shutil.copytree(ROOT / "src", path / "src", ignore=ignore)
     (path / ".gitignore").write_text("/data/\n__pycache__/\n")
     dump_params(path / "params.yaml", set_keys(yaml.safe_load((path / "params.yaml").read_text()), changes))
+    return pipeline_env(path, dvc_env)
+
+
+def pipeline_env(path: Path, dvc_env: dict[str, str]) -> dict[str, str]:
+    """`dvc_env` for a pipeline copied to `path`: its stage commands import `path`/src."""
     pythonpath = [str(path / "src"), *filter(None, [dvc_env.get("PYTHONPATH")])]
     return dict(dvc_env, PYTHONPATH=os.pathsep.join(pythonpath))
