@@ -110,9 +110,12 @@ PIPELINE_COMMON = {
 
 
 def check_tests(sizes: Sizes) -> dict[str, Any]:
-    """pytest -m cuda: on a GPU they run; on the CPU they are collected and skip (exit 0)."""
+    """pytest -m cuda: on a GPU they run; on the CPU they are collected and skip (exit 0).
+
+    In one process and without pyproject's addopts (`-n auto`): a lent machine may lack pytest-xdist.
+    """
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
         cwd=ROOT,
         capture_output=True,
         text=True,
