@@ -12,7 +12,6 @@ comes from a local file, the other from a local server speaking the Hub's API at
 from __future__ import annotations
 
 import json
-import re
 import runpy
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from helpers.fake_model_hub import COMMIT, hub_env, serve_model_repo
 from helpers.official_ckpt import BACKBONE, lightning_checkpoint, official_state, save_checkpoint
 from helpers.paths import ROOT
 from helpers.tiny_owdfa40 import SPLIT_PARAMS, build_owdfa40_split, write_owdfa40_folders
+from helpers.tiny_pipeline import ran_stages
 from helpers.tiny_run import build_tiny_split
 
 from owdfa.config import Section
@@ -35,7 +35,6 @@ from owdfa.model_card import ModelCard
 from owdfa.official_checkpoint import OFFICIAL_REPO_ID
 from owdfa.report import IMPORTED_SPLIT_CAVEAT
 
-RUNNING = re.compile(r"Running stage '([^']+)'")
 KNOWN_K_FILE = "protocol1_seed2025.ckpt"  # a local file named as released: protocol and seed from its name
 HUB_FILE = "wok_protocol1/wok_protocol1_seed2026.ckpt"  # unknown K (DPP): 10 x 19 known rows on p1
 EVALUATE_PARAMS = {"mc_dropout_passes": 2, "tsne_max_points": 0, "uncertainty_maps": {"per_class": 0}}
@@ -229,7 +228,7 @@ class Repo:
     def repro(self) -> set[str]:
         out = self.dvc("repro")
         assert "error" not in out.lower().replace("_error", ""), out[-3000:]
-        return set(RUNNING.findall(out))
+        return ran_stages(out)
 
     def set_models(self, models: dict[str, Any]) -> None:
         params = yaml.safe_load((self.path / "params.yaml").read_text())
