@@ -4,7 +4,8 @@
     python bench/gpu_check.py --dry    # the same code paths on the CPU at tiny sizes (the suite runs it)
 
 Four parts, each recorded in reports/bench-gpu.json (--out); the exit status is 1 if any failed:
-1. tests: every test marked `cuda` (`pytest -m cuda`), which the CPU-only suite skips.
+1. tests: every test marked `cuda` (`pytest -m cuda` on the files that mark one), which the CPU-only
+   suite skips.
 2. model: the OWDFA-40 preset's network and step (ResNet-50, 256 px, FFE, CAL's loss, Adam) on
    generated images, in bf16 and fp32, eager and under torch.compile: images/s, peak GPU memory,
    and the first step's loss of each against eager fp32's (same weights, same batch): bf16 within
@@ -109,13 +110,28 @@ PIPELINE_COMMON = {
 }
 
 
+CUDA_MARKS = ("requires_cuda", "mark.cuda")  # how a test is marked `cuda` (tests/helpers/markers.py)
+
+
+def cuda_test_files(tests: Path = ROOT / "tests") -> list[str]:
+    """The test files that mark a test `cuda`: a mark is used by its name, so a file without it has none.
+
+    Collecting only these, not the whole suite, saves the imports of every other test module.
+    """
+    files = sorted(tests.glob("test_*.py"))
+    return [f"{tests.name}/{f.name}" for f in files if any(mark in f.read_text() for mark in CUDA_MARKS)]
+
+
 def check_tests(sizes: Sizes) -> dict[str, Any]:
     """pytest -m cuda: on a GPU they run; on the CPU they are collected and skip (exit 0).
 
     In one process and without pyproject's addopts (`-n auto`): a lent machine may lack pytest-xdist.
     """
+    files = cuda_test_files()
+    if not files:
+        return {"ok": False, "summary": "no test file marks a test `cuda`", "counts": {}, "files": files}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-m", "cuda", "-p", "no:cacheprovider", *files],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -126,7 +142,8 @@ def check_tests(sizes: Sizes) -> dict[str, Any]:
     ok = done.returncode == 0 and counts.get("failed", 0) == 0 and sum(counts.values()) > 0
     if sizes.device == "cuda":
         ok = ok and counts.get("skipped", 0) == 0  # on a GPU, nothing may be skipped for want of CUDA
-    return {"ok": ok, "summary": summary, "counts": counts, "output_tail": done.stdout[-2000:] + done.stderr[-1000:]}
+    tail = done.stdout[-2000:] + done.stderr[-1000:]
+    return {"ok": ok, "summary": summary, "counts": counts, "files": files, "output_tail": tail}
 
 
 def check_model(sizes: Sizes) -> dict[str, Any]:

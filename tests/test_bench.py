@@ -259,6 +259,7 @@ def test_gpu_check_dry_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     parts = report["parts"]
     assert set(parts) == {"tests", "model", "pipeline", "ddp"}
     assert parts["tests"]["counts"].get("skipped", 0) >= 1  # the cuda tests are collected (and skip here)
+    assert "tests/test_ffe.py" in parts["tests"]["files"]
     assert set(parts["model"]["runs"]) == {"fp32-eager", "fp32-compiled", "bf16-eager", "bf16-compiled"}
     assert all(run["loss_ok"] and run["images_per_s"] > 0 for run in parts["model"]["runs"].values())
     assert parts["pipeline"]["trained_on"] == "cpu" and "last" in parts["pipeline"]["metrics"]
@@ -274,3 +275,16 @@ def test_gpu_check_reports_a_broken_part_as_failed() -> None:
 
     result = gpu_check.run_part("model", broken, gpu_check.DRY)
     assert result["ok"] is False and "illegal memory access" in result["error"]
+
+
+def test_gpu_check_collects_every_file_that_marks_a_test_cuda(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    import gpu_check
+
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_a.py").write_text("from helpers.markers import requires_cuda\n")
+    (tests / "test_b.py").write_text("import pytest\npytestmark = pytest.mark.cuda\n")
+    (tests / "test_c.py").write_text("def test_cpu():\n    pass\n")
+    (tests / "helper_cuda.py").write_text("requires_cuda\n")  # not a test file
+    assert gpu_check.cuda_test_files(tests) == ["tests/test_a.py", "tests/test_b.py"]
