@@ -1,4 +1,4 @@
-"""`dvc repro` on a user's own OWDFA-40-style folder, as the README tells users to run it.
+"""`dvc repro` on a user's own OWDFA-40-style folder, as docs/owdfa40.md ("A copy you already have") says.
 
 Real components end to end: the folder source, the index's video groups, dlib's `crop` mode on a
 real face photo (scikit-image's astronaut) across worker processes, a custom protocol, the

@@ -96,4 +96,5 @@ def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
         "fp32",
         "resnet50.ram_in1k",
     )
-    assert config.augment.view == "official"  # the authors' pixels (README, 'Departures from the official code')
+    # the authors' pixels (docs/methods.md, 'Departures from the official code')
+    assert config.augment.view == "official"

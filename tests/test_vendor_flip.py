@@ -10,7 +10,7 @@ AMD shown as Intel family 6. The ISA flags stay the real ones, so this finds ven
 committed fingerprints of other machines (test_bench.py) cover the rest.
 
 It skips only where it cannot run: not x86-64 Linux, no CPUID faulting (the flag cpuid_fault in
-/proc/cpuinfo; which of the project's machines have it: README, "Exact results across machines"), or
+/proc/cpuinfo; which of the project's machines have it: docs/numerics.md, "The checks you can run"), or
 no C compiler.
 """
 
@@ -35,7 +35,7 @@ VENDOR_STRINGS = {"intel": "GenuineIntel", "amd": "AuthenticAMD"}
 # The pipeline's own image size (data.synthetic.image_size, align.image_size). At 32 px one oneDNN
 # convolution (layer3.0.conv2) gives other bits when the vendor is flipped: oneDNN blocks it by the
 # cache sizes it reads through CPUID, from leaves that differ by vendor, and an Intel CPU shown as
-# AMD does not answer AMD's cache leaves as an AMD would (README, "Exact results across machines").
+# AMD does not answer AMD's cache leaves as an AMD would (docs/numerics.md, "The checks you can run").
 # 64 px computes the same bits.
 IMAGE_SIZE = 64
 
