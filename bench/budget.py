@@ -1,4 +1,4 @@
-"""Memory and compute of one CAL training step, measured on the CPU: the basis of the README's GPU numbers.
+"""Memory and compute of one CAL training step, measured on the CPU: the basis of the GPU numbers in docs/owdfa40.md.
 
 Peak memory of a training process ~ model state + activations + workspace:
 * model state: weights, gradients and Adam's two moments, 4 x 4 bytes per trainable parameter (fp32
@@ -8,7 +8,7 @@ Peak memory of a training process ~ model state + activations + workspace:
   excluded) during the training forward of the attribution network (backbone, FFE, BNNeck,
   prototypes) at two batch sizes; the difference gives bytes per image-view. Under bf16 autocast
   (CPU autocast casts the same op families as CUDA's: convolutions and matrix products) and fp32;
-* not counted: the CUDA context, cuDNN workspace and allocator slack (the README adds 20 % + 1 GiB).
+* not counted: the CUDA context, cuDNN workspace and allocator slack (docs/owdfa40.md adds 20 % + 1 GiB).
 
 Compute: `torch.utils.flop_counter.FlopCounterMode` counts the forward+backward FLOPs per image-view
 of the same network (convolutions and matrix products; FFE's element-wise work is not counted).

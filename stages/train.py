@@ -1,4 +1,8 @@
-"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train, methods.<method>, numerics).
+"""DVC stage `train@<protocol>-<method>-<seed>`: one training run (params: train, numerics).
+
+The run's variant comes resolved from the `variants` stage (`--variant data/variants/<method>.json`,
+params.yaml's `methods.<method>` with its bases applied): the file is a dependency, so a run re-runs
+when its variant's settings change, and only then.
 
 `train.nproc: N > 1` re-runs this command under `torchrun --standalone --nproc_per_node N` (one node,
 N data-parallel processes: one per GPU, or gloo processes on the CPU). For several nodes start it
@@ -17,7 +21,7 @@ from owdfa.stage import run_stage
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", required=True)
+    parser.add_argument("--variant", type=Path, required=True, help="data/variants/<method>.json")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--faces", type=Path, required=True)
@@ -29,16 +33,17 @@ def main() -> None:
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
     from owdfa.distributed import relaunch
+    from owdfa.methods.registry import read_variant
     from owdfa.train_config import train_config
     from owdfa.training_stages import train
 
     section = Section.from_file("train", args.params)
-    methods = Section.from_file("methods", args.params)
+    variant = read_variant(args.variant)
     relaunch(train_config(section).nproc)  # checks the params before launching
     train(
         section,
-        methods,
-        args.method,
+        variant,
+        args.variant.stem,
         args.seed,
         args.split,
         args.faces,

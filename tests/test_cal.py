@@ -224,7 +224,7 @@ def test_total_is_the_weighted_sum_and_switches():
 # configuration and DPP hooks
 
 PARAMS = dict(
-    loss="cal", entropy_weight=1.0, ccr=True, ccr_weight=0.2, teacher_temp=0.1, student_temp=1.0, acr=True,
+    method="cal", entropy_weight=1.0, ccr=True, ccr_weight=0.2, teacher_temp=0.1, student_temp=1.0, acr=True,
     acr_start_epoch=5, known_threshold=0.9, asymmetric=True, cap_novel_threshold=False, ffe=False, dpp=True,
     dpp_initial_factor=10, dpp_coverage=0.9544, dpp_faithful=True,
 )  # fmt: skip

@@ -293,7 +293,7 @@ def test_train_config_errors(path, value, key):
 
 
 def baseline(data: dict[str, Any]):
-    return build_method("baseline", Section({"baseline": {"loss": "baseline", **data}}, "methods"))
+    return build_method("baseline", Section({"baseline": {"method": "baseline", **data}}, "methods"))
 
 
 def test_build_method_valid():
@@ -325,13 +325,30 @@ def test_build_method_errors(path, value, key):
     expect_error(key, baseline, changed(BASELINE, path, value))
 
 
-def test_build_method_unknown_variant_and_loss():
-    methods = Section({"baseline": {"loss": "baseline", **BASELINE}}, "methods")
+def test_build_method_unknown_variant_and_method():
+    methods = Section({"baseline": {"method": "baseline", **BASELINE}}, "methods")
     assert "unknown method 'cal2'" in str(expect_error("run.methods", build_method, "cal2", methods))
-    bad_loss = Section({"mine": {"loss": "nope", **BASELINE}}, "methods")
-    expect_error("methods.mine.loss", build_method, "mine", bad_loss)
-    no_loss = Section({"mine": dict(BASELINE)}, "methods")
-    expect_error("methods.mine.loss", build_method, "mine", no_loss)
+    bad_method = Section({"mine": {"method": "nope", **BASELINE}}, "methods")
+    assert "baseline, cal, cpl" in str(expect_error("methods.mine.method", build_method, "mine", bad_method))
+    no_method = Section({"mine": dict(BASELINE)}, "methods")
+    expect_error("methods.mine.method", build_method, "mine", no_method)
+    # params written before the key was renamed: the error says what it is called now
+    old_key = Section({"mine": {"loss": "baseline", **BASELINE}}, "methods")
+    assert "method:" in str(expect_error("methods.mine.loss", build_method, "mine", old_key))
+
+
+def test_variant_bases_that_cannot_resolve():
+    def variants(**extra: dict) -> Section:
+        return Section({"baseline": {"method": "baseline", **BASELINE}, **extra}, "methods")
+
+    expect_error("methods.mine.base", build_method, "mine", variants(mine={"base": "nothing"}))
+    cycle = variants(a={"base": "b"}, b={"base": "a"})
+    assert "a -> b -> a" in str(expect_error("methods.b.base", build_method, "a", cycle))
+    expect_error("methods.mine.base", build_method, "mine", variants(mine={"base": 3}))
+    # a key the base's method does not have is a typo in the variant that adds it
+    expect_error("methods.mine.ccr", build_method, "mine", variants(mine={"base": "baseline", "ccr": True}))
+    deep = variants(**{f"v{i}": {"base": f"v{i + 1}"} for i in range(40)}, v40={"base": "baseline"})
+    assert "deep" in str(expect_error("methods.v32.base", build_method, "v0", deep))
 
 
 # --------------------------------------------------------------------------------------------

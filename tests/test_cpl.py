@@ -283,7 +283,7 @@ def test_total_is_the_weighted_sum():
 
 def test_from_section_reads_every_field():
     params = {
-        "loss": "cpl",
+        "method": "cpl",
         "margin_boost": 0.2,
         "glv_weight": 0.5,
         "csp_weight": 0.5,

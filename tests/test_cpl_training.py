@@ -23,6 +23,7 @@ import owdfa.training as training
 import owdfa.training_stages as training_stages
 from owdfa.config import Section
 from owdfa.errors import ConfigError
+from owdfa.methods import resolve_variant
 from owdfa.methods.base import Baseline, Method, Supervised
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
@@ -304,7 +305,7 @@ def test_optimizer_override_keys_are_checked():
     base = TrainConfig()
 
     def variant(optimizer):
-        return Section({"loss": "cpl", "optimizer": optimizer}, "methods.cpl")
+        return Section({"method": "cpl", "optimizer": optimizer}, "methods.cpl")
 
     assert with_method_optimizer(base, variant({"lr": 1e-3, "lr_step": 3})) == TrainConfig(lr=1e-3, lr_step=3)
     for bad, key in (
@@ -337,9 +338,10 @@ def test_pipeline_train_hands_the_overridden_config_to_training(monkeypatch, tmp
     monkeypatch.setattr(training_stages, "run_training", capture)
     section = Section(params_train(), "train")
     methods = Section.from_file("methods", ROOT / "params.yaml")
-    for variant in ("cpl", "cal"):
+    for name in ("cpl", "cal"):
+        variant = resolve_variant(methods, name)
         with pytest.raises(Captured):
-            training_stages.train(section, methods, variant, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
+            training_stages.train(section, variant, name, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
     cpl, cal = seen
     assert (cpl.weight_decay, cpl.lr_gamma) == (1e-5, 0.2)
     assert (cal.weight_decay, cal.lr_gamma) == (section.float("weight_decay"), section.float("lr_gamma"))
@@ -357,7 +359,7 @@ def test_overrides_reach_adam_and_steplr(monkeypatch):
     data = data_of({0: [0, 1], 1: [2, 3]}, list(range(4, 8)), size=8)
     data.images = np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
     base = TrainConfig(backbone="test_resnet", epochs=3, batch_size=4, lr=1e-3, lr_step=1, device="cpu")
-    variant = Section({"loss": "cpl", "optimizer": {"weight_decay": 1.0e-5, "lr_gamma": 0.2}}, "methods.cpl")
+    variant = Section({"method": "cpl", "optimizer": {"weight_decay": 1.0e-5, "lr_gamma": 0.2}}, "methods.cpl")
     result = run_training(with_method_optimizer(base, variant), data, CPL(), seed=0)
     assert [g["weight_decay"] for g in adams[0].param_groups] == [1e-5]
     # StepLR(step 1, gamma .2), logged before each epoch's scheduler step: 1e-3, 2e-4, 4e-5.

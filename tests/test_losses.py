@@ -190,7 +190,7 @@ def test_baseline_step_loss_matches_hand_computed_terms():
 
 def test_baseline_weights_from_params():
     params = {
-        "loss": "baseline",
+        "method": "baseline",
         "entropy_weight": 2.0,
         "distill_weight": 0.5,
         "teacher_temp": 0.1,

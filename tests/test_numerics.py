@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.tiny_run import build_tiny_split
+from helpers.tiny_run import build_tiny_split, variant_file
 
 from owdfa.config import Section
 from owdfa.errors import ConfigError
@@ -237,11 +237,15 @@ def run_tiny_pipeline(
     env["DVC_NO_ANALYTICS"] = "1"
     if narrow:
         env.update(NARROW_MACHINE)
+    variant = variant_file(out / "params.yaml", "cal", out / "variants")
     one_cpu = min(os.sched_getaffinity(0))
     common = ["--split", str(split), "--faces", str(faces), "--params", str(out / "params.yaml")]
     for stage, args in (
         ("pretrain", ["--out", str(out / "pretrain")]),
-        ("train", ["--method", "cal", "--seed", "0", "--init", str(out / "pretrain"), "--out", str(out / "run")]),
+        (
+            "train",
+            ["--variant", str(variant), "--seed", "0", "--init", str(out / "pretrain"), "--out", str(out / "run")],
+        ),
         ("evaluate", ["--model", str(out / "run"), "--out", str(out / "report"), "--predictions", str(out / "p.csv")]),
     )[:stages]:
         done = subprocess.run(

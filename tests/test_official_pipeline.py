@@ -215,7 +215,16 @@ TINY_PARAMS: dict[str, Any] = {
     "run.seeds": [0],
     "official.revision": COMMIT,
 }
-GRID_STAGES = {"fetch", "index", "align", "split@p1", "pretrain@p1", "train@p1-baseline-0", "evaluate@p1-baseline-0"}
+GRID_STAGES = {
+    "fetch",
+    "index",
+    "align",
+    "split@p1",
+    "variants",
+    "pretrain@p1",
+    "train@p1-baseline-0",
+    "evaluate@p1-baseline-0",
+}
 
 
 class Repo:

@@ -5,6 +5,7 @@ Works on its own copy of the session's tiny pipeline (`helpers.tiny_pipeline`), 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,19 +37,40 @@ def edited(tiny_repo: TinyRepo, rel: str) -> Iterator[None]:
         tiny_repo.reset()
 
 
+def rerun_variants(tiny_repo: TinyRepo) -> set[str]:
+    """`dvc repro variants` (params.yaml's methods, resolved): then the stages left to run."""
+    tiny_repo.dvc("repro", "variants")
+    return changed_stages(tiny_repo)
+
+
 def test_a_method_variant_key_reruns_only_that_variants_runs(tiny_repo: TinyRepo) -> None:
     cal_runs = {f"train@{p}-cal-0" for p in PROTOCOLS}
     with tiny_repo.params({"methods.cal.ccr_weight": 0.3}):
-        assert changed_stages(tiny_repo) == cal_runs
-        # One chain re-run (each protocol's re-runs alike): the variant's training and its evaluation,
-        # not the pretrain before it; what is left is the other protocol's run and the report.
+        assert changed_stages(tiny_repo) == {"variants"}  # it reads params.yaml's methods; the runs, its files
+        # One chain re-run (each protocol's re-runs alike): the variants, the variant's training and
+        # its evaluation, not the pretrain before it; what is left is the other protocol's run and the report.
         out = tiny_repo.dvc("repro", "evaluate@p1-cal-0")
-        assert ran_stages(out) == {"train@p1-cal-0", "evaluate@p1-cal-0"}, out[-3000:]
-        assert changed_stages(tiny_repo) - {"report"} == {"train@p2-cal-0"}
+        assert ran_stages(out) == {"variants", "train@p1-cal-0", "evaluate@p1-cal-0"}, out[-3000:]
+        assert changed_stages(tiny_repo) - {"report"} == cal_runs - {"train@p1-cal-0"}
     with tiny_repo.params({"methods.baseline.distill_weight": 0.3}):
-        assert changed_stages(tiny_repo) == {f"train@{p}-baseline-0" for p in PROTOCOLS}
+        assert rerun_variants(tiny_repo) == {f"train@{p}-baseline-0" for p in PROTOCOLS}
     with tiny_repo.params({"methods.cpl.glv_weight": 0.3}):  # a variant no run uses
-        assert changed_stages(tiny_repo) == set()
+        assert rerun_variants(tiny_repo) == set()
+
+
+def test_editing_a_base_reruns_the_variants_built_on_it_and_no_other(tiny_repo: TinyRepo) -> None:
+    # `cal` rewritten as a difference from `cal_abl3` (which is `cal` without ACR) resolves to the same
+    # settings, so no run re-runs; an edit of the base then reaches `cal`'s runs, not `baseline`'s.
+    as_difference = {"methods.cal": {"base": "cal_abl3", "acr": True}}
+    with tiny_repo.params(as_difference):
+        assert rerun_variants(tiny_repo) == set()
+    with tiny_repo.params({**as_difference, "methods.cal_abl3.ccr_weight": 0.3}):
+        assert rerun_variants(tiny_repo) == {f"train@{p}-cal-0" for p in PROTOCOLS}
+    # and an edit of `cal` itself reaches the variants built on it even where no run uses them
+    with tiny_repo.params({"methods.cal.ccr_weight": 0.3}):
+        tiny_repo.dvc("repro", "variants")
+        resolved = json.loads(tiny_repo.read("data/variants/cal_abl1.json"))
+        assert resolved["ccr_weight"] == 0.3 and resolved["ccr"] is False and "base" not in resolved
 
 
 def test_the_view_param_changes_only_the_training_runs(tiny_repo: TinyRepo) -> None:

@@ -173,8 +173,9 @@ def test_killed_repro_resumes_training(tiny_repo: TinyRepo) -> None:
         ({"run.protocols": ["p9"]}, "split@p9", "'p9'"),
         ({"train.epochs": -1}, "train@p1-baseline-0", "train.epochs"),
         ({"data.source": "hub"}, "fetch", "data.source"),
+        ({"methods.cal.base": "cal_abl9"}, "variants", "methods.cal.base"),
     ],
-    ids=["split-budget", "unknown-protocol", "negative-epochs", "hub-source"],
+    ids=["split-budget", "unknown-protocol", "negative-epochs", "hub-source", "unknown-base"],
 )
 def test_bad_params_give_one_line_error(tiny_repo: TinyRepo, changes: dict[str, Any], target: str, expected: str):
     with tiny_repo.params(changes):

@@ -98,3 +98,17 @@ def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
     )
     # the authors' pixels (docs/methods.md, 'Departures from the official code')
     assert config.augment.view == "official"
+
+
+def test_cal_preset_reaches_every_cal_variant_through_its_base() -> None:
+    # The paper's ACR start (epoch 5 of 50) is set on `cal` alone; the DPP variants are built on it.
+    from owdfa.config import Section
+    from owdfa.methods import resolve_variant
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    preset = yaml.safe_load((ROOT / "params" / "owdfa40-cal.yaml").read_text())
+    methods = params["methods"]
+    for name, keys in preset["methods"].items():
+        methods[name] = {**methods[name], **keys}
+    for name in preset["run"]["methods"]:
+        assert resolve_variant(Section(methods, "methods"), name).int("acr_start_epoch") == 5, name

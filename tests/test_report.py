@@ -34,7 +34,7 @@ def write_run(runs: Path, predictions: Path, protocol: str, method: str, seed: i
         },
     }  # fmt: skip
     run = {
-        "protocol": protocol, "method": method, "loss": "cal", "method_params": {"loss": "cal", "ccr": True},
+        "protocol": protocol, "method": method, "loss": "cal", "method_params": {"method": "cal", "ccr": True},
         "seed": seed, "checkpoint": "last", "val_best_epoch": 7, "epochs": 10, "num_known": 7, "num_classes": 15,
         "test_images": 4, "k_trajectory": [40, 30, 15],
     }  # fmt: skip

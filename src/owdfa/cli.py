@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a CAL authors' released checkpoint (Hub hyzheng/OWDFA_CAL, or a local .ckpt) into a model dir",
         description="Download one of the CAL authors' Lightning checkpoints at a pinned revision (or take a local "
         ".ckpt), read it without running any code it carries (only tensors and plain data), and write a model "
-        "directory (safetensors + card) that `owdfa attribute` and the evaluate stage use. README: 'Using the "
-        "paper's trained models'.",
+        "directory (safetensors + card) that `owdfa attribute` and the evaluate stage use. See "
+        "docs/official-models.md, 'Using the paper's trained models'.",
     )
     imp.add_argument(
         "source", metavar="SOURCE", nargs="?", help="a file of the Hub repo (see --list) or a local .ckpt path"

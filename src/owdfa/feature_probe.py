@@ -1,6 +1,6 @@
 """How strong a network's features are before any method trains on them: a nearest-class-mean probe.
 
-The regime study (README, "Where does CAL's lead come from?") compares starting points — none, a
+The regime study (docs/regime-study.md, "Where does CAL's lead come from?") compares starting points — none, a
 short or long supervised warm-up, SimCLR — by one number that needs no classifier, so it applies
 to each: the known-class accuracy on the labelled validation split when each image goes to the
 class whose mean feature (over the labelled training images, L2-normalised features) is nearest

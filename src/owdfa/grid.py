@@ -220,7 +220,7 @@ def numerics_version(name: str, grid_dir: Path) -> int | None:
 
 
 def made_under(name: str, grid_dir: Path) -> str:
-    """One line on the numerics and CPU a committed grid was made under (for the study and README)."""
+    """One line on the numerics and CPU a committed grid was made under (for the study and the docs)."""
     record = _made_record(name, grid_dir)
     if record is not None:
         cpu, numerics = record["cpu"], record["numerics"]

@@ -2,7 +2,7 @@
 
 The pretrain and train stages and `owdfa import` build a `ModelCard` and write it (`owdfa.model_io.save_model_dir`);
 evaluate, `owdfa attribute` and `owdfa info` read it with `ModelCard.read`, which checks every field
-first. A model directory is input from elsewhere (README, "Trust model"): the backbone must be a
+first. A model directory is input from elsewhere (docs/attribution.md, "Trust model"): the backbone must be a
 timm architecture this installation builds offline, counts, sizes and dropout must have their types
 and lie in range, the face preprocessing within the align stage's own (`FacePreprocessing`). Each
 problem is one DataError line naming the file and the key: `<dir>/card.json: card.dropout: ...`.

@@ -1,6 +1,6 @@
 """Checks of a model directory's weights from elsewhere, made before the model is built from them.
 
-A model directory is input like any other (README, "Trust model"). Its card is checked when it is
+A model directory is input like any other (docs/attribution.md, "Trust model"). Its card is checked when it is
 read (`owdfa.model_card.ModelCard.read`); its weights may be another precision, non-finite, or claim
 more (or no) active prototypes than the matrix holds. Each problem is one `DataError` line naming
 the file; nothing is repaired.

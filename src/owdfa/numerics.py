@@ -15,7 +15,7 @@ AVX512, ...) for Intel processors only and says a non-Intel CPU takes the AUTO b
 (until numerics version 2 it pinned `AVX2,STRICT`, which an AMD CPU ignored: the AMD EPYCs trained
 other weights). NumPy picks its SIMD loops at import (`NPY_DISABLE_CPU_FEATURES` turns its AVX-512
 targets off, so exp/log/sums take the AVX2 loops on every machine). What was verified, on which CPUs
-and how (a fresh clone, a fingerprint, the vendor-flip test), is README "Exact results across machines".
+and how (a fresh clone, a fingerprint, the vendor-flip test), is docs/numerics.md, "Exact results across machines".
 
 The libraries read these settings once, when they load, so `pin()` must run before torch or NumPy
 is imported: the stages and `owdfa attribute` call it first and import their library afterwards;

@@ -179,7 +179,7 @@ def _legend(runs: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for method, run in runs.items():
         settings = run.get("method_params") or {}
-        text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "loss")
+        text = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method")
         if "imported" in run:
             text = f"imported weights of {run['imported'].get('trained_on')}: {text}"
         rows.append([method, str(run.get("loss")), text])
@@ -202,7 +202,7 @@ def _numerics(grid: _Grid) -> list[str]:
     verdict = (
         "Every training and evaluation run behind these tables ran in **exact mode** (pinned AVX2 kernels, MKL's "
         "vendor-independent path and thread count), whose bits should not depend on the CPU; which CPUs were "
-        "verified, and how, is in README 'Exact results across machines'."
+        "verified, and how, is in docs/numerics.md, 'Exact results across machines'."
         if exact
         else "**Not every run was in exact mode**: another machine (or thread count) may give other numbers."
     )

@@ -1,4 +1,4 @@
-"""The regime study: how each method fares as the starting features get stronger (README, "Where does
+"""The regime study: how each method fares as the starting features get stronger (docs/regime-study.md, "Where does
 CAL's lead come from?").
 
 Each regime is a grid of params/grids.yaml named `regime-<start>-<protocol>` (a starting point, and

@@ -17,7 +17,7 @@ from owdfa.distributed import world_from_env
 from owdfa.errors import DataError
 from owdfa.feature_probe import feature_probe
 from owdfa.io import atomic_write_json
-from owdfa.methods import build_method
+from owdfa.methods import method_from_variant
 from owdfa.methods.base import Supervised
 from owdfa.methods.simclr import SimCLR
 from owdfa.model_card import CardClass, ModelCard, SkippedPretraining, read_card
@@ -224,7 +224,7 @@ def initial_state(init_dir: Path | None) -> dict | None:
 
 def train(
     section: Section,
-    methods: Section,
+    variant: Section,
     method_name: str,
     seed: int,
     split_dir: Path,
@@ -236,12 +236,12 @@ def train(
 ) -> ModelCard:
     """One training run; with `checkpoints`, an interrupted run resumes from its last epoch.
 
-    `section` is the train section; of `methods` (the variants) only `method_name` is read. The
-    variant's `optimizer:` overrides, if any, replace the train section's optimiser settings.
+    `section` is the train section; `variant` the run variant `method_name`, resolved
+    (`owdfa.methods.resolve_variant`). Its `optimizer:` overrides, if any, replace the train section's
+    optimiser settings.
     In a multi-process run only rank 0 writes the model directory (and the curves, checkpoints).
     """
-    method = build_method(method_name, methods)
-    variant = methods.section(method_name)
+    method = method_from_variant(variant)
     config = with_method_optimizer(train_config(section), variant)
     data, classes = load_train_data(split_dir, faces_dir)
     result = run_training(

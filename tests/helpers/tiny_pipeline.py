@@ -1,6 +1,6 @@
 """The tiny DVC pipeline that the pipeline tests share: built once per test session, copied per module.
 
-`dvc repro` of the tiny config (19 stages) is the most expensive thing the suite does, and every
+`dvc repro` of the tiny config (20 stages) is the most expensive thing the suite does, and every
 pipeline test starts from the same reproduced, committed state. So one session builds it
 (`build_once`: the first process of a pytest-xdist run to ask builds it, under a file lock, and
 the others wait for it), and each test module works on its own copy (`TinyRepo.copy_of`): git
@@ -33,6 +33,7 @@ STAGES = [
     "index",
     "align",
     *(f"split@{p}" for p in PROTOCOLS),
+    "variants",
     *(f"pretrain@{p}" for p in PROTOCOLS),
     *(f"train@{r}" for r in RUNS),
     *(f"evaluate@{r}" for r in RUNS),

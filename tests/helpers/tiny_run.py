@@ -12,6 +12,8 @@ import yaml
 
 from helpers.paths import ROOT
 from owdfa.config import Section
+from owdfa.methods import resolve_variant
+from owdfa.methods.registry import write_variants
 from owdfa.train_config import TrainConfig, TrainData
 
 
@@ -57,13 +59,19 @@ def write_tiny_params(path: Path, **train: object) -> Path:
     return path
 
 
+def variant_file(params: Path, method: str, folder: Path) -> Path:
+    """What the `variants` stage gives the train stage: `params`' variants resolved, `method`'s file."""
+    write_variants(Section.from_file("methods", params), folder)
+    return folder / f"{method}.json"
+
+
 def stage_command(params: Path, faces: Path, split: Path, out: Path, method: str = "cal_dpp") -> list[str]:
     """The train stage's command line (run from ROOT) writing model/, live/ and checkpoints/ under `out`."""
     return [
         sys.executable,
         "stages/train.py",
-        "--method",
-        method,
+        "--variant",
+        str(variant_file(params, method, out / "variants")),
         "--seed",
         "0",
         "--split",
@@ -89,14 +97,14 @@ def stage_env() -> dict[str, str]:
 
 
 def train_sections(variant: str) -> tuple[Section, Section]:
-    """The train section (a short run) and the variants (ACR from epoch 0)."""
+    """The train section (a short run) and the variant, resolved (ACR from epoch 0)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     section = copy.deepcopy(params["train"])
     section.update(epochs=3, batch_size=8, lr_step=2, device="cpu")
-    method = params["methods"][variant]
+    method = resolve_variant(Section(params["methods"], "methods"), variant).as_dict()
     if "acr_start_epoch" in method:
         method["acr_start_epoch"] = 0  # exercise ACR's pseudo-labels within the short run
-    return Section(section, "train"), Section(params["methods"], "methods")
+    return Section(section, "train"), Section(method, f"methods.{variant}")
 
 
 def tiny_data(size: int = 40) -> TrainData:

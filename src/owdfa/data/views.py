@@ -17,7 +17,7 @@ Two pixel recipes for the same operations (`AugmentConfig.view`):
   Every intermediate image is rounded to uint8 levels, as PIL and cv2 hand it on.
 * `direct` (the embedded default): the crop resamples straight back to the cache's size and the
   other images are left untouched (no up-and-down resample); the jitter is brightness, then
-  contrast about the RGB mean, in floats. README, "Departures from the official code", gives what
+  contrast about the RGB mean, in floats. docs/methods.md, "Departures from the official code", gives what
   each difference measured.
 """
 

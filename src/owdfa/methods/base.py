@@ -1,13 +1,14 @@
-"""The method interface and the registry of loss objects.
+"""The method interface.
 
 A method is a loss object: given one step's weak/strong outputs it returns the loss and its
 named terms; epoch hooks let a method keep statistics (ACR thresholds) or edit the classifier
 (DPP). The training loop never looks inside, so CAL, CPL and the baselines share it.
 Labels of unlabelled rows never reach a method: the loop passes -1 for them.
 
-Runs name *variants* (`methods.<variant>` in params.yaml), each choosing a loss class with
-`loss:` and setting every hyper-parameter of it, so ablations are just more variants
-(`cal_no_acr: {loss: cal, acr: false, ...}`) and `dvc exp run -S` reaches every switch. A variant
+Runs name *variants* (`methods.<variant>` in params.yaml; `owdfa.methods.registry` resolves them):
+a variant picks a method class with `method:` and sets every hyper-parameter of it, or names a
+`base:` and lists what differs, so ablations are just more variants
+(`cal_no_acr: {base: cal, acr: false}`) and `dvc exp run -S` reaches every switch. A variant
 may also carry an `optimizer:` mapping overriding the train section's lr, weight_decay, lr_step or
 lr_gamma for its runs (methods differ in their official optimiser settings); the training code
 reads it (`owdfa.train_config.with_method_optimizer`), the loss object ignores it.
@@ -23,6 +24,7 @@ import torch
 
 from owdfa.config import Param, Section, load_section
 from owdfa.methods import losses
+from owdfa.methods.registry import METHOD_KEY, register_method
 
 
 @dataclass
@@ -40,17 +42,6 @@ class StepInput:
     @property
     def labelled(self) -> torch.Tensor:
         return self.targets >= 0
-
-
-LOSSES: dict[str, type[Method]] = {}  # a variant's `loss:` -> its class; filled by `@register_loss`
-
-
-def register_loss(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method class available to run variants as `loss: <cls.name>`."""
-    if not cls.name or cls.name in LOSSES:
-        raise ValueError(f"{cls.__name__}: loss name {cls.name!r} is empty or already registered")
-    LOSSES[cls.name] = cls
-    return cls
 
 
 class Method:
@@ -117,7 +108,7 @@ class Method:
         """
         hints = typing.get_type_hints(cls)
         specs = {f.name: _common_param(f.name, hints[f.name]) for f in fields(cls)}
-        return load_section(cls, section, extra_keys=("loss", "optimizer"), specs=specs)
+        return load_section(cls, section, extra_keys=(METHOD_KEY, "optimizer"), specs=specs)
 
     def validate(self, section: Section) -> None:
         """Cross-field checks, raising ConfigError naming the key (none by default)."""
@@ -151,7 +142,7 @@ class Supervised(Method):
         return ce, {"ce": float(ce.detach())}
 
 
-@register_loss
+@register_method
 @dataclass
 class Baseline(Method):
     """CE on labelled (both views) + mean-entropy regulariser + weak->strong self-distillation.

@@ -38,13 +38,14 @@ import torch.nn.functional as F
 from owdfa.config import Section
 from owdfa.errors import ConfigError
 from owdfa.methods import losses
-from owdfa.methods.base import Method, StepInput, register_loss
+from owdfa.methods.base import Method, StepInput
 from owdfa.methods.dpp import apply_dpp
+from owdfa.methods.registry import register_method
 
 RATIO_MIN, RATIO_MAX = 0.1, 10.0
 
 
-@register_loss
+@register_method
 @dataclass
 class CAL(Method):
     name: ClassVar[str] = "cal"

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from owdfa.methods import losses
-from owdfa.methods.base import Method, StepInput, register_loss
+from owdfa.methods.base import Method, StepInput
+from owdfa.methods.registry import register_method
 
 GUMBEL_EPS = 1e-10
 
@@ -145,7 +146,7 @@ def batch_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(mean_prob * torch.log(mean_prob.clamp_min(1e-12))).sum()
 
 
-@register_loss
+@register_method
 @dataclass
 class CPL(Method):
     """CPL baseline: margin CE + GLV + CSP - batch entropy on a single view.
