@@ -1,32 +1,27 @@
 """OWDFA-40 from the Hub: the real huggingface_hub client against a local server that speaks the Hub API.
 
-The server (stdlib ThreadingHTTPServer on 127.0.0.1) implements what the client calls for a dataset
-download: repo info with file metadata (`/api/datasets/<repo>/revision/<rev>`), the recursive tree
-listing (`/api/datasets/<repo>/tree/<rev>`), and HEAD/GET with Range on
-`/datasets/<repo>/resolve/<rev>/<path>`. It never advertises Xet, so the client uses plain HTTP.
-It can drop a connection part-way, answer an error to a resumed request, or serve bytes that differ
-from the sha256 it declares.
+The server (`helpers.fake_hub`, a dataset repo on 127.0.0.1) answers what the client calls for a
+dataset download: repo info with file metadata, the recursive tree listing, and HEAD/GET with Range
+of each file. It never advertises Xet, so the client uses plain HTTP. It can drop a connection
+part-way, answer an error to a resumed request, or serve bytes that differ from the sha256 it declares.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
+from helpers.fake_hub import FakeHub, serve_repo, sha256
 
 # Imported at collection, not inside a test: the client's log handler binds to the sys.stderr of its first
 # import, and a capsys stream is closed after its test.
@@ -94,156 +89,11 @@ def dataset() -> Dataset:
     return Dataset(files, images)
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
-
-
-@dataclass
-class FakeHub:
-    files: dict[str, bytes]
-    is_lfs: set[str]
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
-    drop_first_get: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before hanging up
-    fail_resume: set[str] = field(default_factory=set)  # paths whose Range requests get HTTP 500
-    corrupt: set[str] = field(default_factory=set)  # paths served with flipped bytes (same length)
-    url: str = ""
-
-    def requested(self, method: str) -> list[str]:
-        return [path for m, path, _ in self.requests if m == method]
-
-
-def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    prefix_api = f"/api/datasets/{REPO_ID}/"
-    prefix_resolve = f"/datasets/{REPO_ID}/resolve/"
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:  # keep pytest output clean
-            pass
-
-        def do_HEAD(self) -> None:
-            self._serve(body=False)
-
-        def do_GET(self) -> None:
-            self._serve(body=True)
-
-        def _serve(self, body: bool) -> None:
-            path = unquote(urlsplit(self.path).path)
-            with lock:
-                hub.requests.append((self.command, path, self.headers.get("Range")))
-            if path.startswith(prefix_api + "revision/"):
-                return self._revision(path[len(prefix_api + "revision/") :])
-            if path.startswith(prefix_api + "tree/"):
-                return self._tree(path[len(prefix_api + "tree/") :])
-            if path.startswith(prefix_resolve):
-                revision, _, file = path[len(prefix_resolve) :].partition("/")
-                return self._file(revision, file, body)
-            if path.startswith(("/api/datasets/", "/datasets/")):
-                return self._error(404, "RepoNotFound", "Repository not found")
-            return self._error(404, None, "not found")
-
-        def _revision(self, revision: str) -> None:
-            if revision not in (COMMIT, "main"):
-                return self._error(404, "RevisionNotFound", "Invalid rev id")
-            siblings = []
-            for name, data in sorted(hub.files.items()):
-                sibling = {"rfilename": name, "size": len(data), "blobId": git_blob_id(data)}
-                if name in hub.is_lfs:
-                    sibling["lfs"] = {"sha256": sha256(data), "size": len(data), "pointerSize": 134}
-                siblings.append(sibling)
-            self._json({"id": REPO_ID, "sha": COMMIT, "private": False, "siblings": siblings})
-
-        def _tree(self, rest: str) -> None:
-            if rest.partition("/")[0] not in (COMMIT, "main"):
-                return self._error(404, "RevisionNotFound", "Invalid rev id")
-            entries = []
-            for name, data in sorted(hub.files.items()):
-                entry = {"type": "file", "path": name, "size": len(data), "oid": git_blob_id(data)}
-                if name in hub.is_lfs:
-                    entry["lfs"] = {"oid": sha256(data), "size": len(data), "pointerSize": 134}
-                entries.append(entry)
-            self._json(entries)
-
-        def _file(self, revision: str, name: str, body: bool) -> None:
-            if revision not in (COMMIT, "main"):
-                return self._error(404, "RevisionNotFound", "Invalid rev id")
-            if name not in hub.files:
-                return self._error(404, "EntryNotFound", "Entry not found")
-            data = hub.files[name]
-            etag = sha256(data) if name in hub.is_lfs else git_blob_id(data)
-            if name in hub.corrupt:
-                data = bytes(b ^ 0x5A for b in data)
-            start = 0
-            requested_range = self.headers.get("Range")
-            if body and requested_range:
-                if name in hub.fail_resume:
-                    return self._error(500, None, "storage backend unavailable")
-                start = int(requested_range.removeprefix("bytes=").split("-")[0])
-            self.send_response(206 if start else 200)
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("ETag", f'"{etag}"')
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(len(data) - start))
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.end_headers()
-            if not body:
-                return
-            with lock:
-                drop_at = hub.drop_first_get.pop(name, None) if not start else None
-            if drop_at is not None:
-                self.wfile.write(data[:drop_at])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            self.wfile.write(data[start:])
-
-        def _json(self, payload: object) -> None:
-            raw = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(raw)
-
-        def _error(self, status: int, code: str | None, message: str) -> None:
-            raw = json.dumps({"error": message}).encode()
-            self.send_response(status)
-            if code:
-                self.send_header("X-Error-Code", code)
-            self.send_header("X-Error-Message", message)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(raw)
-
-    return Handler
-
-
 @pytest.fixture
 def hub(dataset: Dataset) -> Iterator[FakeHub]:
     lfs = {name for name in dataset.files if name.endswith((".zip", ".dat"))}
-    fake = FakeHub(dict(dataset.files), lfs)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve_repo(REPO_ID, dataset.files, repo_type="dataset", lfs=lfs, commit=COMMIT) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def closed_port_url() -> str:

@@ -29,7 +29,7 @@ import scipy.fft
 import timm
 import torch
 import torch.nn.functional as F
-from helpers.fake_model_hub import FakeModelHub, serve_model_repo
+from helpers.fake_hub import FakeHub, serve_repo
 from helpers.official_ckpt import BACKBONE, Hostile, lightning_checkpoint, official_state, save_checkpoint  # noqa: E402
 
 # Imported at collection (as tests/test_hub.py does): the client's log handler binds to the sys.stderr
@@ -390,15 +390,15 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(tmp_path, p1_k
 
 
 @pytest.fixture
-def model_hub(p1_known, tmp_path, monkeypatch) -> Iterator[FakeModelHub]:
+def model_hub(p1_known, tmp_path, monkeypatch) -> Iterator[FakeHub]:
     """The server, and the already imported client pointed at it: online, no token, caches under tmp."""
     files = {"protocol1/protocol1_seed2025.ckpt": p1_known[0].read_bytes(), "README.md": b"# CAL\n"}
-    with serve_model_repo(OFFICIAL_REPO_ID, files) as hub:
+    with serve_repo(OFFICIAL_REPO_ID, files) as hub:
         _point_client_at(hub, tmp_path, monkeypatch)
         yield hub
 
 
-def _point_client_at(hub: FakeModelHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _point_client_at(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "hf-home"
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     for name, sub in (("HF_HOME", ""), ("HF_HUB_CACHE", "hub"), ("HF_XET_CACHE", "xet"), ("HF_TOKEN_PATH", "token")):
@@ -416,7 +416,7 @@ def test_checkpoint_is_downloaded_at_a_pinned_commit_verified_and_imported(tmp_p
     assert fetched.path.read_bytes() == model_hub.files[name]
     assert fetched.sha256 == hashlib.sha256(model_hub.files[name]).hexdigest() and fetched.commit == COMMIT
     assert fetched.path.is_relative_to(tmp_path / "downloads" / "hyzheng__OWDFA_CAL" / COMMIT)
-    assert not any("README" in path for _, path in model_hub.requests)  # only the one file is fetched
+    assert not any("README" in path for path in model_hub.requested())  # only the one file is fetched
     card = import_official_checkpoint(fetched, backbone=BACKBONE).card
     assert (card.protocol, card.seed) == ("p1", 2025)
     record = card.source

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.dvc_repo import copy_pipeline, dump_params, set_keys
-from helpers.fake_model_hub import COMMIT, hub_env, serve_model_repo
+from helpers.fake_hub import COMMIT, hub_env, serve_repo
 from helpers.official_ckpt import BACKBONE, lightning_checkpoint, official_state, save_checkpoint
 from helpers.paths import ROOT
 from helpers.tiny_owdfa40 import SPLIT_PARAMS, build_owdfa40_split, write_owdfa40_folders
@@ -289,7 +289,7 @@ def test_imported_models_are_imported_scored_and_marked_in_the_report(official_r
     }
     files = {HUB_FILE: checkpoints["dpp"].read_bytes(), "README.md": b"# CAL\n"}
     offline_env = repo.env
-    with serve_model_repo(OFFICIAL_REPO_ID, files) as hub:
+    with serve_repo(OFFICIAL_REPO_ID, files) as hub:
         repo.env = hub_env(offline_env, hub.url, tmp_path / "hf-home")
         repo.set_models(models)
         assert repo.repro() == {
@@ -302,7 +302,7 @@ def test_imported_models_are_imported_scored_and_marked_in_the_report(official_r
         assert (dpp.method, dpp.num_active, dpp.seed) == ("cal_dpp_official", 40, 2026)
         downloaded = repo.path / "data" / "downloads" / "hyzheng__OWDFA_CAL" / COMMIT / HUB_FILE
         assert downloaded.read_bytes() == files[HUB_FILE]
-        assert not any("README" in path for _, path in hub.requests)
+        assert not any("README" in path for path in hub.requested())
 
         text = repo.read("reports/results.md").decode()
         assert "| CAL (official checkpoint) |" in text and "| CAL-DPP (official checkpoint) |" in text

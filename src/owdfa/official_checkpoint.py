@@ -29,7 +29,6 @@ Use: `resolve_checkpoint` (`fetch_official_checkpoint` or `local_checkpoint`) ->
 from __future__ import annotations
 
 import _compat_pickle
-import hashlib
 import pickle
 import pickletools
 import re
@@ -45,10 +44,10 @@ from typing import Any, NamedTuple
 import torch
 
 from owdfa.data.face_preprocessing import DEFAULTS, FacePreprocessing
-from owdfa.data.hub import is_transport_error, one_line
 from owdfa.data.protocols import OWDFA40_FOLDERS, OWDFA40_PROTOCOLS
 from owdfa.data.walk import display_name
 from owdfa.errors import DataError
+from owdfa.hub_client import HubRepo, hash_file, hub_endpoint, hub_error, is_commit, one_line
 from owdfa.model_card import CardClass, ModelCard
 from owdfa.models.prototype import IMAGENET_MEAN, IMAGENET_STD
 
@@ -105,9 +104,6 @@ OFFICIAL_NOVEL_ORDER: dict[str, tuple[int, ...]] = {
     "p2": (2, 4, 5, 7, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 22, 24, 26, 28, 30, 32, 33, 34, 35, 36, 37, 38, 39, 40),
     "p3": (32, 2, 34, 4, 40, 9, 12, 15, 16, 22, 28, 30),
 }
-
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_HASH_CHUNK = 8 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,8 +184,8 @@ def local_checkpoint(path: Path, *, repo_id: str | None = None, filename: str | 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
-    sha256, size = _hash_file(path)
-    return CheckpointFile(path, sha256, size, repo_id=repo_id, filename=filename)
+    hashed = hash_file(path)
+    return CheckpointFile(path, hashed.sha256, hashed.size, repo_id=repo_id, filename=filename)
 
 
 def resolve_checkpoint(
@@ -227,13 +223,13 @@ def fetch_official_checkpoint(
     """
     from huggingface_hub import HfApi, hf_hub_download
 
-    from owdfa.data.hub import hub_endpoint
-
     endpoint = hub_endpoint()
+    local_file = ", or give a local .ckpt file"
+    repo = HubRepo(repo_id, revision, "model", offline_hint=local_file, unreachable_hint=local_file)
     try:
         info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
     except Exception as exc:
-        raise _hub_error(exc, repo_id, revision, endpoint) from None
+        raise hub_error(exc, repo, endpoint) from None
     commit = info.sha
     if not commit:
         raise DataError(f"the Hub at {endpoint} gave no commit for {repo_id}@{revision}")
@@ -242,7 +238,7 @@ def fetch_official_checkpoint(
         listed = sorted(name for name in siblings if name.endswith(".ckpt"))
         shown = ", ".join(listed[:6]) + (f", ... ({len(listed)} in all)" if len(listed) > 6 else "")
         raise DataError(f"{filename} is not in {repo_id} at commit {commit}; its checkpoints: {shown or 'none'}")
-    if not _COMMIT.match(revision):
+    if not is_commit(revision):
         print(
             f"warning: revision {revision!r} of {repo_id} is a branch or tag (now commit {commit}); pin the commit",
             file=sys.stderr,
@@ -260,8 +256,9 @@ def fetch_official_checkpoint(
             )
         )
     except Exception as exc:
-        raise _hub_error(exc, repo_id, revision, endpoint) from None
-    sha256, size = _hash_file(local)
+        raise hub_error(exc, repo, endpoint) from None
+    hashed = hash_file(local)
+    sha256, size = hashed.sha256, hashed.size
     sibling = siblings[filename]
     declared_sha = sibling.lfs.sha256 if sibling.lfs is not None else None
     declared_size = sibling.lfs.size if sibling.lfs is not None else sibling.size
@@ -271,43 +268,6 @@ def fetch_official_checkpoint(
     if declared_size is not None and size != declared_size:
         raise DataError(f"{local}: {size} bytes but the Hub declares {declared_size} for {filename}; {hint}")
     return CheckpointFile(local, sha256, size, repo_id=repo_id, revision=revision, commit=commit, filename=filename)
-
-
-def _hub_error(exc: Exception, repo_id: str, revision: str, endpoint: str) -> Exception:
-    """One line for whatever the client raised; programming errors pass through untouched."""
-    from huggingface_hub import errors as hf_errors
-
-    where = f"{repo_id}@{revision}"
-    chain = [exc, *([exc.__cause__] if isinstance(exc.__cause__, Exception) else [])]
-    offline = getattr(hf_errors, "OfflineModeIsEnabled", ())
-    if any(isinstance(e, offline) for e in chain):
-        return DataError(f"cannot download {where}: HF_HUB_OFFLINE=1 is set; unset it, or give a local .ckpt file")
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return DataError(f"{repo_id} is gated: accept its terms on {endpoint}/{repo_id} and log in (hf auth login)")
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return DataError(f"revision {revision!r} not found in {repo_id}")
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return DataError(f"model repo {repo_id} not found at {endpoint}, or it is private: log in first")
-    if isinstance(exc, hf_errors.HfHubHTTPError):
-        status = exc.response.status_code if getattr(exc, "response", None) is not None else "?"
-        return DataError(f"the Hub at {endpoint} refused {where} (HTTP {status}): {one_line(exc)}")
-    for error in chain:
-        if is_transport_error(error) or isinstance(error, ConnectionError):
-            return DataError(
-                f"cannot reach the Hub at {endpoint}: {one_line(error)}; check HF_ENDPOINT / connectivity, "
-                "or give a local .ckpt file"
-            )
-    if isinstance(exc, OSError):
-        return DataError(f"download of {where} from {endpoint} failed: {one_line(exc)}")
-    return exc
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest(), path.stat().st_size
 
 
 # --------------------------------------------------------------------------------------------

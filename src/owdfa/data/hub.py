@@ -15,9 +15,7 @@ reported: the same params could give other data tomorrow.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -29,12 +27,11 @@ from owdfa.config import Section, load_section, param
 from owdfa.data.archive import ExtractReport, extract_zip
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE, OWDFA40_FOLDERS
 from owdfa.errors import ConfigError, DataError
+from owdfa.hub_client import HubRepo, HubUnreachable, hash_file, hub_endpoint, hub_error, is_commit, one_line
 from owdfa.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HASH_CHUNK = 8 << 20
 
 
 def folder_label(folder: str) -> int:
@@ -145,15 +142,8 @@ def hub_config(section: Section) -> HubConfig:
     return load_section(HubConfig, section)
 
 
-def hub_endpoint() -> str:
-    """The Hub address, read now: the client reads HF_ENDPOINT only once, when it is imported."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
 def unpinned_revision_warning(config: HubConfig, commit: str) -> str | None:
-    if _COMMIT.match(config.revision):
+    if is_commit(config.revision):
         return None
     return (
         f"warning: data.hub.revision {config.revision!r} is a branch or tag (now commit {commit}); the same params "
@@ -211,7 +201,7 @@ def _list_repo(config: HubConfig, endpoint: str) -> tuple[str, dict[str, _Declar
     try:
         info = HfApi(endpoint=endpoint).dataset_info(config.repo_id, revision=config.revision, files_metadata=True)
     except Exception as exc:
-        raise _hub_error(exc, config, endpoint) from None
+        raise hub_error(exc, _repo(config), endpoint) from None
     if not info.sha:
         raise DataError(f"the Hub at {endpoint} gave no commit for {config.repo_id}@{config.revision}")
     declared = {}
@@ -259,62 +249,19 @@ def _snapshot(config: HubConfig, commit: str, endpoint: str) -> None:
             endpoint=endpoint,
         )
     except Exception as exc:
-        raise _hub_error(exc, config, endpoint) from None
+        raise hub_error(exc, _repo(config), endpoint) from None
 
 
-class HubUnreachable(DataError):
-    """The Hub could not be asked at all (offline mode, no network): files on disk may still serve."""
-
-
-def _hub_error(exc: Exception, config: HubConfig, endpoint: str) -> Exception:
-    """One line for whatever the client raised; programming errors pass through untouched."""
-    from huggingface_hub import errors as hf_errors
-
-    where = f"{config.repo_id}@{config.revision}"
-    chain = [exc, *([exc.__cause__] if isinstance(exc.__cause__, Exception) else [])]
-    offline = getattr(hf_errors, "OfflineModeIsEnabled", ())
-    if any(isinstance(e, offline) for e in chain):
-        return HubUnreachable(
-            f"cannot download {where} (data.source: hub): HF_HUB_OFFLINE=1 is set; unset it to download, "
-            "or pin data.hub.revision to a commit already downloaded"
-        )
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return DataError(
-            f"{config.repo_id} is gated: accept its terms on {endpoint}/datasets/{config.repo_id} and log in "
-            "(hf auth login)"
-        )
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return DataError(f"revision {config.revision!r} not found in {config.repo_id} (data.hub.revision)")
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return DataError(
-            f"dataset {config.repo_id} not found at {endpoint} (data.hub.repo_id), or it is private: log in first"
-        )
-    if isinstance(exc, hf_errors.HfHubHTTPError):
-        status = exc.response.status_code if getattr(exc, "response", None) is not None else "?"
-        return DataError(f"the Hub at {endpoint} refused {where} (HTTP {status}): {one_line(exc)}")
-    for error in chain:
-        if is_transport_error(error) or isinstance(error, ConnectionError):
-            return HubUnreachable(
-                f"cannot reach the Hub at {endpoint}: {one_line(error)}; check HF_ENDPOINT / connectivity"
-            )
-    if isinstance(exc, OSError):
-        return DataError(f"download of {where} from {endpoint} failed: {one_line(exc)}")
-    return exc
-
-
-def is_transport_error(exc: Exception) -> bool:
-    """The client's HTTP library is httpx2, httpx or requests depending on its version."""
-    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return True
-    return type(exc).__name__ in ("InvalidURL", "UnsupportedProtocol")
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one line of at most `limit` characters (client errors can span many)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _repo(config: HubConfig) -> HubRepo:
+    """The dataset at its revision, as its errors name it: the fetch stage's params keys, the manifest's use."""
+    return HubRepo(
+        config.repo_id,
+        config.revision,
+        "dataset",
+        context=" (data.source: hub)",
+        offline_hint=" to download, or pin data.hub.revision to a commit already downloaded",
+        params="data.hub",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +276,8 @@ def _verify(
         raise DataError(f"{local}: expected after the download of {repo_path} but missing; run fetch again")
     size = local.stat().st_size
     git_blob = declared is not None and declared.sha256 is None and declared.blob_id is not None
-    sha256, blob_id = _hash_file(local, git_blob_size=size if git_blob else None)
+    hashed = hash_file(local, git_blob=git_blob)
+    sha256, blob_id = hashed.sha256, hashed.git_blob
     hint = "delete it and run fetch again to download it anew"
     if declared is not None:
         if declared.sha256 is not None and sha256 != declared.sha256:
@@ -355,18 +303,6 @@ def _verify(
     )
 
 
-def _hash_file(path: Path, git_blob_size: int | None = None) -> tuple[str, str | None]:
-    """Stream the file once: its sha256 and, for a small non-LFS file, its git blob id."""
-    sha256 = hashlib.sha256()
-    blob = hashlib.sha1(f"blob {git_blob_size}\0".encode()) if git_blob_size is not None else None
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            sha256.update(chunk)
-            if blob is not None:
-                blob.update(chunk)
-    return sha256.hexdigest(), blob.hexdigest() if blob is not None else None
-
-
 def _read_manifest(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -390,7 +326,7 @@ def _recorded_files(previous: dict | None, repo_id: str, commit: str) -> dict[st
 
 def _offline_commit(config: HubConfig, previous: dict | None) -> str | None:
     """Without the Hub, a revision pinned to a commit recorded in full by the manifest can still be used."""
-    if not _COMMIT.match(config.revision):
+    if not is_commit(config.revision):
         return None
     recorded = _recorded_files(previous, config.repo_id, config.revision)
     if not all(path in recorded and (config.local_dir / path).is_file() for path in config.repo_files):
