@@ -16,7 +16,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,15 +92,7 @@ def face_settings(card: ModelCard, model_dir: Path, align: str, predictor: Path 
     if mode != prep.mode and card.preprocessing is not None:
         note(f"--align {mode} overrides the card's {prep.mode} (the model was trained on {prep.mode} faces)")
     predictor_path = _predictor_path(prep.predictor, predictor) if mode == "aligned" else None
-    return FaceSettings(
-        mode=mode,
-        image_size=prep.image_size,
-        upsample=prep.upsample,
-        threshold=prep.threshold,
-        margin=prep.margin,
-        padding=prep.padding,
-        predictor_path=None if predictor_path is None else str(predictor_path),
-    )
+    return FaceSettings(replace(prep, mode=mode), None if predictor_path is None else str(predictor_path))
 
 
 def _predictor_path(recorded: str | None, given: Path | None) -> Path:

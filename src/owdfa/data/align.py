@@ -23,16 +23,16 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from owdfa.config import Section, load_section, param
+from owdfa.config import Section
 from owdfa.data.face_cache import FACES_FILE, IMAGES_FILE
-from owdfa.data.face_preprocessing import DEFAULTS, MODES, RANGES, FacePreprocessing
+from owdfa.data.face_preprocessing import DEFAULTS, MODES, FacePreprocessing
 from owdfa.data.faces import (
     PREDICTOR_FILE,
     AlignerSetupError,
@@ -74,35 +74,22 @@ def resolve_predictor(value: str, raw: Path, key: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class AlignParams:
-    """The `align` section as written (FaceSettings holds the resolved predictor, not its param)."""
-
-    mode: str = param(choices=MODES)
-    image_size: int = param(**RANGES["image_size"])
-    upsample: int = param(DEFAULTS["upsample"], key="detector.upsample", optional=True, **RANGES["upsample"])
-    threshold: float = param(DEFAULTS["threshold"], key="detector.threshold", optional=True, **RANGES["threshold"])
-    margin: float = param(DEFAULTS["margin"], optional=True, **RANGES["margin"])
-    padding: float = param(DEFAULTS["padding"], optional=True, **RANGES["padding"])
-    predictor: str = param(DEFAULTS["predictor"], optional=True)  # `auto` or a path (mode aligned only)
-    workers: int = param(DEFAULTS["workers"], min=0, optional=True)  # 0 = all cores
-
-
 def read_align_params(section: Section, raw: Path) -> tuple[FaceSettings, int]:
-    """Validate the `align` section; returns the per-image settings and the worker count (0 = all cores)."""
-    params = load_section(AlignParams, section)
-    aligned = params.mode == "aligned"
-    predictor_path = resolve_predictor(params.predictor, raw, section.key("predictor")) if aligned else None
-    settings = FaceSettings(
-        mode=params.mode,
-        image_size=params.image_size,
-        upsample=params.upsample,
-        threshold=params.threshold,
-        margin=params.margin,
-        padding=params.padding,
-        predictor_path=None if predictor_path is None else str(predictor_path),
-    )
-    return settings, params.workers
+    """Validate the `align` section; returns the per-image settings and the worker count (0 = all cores).
+
+    The section has the record's layout (`FacePreprocessing`: mode, image_size, detector, margin,
+    padding, predictor) plus `workers`; its `predictor` is `auto` or a path, kept in mode aligned only.
+    """
+    workers = section.int("workers", min=0, default=DEFAULTS["workers"])
+    prep = FacePreprocessing.from_section(section, extra_keys=("workers",))
+    predictor_path = None
+    if prep.mode == "aligned":
+        predictor = section.str("predictor", default=DEFAULTS["predictor"])
+        predictor_path = str(resolve_predictor(predictor, raw, section.key("predictor")))
+        prep = replace(prep, predictor=predictor)
+    else:
+        prep = replace(prep, predictor=None)
+    return FaceSettings(prep, predictor_path), workers
 
 
 def available_cores() -> int:
@@ -171,8 +158,8 @@ def align(
     if not rows:
         raise DataError(f"{index_path}: the index lists no images")
     n_workers = min(requested or available_cores(), len(rows))
-    size = settings.image_size
-    detecting = settings.mode != "resize"
+    size = settings.preprocessing.image_size
+    detecting = settings.preprocessing.detects
     jobs = [(i, str(raw / row.path)) for i, row in enumerate(rows)]
     kept: list[int] = []
     found: list[bool] = []
@@ -216,15 +203,7 @@ def align(
         if detecting:
             table["face_score"] = ["" if s is None else f"{s:.4f}" for s in scores]
         table.to_csv(tmp / FACES_FILE, index=False, lineterminator="\n")
-        FacePreprocessing(
-            mode=settings.mode,
-            image_size=size,
-            upsample=settings.upsample,
-            threshold=settings.threshold,
-            margin=settings.margin,
-            padding=settings.padding,
-            predictor=section.str("predictor", default=DEFAULTS["predictor"]) if settings.mode == "aligned" else None,
-        ).write(tmp)
+        settings.preprocessing.write(tmp)
     summary: dict = {
         "mode": settings.mode,
         "image_size": size,

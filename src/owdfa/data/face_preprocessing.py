@@ -44,6 +44,11 @@ class FacePreprocessing:
     padding: float
     predictor: str | None = None  # mode aligned: the params' `predictor` (`auto` or a path); else None
 
+    @property
+    def detects(self) -> bool:
+        """Whether dlib looks for a face (modes crop and aligned); resize only resizes."""
+        return self.mode != "resize"
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of `preprocessing.json`, and of a model card's `preprocessing`."""
         return {
@@ -70,10 +75,11 @@ class FacePreprocessing:
             raise DataError(f"{where}: {exc.key}: {exc.problem}") from None
 
     @classmethod
-    def from_section(cls, record: Section) -> FacePreprocessing:
+    def from_section(cls, record: Section, extra_keys: tuple[str, ...] = ()) -> FacePreprocessing:
         """As `from_dict`, raising ConfigError under the section's own dotted name (`card.preprocessing.mode`).
 
         Keys left out take the align stage's defaults (a record written by hand, or by an older version).
+        The align section has the same layout plus `extra_keys` (`workers`), which the caller reads.
         """
         mode = record.str("mode", choices=MODES)
         image_size = record.int("image_size", **RANGES["image_size"])
@@ -83,7 +89,7 @@ class FacePreprocessing:
         margin = record.float("margin", **RANGES["margin"], default=DEFAULTS["margin"])
         padding = record.float("padding", **RANGES["padding"], default=DEFAULTS["padding"])
         predictor = record.optional_str("predictor")
-        record.check_unknown(RECORD_KEYS)
+        record.check_unknown((*RECORD_KEYS, *extra_keys))
         detector.check_unknown(DETECTOR_KEYS)
         return cls(mode, image_size, upsample, threshold, margin, padding, predictor)
 

@@ -39,7 +39,7 @@ import dlib
 import numpy as np
 from PIL import Image, ImageOps
 
-from owdfa.data.face_preprocessing import MODES
+from owdfa.data.face_preprocessing import MODES, FacePreprocessing
 from owdfa.errors import DataError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -164,15 +164,15 @@ class AlignedFace:
 
 @dataclass(frozen=True)
 class FaceSettings:
-    """Everything a worker process needs to build its own FaceAligner (picklable)."""
+    """Everything a worker process needs to build its own FaceAligner (picklable): the face settings
+    (the one type of them, `FacePreprocessing`) and, in mode aligned, the landmark model's file."""
 
-    mode: str
-    image_size: int
-    upsample: int = 0
-    threshold: float = 0.0
-    margin: float = 1.2
-    padding: float = 0.25
+    preprocessing: FacePreprocessing
     predictor_path: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.preprocessing.mode
 
 
 class FaceAligner:
@@ -216,15 +216,8 @@ class FaceAligner:
 
     @classmethod
     def from_settings(cls, settings: FaceSettings) -> FaceAligner:
-        return cls(
-            settings.mode,
-            settings.image_size,
-            settings.upsample,
-            settings.threshold,
-            settings.margin,
-            settings.padding,
-            settings.predictor_path,
-        )
+        p = settings.preprocessing
+        return cls(p.mode, p.image_size, p.upsample, p.threshold, p.margin, p.padding, settings.predictor_path)
 
     def detect(self, rgb: np.ndarray) -> tuple[dlib.rectangle, float] | None:
         """The highest-scoring detection (the first of equal scores), or None."""
