@@ -126,6 +126,7 @@ def worker(args: argparse.Namespace) -> None:
         labelled_share=section["labelled_share"],
     )
     seed_everything(0)
+    configure_torch()
     data = synthetic_data(max(1024, 4 * args.batch_size), args.image_size)
     step = training_step(config, data, torch.device("cpu"), load_variant(params, args.variant))
     for _ in range(args.warmup):

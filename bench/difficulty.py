@@ -28,7 +28,8 @@ from sklearn.cluster import KMeans
 from owdfa.config import Section, load_params
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
-from owdfa.inference import pick_device, predict
+from owdfa.devices import pick_device
+from owdfa.inference import predict
 from owdfa.io import atomic_write_json
 from owdfa.methods.base import Supervised
 from owdfa.metrics import evaluate_predictions, per_class_acc

@@ -154,6 +154,7 @@ def check_model(sizes: Sizes) -> dict[str, Any]:
     from owdfa.config import Section
     from owdfa.data.views import AugmentConfig
     from owdfa.methods import build_method
+    from owdfa.numerics import configure_torch
     from owdfa.train_config import TrainConfig
     from owdfa.training import seed_everything
 
@@ -172,6 +173,7 @@ def check_model(sizes: Sizes) -> dict[str, Any]:
                 augment=AugmentConfig(view="official"),  # the preset's views
             )
             seed_everything(0)  # the same initial weights and batches for every combination
+            configure_torch()
             method = build_method("cal", methods)
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -43,12 +43,14 @@ def child(steps: int, image_size: int, batch_size: int, backbone: str | None) ->
 
     from owdfa.config import Section
     from owdfa.methods import build_method
+    from owdfa.numerics import configure_torch
     from owdfa.train_config import TrainConfig
     from owdfa.training import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     config = TrainConfig(backbone=backbone or section["backbone"], dropout=section["dropout"], batch_size=batch_size)
     seed_everything(0)
+    configure_torch()
     method = build_method("cal", Section.from_file("methods", ROOT / "params.yaml"))
     step = training_step(config, synthetic_data(4 * batch_size, image_size), torch.device("cpu"), method)
     for _ in range(2):

@@ -70,10 +70,12 @@ def network_probes(image_size: int) -> dict[str, str]:
     from owdfa.config import Section
     from owdfa.methods import build_method
     from owdfa.models import AttributionModel
+    from owdfa.numerics import configure_torch
     from owdfa.training import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     seed_everything(0)
+    configure_torch()
     method = build_method("cal", Section.from_file("methods", ROOT / "params.yaml"))
     model = AttributionModel(section["backbone"], NUM_CLASSES, dropout=section["dropout"], **method.model_options())
     model = model.to(memory_format=torch.channels_last).train()
@@ -113,6 +115,7 @@ def training_probes(image_size: int) -> dict[str, str]:
 
     from owdfa.config import Section
     from owdfa.methods import build_method
+    from owdfa.numerics import configure_torch
     from owdfa.train_config import TrainConfig
     from owdfa.training import seed_everything
 
@@ -121,6 +124,7 @@ def training_probes(image_size: int) -> dict[str, str]:
     probes: dict[str, str] = {}
     for variant in ("baseline", "cal"):
         seed_everything(0)
+        configure_torch()
         method = build_method(variant, Section.from_file("methods", ROOT / "params.yaml"))
         step = training_step(config, synthetic_data(4 * BATCH, image_size), torch.device("cpu"), method)
         for i in range(STEPS):

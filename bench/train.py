@@ -32,9 +32,10 @@ from common import cpu_name, merge_into
 
 from owdfa.config import Section
 from owdfa.data.views import strong_view, weak_view
-from owdfa.inference import autocast, pick_device
+from owdfa.devices import autocast, pick_device
 from owdfa.methods import Method, build_method
 from owdfa.models import AttributionModel
+from owdfa.numerics import configure_torch
 from owdfa.samplers import build_sampler
 from owdfa.train_config import TrainConfig, TrainData
 from owdfa.training import HostBatches, TrainStep, seed_everything
@@ -213,6 +214,7 @@ def main() -> None:
         compile=args.compile,
     )
     seed_everything(0)
+    configure_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

@@ -5,13 +5,13 @@
 `official.download_dir` and checked against the Hub's sha256, or an existing local .ckpt file (known
 by its path only: after replacing it, `dvc repro -f import_official@<name>`). Either is read without
 running any code it carries and converted by `owdfa.official_checkpoint`; `evaluate_official@<name>`
-then scores the model on its protocol's test split. The params and the import: `owdfa.official_models`.
+then scores the model on its protocol's test split. The params and the import: `owdfa.official_stage`.
 """
 
 import argparse
 from pathlib import Path
 
-from owdfa.official_models import import_model
+from owdfa.official_stage import import_model
 from owdfa.stage import run_stage
 
 

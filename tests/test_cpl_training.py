@@ -27,7 +27,7 @@ from owdfa.methods import resolve_variant
 from owdfa.methods.base import Baseline, Method, Supervised
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
-from owdfa.samplers import BalancedSampler, Sampler, build_sampler, least_drawn_class
+from owdfa.samplers import BalancedSampler, LabelledShareSampler, build_sampler, least_drawn_class
 from owdfa.train_config import TrainConfig, TrainData, with_method_optimizer
 from owdfa.training import run_training
 
@@ -63,7 +63,7 @@ def test_cpl_chooses_the_class_balanced_sampler_the_others_cals():
     assert CPL.sampler == "class_balanced" and Method.sampler == "labelled_share"
     assert isinstance(build_sampler(data, config, CPL()), BalancedSampler)
     for method in (Baseline(), CAL()):
-        assert type(build_sampler(data, config, method)) is Sampler
+        assert type(build_sampler(data, config, method)) is LabelledShareSampler
 
 
 # --- the official "balance" rule -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from owdfa.methods.base import Baseline
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
 from owdfa.models import AttributionModel
+from owdfa.numerics import configure_torch
 from owdfa.train_config import TrainConfig, train_config
 from owdfa.training import forward_loss, run_training, seed_everything
 
@@ -55,6 +56,7 @@ def join_world(rank: int, port: int) -> None:
 def one_step_gradients(method_name: str, world: World) -> dict[str, torch.Tensor]:
     """Gradients of one step on a fixed global batch of 8, this process holding its shard."""
     seed_everything(0)
+    configure_torch()
     method = METHODS[method_name]()
     model = AttributionModel("test_resnet", 5, dropout=0.2, **method.model_options())
     device = torch.device("cpu")
@@ -164,6 +166,7 @@ def perturbed_run(method_name: str) -> dict[str, torch.Tensor]:
     this perturbation alike). Hence whole runs are compared after one epoch (scale: the gradient test).
     """
     seed_everything(0)
+    configure_torch()
     method = RUN_METHODS[method_name]()
     model = AttributionModel("test_resnet", 5, dropout=RUN.dropout, **method.model_options())
     noise = torch.Generator().manual_seed(7)

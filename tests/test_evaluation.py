@@ -14,8 +14,9 @@ from helpers.tiny_run import build_tiny_split, train_sections
 from owdfa.config import Section
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
+from owdfa.devices import pick_device
 from owdfa.evaluation import evaluate, map_classes
-from owdfa.inference import pick_device, predict
+from owdfa.inference import predict
 from owdfa.metrics import evaluate_predictions
 from owdfa.model_card import ModelCard
 from owdfa.model_io import load_model, load_state, save_model_dir

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import MANIFEST_FILE
+from owdfa.devices import pick_device
 from owdfa.evaluation import kmeans_k_estimate
-from owdfa.inference import pick_device
 from owdfa.training_stages import train
 
 VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]

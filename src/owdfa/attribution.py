@@ -310,7 +310,7 @@ class Attributor:
         """`align`: auto (the card's face mode), resize, crop or aligned; `device`: auto, cpu or cuda."""
         import torch
 
-        from owdfa.inference import pick_device
+        from owdfa.devices import pick_device
 
         if device == "cuda" and not torch.cuda.is_available():
             raise DataError("device cuda: CUDA is not available on this machine")

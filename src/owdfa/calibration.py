@@ -7,21 +7,14 @@ predictions are cluster ids, so `matched_correct` scores them after the Hungaria
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from owdfa.arguments import check_positive_int
 from owdfa.metrics import match_clusters
 
-__all__ = ["check_positive_int", "expected_calibration_error", "matched_correct", "reliability_table"]
-
-
-def check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+__all__ = ["expected_calibration_error", "matched_correct", "reliability_table"]
 
 
 def _validate_calibration(confidence: ArrayLike, correct: ArrayLike, bins: int) -> tuple[np.ndarray, np.ndarray]:

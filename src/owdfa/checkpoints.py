@@ -30,7 +30,7 @@ from owdfa.numerics import describe as describe_numerics
 if TYPE_CHECKING:
     from owdfa.distributed import World
     from owdfa.methods.base import Method
-    from owdfa.samplers import AnySampler
+    from owdfa.samplers import Sampler
     from owdfa.train_config import TrainConfig, TrainData
 
 CHECKPOINT_FORMAT = 1
@@ -175,7 +175,7 @@ def save_checkpoint(
     scheduler: Any,
     gen: torch.Generator,
     method: Method,
-    sampler: AnySampler,
+    sampler: Sampler,
     history: list[dict[str, Any]],
     best: tuple[float, dict[str, torch.Tensor] | None, int | None],
     device: torch.device,
@@ -316,7 +316,7 @@ def restore(
     scheduler: Any,
     gen: torch.Generator,
     method: Method,
-    sampler: AnySampler,
+    sampler: Sampler,
     device: torch.device,
 ) -> tuple[list[dict[str, Any]], float, dict[str, torch.Tensor] | None, int | None]:
     tensors, meta = found.tensors, found.meta

@@ -1,9 +1,12 @@
-"""The `owdfa` command: inspect a trained model directory and attribute face images with it.
+"""The `owdfa` command: model directories (inspect, attribute images), the authors' checkpoints, grids, the study.
 
     owdfa info data/runs/p1-cal-0                           # what the model is (card.json)
     owdfa attribute photos/ x.jpg --model data/runs/p1-cal-0 --format json
     owdfa import protocol1/protocol1_seed2025.ckpt --revision <commit> --out models/cal-p1-2025
                                                             # a CAL authors' checkpoint, made safe
+    owdfa grid regime-warmup-p1                             # a grid table of params/grids.yaml, as a queued
+                                                            # dvc experiment
+    owdfa study p1                                          # the regime study's tables and figures (p1)
 
 `attribute` treats every image exactly as the pipeline does, so a prediction here equals the
 evaluate stage's for the same picture: robust decoding (`owdfa.data.faces.decode_rgb`), the align

@@ -35,8 +35,9 @@ from owdfa.config import Section, load_section, param
 from owdfa.data.face_cache import read_faces
 from owdfa.data.face_preprocessing import read_preprocessing
 from owdfa.data.split import read_split
+from owdfa.devices import describe_device, effective_precision, pick_device
 from owdfa.errors import ConfigError, DataError
-from owdfa.inference import describe_device, effective_precision, max_softmax, pick_device, predict
+from owdfa.inference import max_softmax, predict
 from owdfa.io import atomic_directory, atomic_write_json, atomic_write_text
 from owdfa.metrics import evaluate_predictions, k_error
 from owdfa.model_card import ModelCard

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from owdfa.inference import pick_device, predict
+from owdfa.devices import pick_device
+from owdfa.inference import predict
 from owdfa.models import AttributionModel
 from owdfa.train_config import TrainConfig, TrainData
 

@@ -17,7 +17,7 @@ from owdfa.train_config import TrainConfig, TrainData
 
 
 @dataclass(frozen=True, eq=False)
-class Sampler:
+class LabelledShareSampler:
     """CAL's sampler: each draw labelled with probability `share`, rows drawn with replacement."""
 
     data: TrainData
@@ -27,7 +27,7 @@ class Sampler:
     labelled_targets: torch.Tensor
 
     @classmethod
-    def build(cls, data: TrainData, config: TrainConfig, method: Method) -> Sampler:
+    def build(cls, data: TrainData, config: TrainConfig, method: Method) -> LabelledShareSampler:
         use_unl = method.uses_unlabelled and len(data.unlabelled_rows) > 0
         return cls(
             data=data,
@@ -62,7 +62,7 @@ class Sampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            raise ValueError(f"Sampler keeps no state; got {sorted(state)}")
+            raise ValueError(f"LabelledShareSampler keeps no state; got {sorted(state)}")
 
 
 def least_drawn_class(counts: list[int], u: float) -> int:
@@ -216,15 +216,15 @@ class EveryRowSampler:
         self._order = state["order"].numpy().copy() if "order" in state else None
 
 
-AnySampler = Sampler | BalancedSampler | EveryRowSampler
-SAMPLERS: dict[str, type[Sampler] | type[BalancedSampler] | type[EveryRowSampler]] = {
-    "labelled_share": Sampler,
+Sampler = LabelledShareSampler | BalancedSampler | EveryRowSampler  # any of them (a method picks one)
+SAMPLERS: dict[str, type[Sampler]] = {
+    "labelled_share": LabelledShareSampler,
     "class_balanced": BalancedSampler,
     "every_row": EveryRowSampler,
 }
 
 
-def build_sampler(data: TrainData, config: TrainConfig, method: Method) -> AnySampler:
+def build_sampler(data: TrainData, config: TrainConfig, method: Method) -> Sampler:
     """The sampler the method's recipe names (`Method.sampler`)."""
     if method.sampler not in SAMPLERS:
         raise ValueError(f"{type(method).__name__}.sampler = {method.sampler!r}; known: {', '.join(SAMPLERS)}")

@@ -36,13 +36,14 @@ from tqdm import tqdm
 
 from owdfa.checkpoints import load_checkpoint, restore, run_fingerprint, save_checkpoint
 from owdfa.data.views import single_view, strong_view, weak_view
+from owdfa.devices import autocast, batch_images, describe_device, effective_precision, pick_device
 from owdfa.distributed import World, device_for, prepare_model, process_group, world_from_env
-from owdfa.inference import autocast, batch_images, describe_device, effective_precision, pick_device, predict
+from owdfa.inference import predict
 from owdfa.live_log import log_record, open_live
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
 from owdfa.numerics import configure_torch
-from owdfa.samplers import AnySampler, build_sampler
+from owdfa.samplers import Sampler, build_sampler
 from owdfa.train_config import TrainConfig, TrainData, check_divisible
 
 
@@ -58,10 +59,10 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators (the compute set-up is `numerics.configure_torch`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    configure_torch()
 
 
 class HostBatches:
@@ -144,7 +145,7 @@ class TrainStep:
     method: Method
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
-    sampler: AnySampler
+    sampler: Sampler
     host: HostBatches
     gen: torch.Generator
     config: TrainConfig
@@ -207,7 +208,8 @@ def run_training(
     """
     world = world_from_env()
     check_divisible(config.batch_size, world.size, section_name, f"the {world.size} training processes")
-    seed_everything(seed)  # compute threads and kernels: owdfa.numerics, pinned before torch loaded
+    seed_everything(seed)
+    configure_torch()  # compute threads, deterministic kernels, subnormals: owdfa.numerics
     device = device_for(world, pick_device(config.device), section_name)
     with process_group(world, device):
         if num_prototypes is None:

@@ -183,9 +183,11 @@ def starting_weights(state: dict[str, Any]) -> dict[str, Any]:
 def _random_model(plan: PretrainPlan, data: TrainData):
     """The untrained network a `mode: none` run would start from (seeded by pretrain.seed), for the probe."""
     from owdfa.models import AttributionModel
+    from owdfa.numerics import configure_torch
     from owdfa.training import seed_everything
 
     seed_everything(plan.seed)
+    configure_torch()
     config = plan.config
     return AttributionModel(config.backbone, data.num_known, pretrained=config.pretrained, dropout=config.dropout)
 

@@ -23,8 +23,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from owdfa.calibration import check_positive_int
-from owdfa.inference import autocast, batch_images
+from owdfa.arguments import check_positive_int
+from owdfa.devices import autocast, batch_images
 
 __all__ = [
     "OCCLUSION_FILL",

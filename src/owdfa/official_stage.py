@@ -1,4 +1,4 @@
-"""The params `official` (the import stage's settings) and importing one entry of `official.models`.
+"""The `import_official` stage: the params `official` and importing one entry of `official.models`.
 
 Each entry of `official.models` names one of the CAL authors' released checkpoints: `file` is a path in
 the Hub repo hyzheng/OWDFA_CAL, downloaded at `official.revision` into `official.download_dir` and
