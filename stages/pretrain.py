@@ -26,12 +26,12 @@ def main() -> None:
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
     from owdfa.distributed import relaunch
     from owdfa.train_config import pretrain_plan
-    from owdfa.training_stages import pretrain
+    from owdfa.training_stages import RunPaths, pretrain
 
     section = Section.from_file("pretrain", args.params)
     plan = pretrain_plan(section)  # checks the params before launching
     relaunch(plan.config.nproc if plan.mode != "none" else 1)
-    pretrain(section, args.split, args.faces, args.out, args.checkpoints, args.metrics)
+    pretrain(section, RunPaths(args.split, args.faces, args.out, checkpoints=args.checkpoints, metrics=args.metrics))
 
 
 if __name__ == "__main__":

@@ -35,23 +35,13 @@ def main() -> None:
     from owdfa.distributed import relaunch
     from owdfa.methods.registry import read_variant
     from owdfa.train_config import train_config
-    from owdfa.training_stages import train
+    from owdfa.training_stages import RunPaths, train
 
     section = Section.from_file("train", args.params)
-    variant = read_variant(args.variant)
-    relaunch(train_config(section).nproc)  # checks the params before launching
-    train(
-        section,
-        variant,
-        args.variant.stem,
-        args.seed,
-        args.split,
-        args.faces,
-        args.init,
-        args.out,
-        args.live,
-        args.checkpoints,
-    )
+    config = train_config(section)  # checks the params before launching
+    relaunch(config.nproc)
+    paths = RunPaths(args.split, args.faces, args.out, args.init, args.live, args.checkpoints)
+    train(section, read_variant(args.variant), args.variant.stem, args.seed, paths, config)
 
 
 if __name__ == "__main__":

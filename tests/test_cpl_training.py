@@ -341,7 +341,8 @@ def test_pipeline_train_hands_the_overridden_config_to_training(monkeypatch, tmp
     for name in ("cpl", "cal"):
         variant = resolve_variant(methods, name)
         with pytest.raises(Captured):
-            training_stages.train(section, variant, name, 0, tmp_path, tmp_path, None, tmp_path / "out", None)
+            paths = training_stages.RunPaths(tmp_path, tmp_path, tmp_path / "out")
+            training_stages.train(section, variant, name, 0, paths)
     cpl, cal = seen
     assert (cpl.weight_decay, cpl.lr_gamma) == (1e-5, 0.2)
     assert (cal.weight_decay, cal.lr_gamma) == (section.float("weight_decay"), section.float("lr_gamma"))

@@ -20,7 +20,7 @@ from owdfa.inference import predict
 from owdfa.metrics import evaluate_predictions
 from owdfa.model_card import ModelCard
 from owdfa.model_io import load_model, load_state, save_model_dir
-from owdfa.training_stages import train
+from owdfa.training_stages import RunPaths, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def faithful_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("faithful")
     faces, split = build_tiny_split(base)
     model_dir = base / "model"
-    train(*train_sections("cal_dpp_faithful"), "cal_dpp_faithful", 0, split, faces, None, model_dir, None)
+    train(*train_sections("cal_dpp_faithful"), "cal_dpp_faithful", 0, RunPaths(split, faces, model_dir))
     return faces, split, model_dir
 
 

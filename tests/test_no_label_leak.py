@@ -15,7 +15,7 @@ from owdfa.data.face_cache import read_faces
 from owdfa.data.split import MANIFEST_FILE
 from owdfa.devices import pick_device
 from owdfa.evaluation import kmeans_k_estimate
-from owdfa.training_stages import train
+from owdfa.training_stages import RunPaths, train
 
 VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
 
@@ -35,7 +35,7 @@ def test_training_ignores_hidden_labels(tiny_split, tmp_path, variant):
     outs = []
     for name, split_dir in (("a", split), ("b", shuffled)):
         out = tmp_path / name
-        train(*train_sections(variant), variant, 0, split_dir, faces, None, out, None)
+        train(*train_sections(variant), variant, 0, RunPaths(split_dir, faces, out))
         outs.append(out)
     a, b = (load_file(str(o / "model.safetensors")) for o in outs)
     assert a.keys() == b.keys()
@@ -51,7 +51,7 @@ def test_kmeans_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
     from owdfa.model_io import load_model
 
     faces, split, shuffled = tiny_split
-    train(*train_sections("baseline"), "baseline", 0, split, faces, None, tmp_path / "m", None)
+    train(*train_sections("baseline"), "baseline", 0, RunPaths(split, faces, tmp_path / "m"))
     model, _ = load_model(tmp_path / "m")
     _, images = read_faces(faces)
     estimates = []

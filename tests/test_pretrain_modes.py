@@ -28,7 +28,7 @@ from owdfa.feature_probe import nearest_mean_accuracy
 from owdfa.methods.simclr import SimCLR, nt_xent
 from owdfa.samplers import EveryRowSampler
 from owdfa.train_config import pretrain_plan
-from owdfa.training_stages import label_free, pretrain
+from owdfa.training_stages import RunPaths, label_free, pretrain
 
 
 def pretrain_section(mode: str, **changes: object) -> Section:
@@ -116,7 +116,7 @@ def test_self_supervised_reads_no_label_and_reruns_bit_identically(tiny, tmp_pat
     outs = {}
     for name, split in (("a", tiny["split"]), ("again", tiny["split"]), ("shuffled", tiny["all_shuffled"])):
         outs[name] = tmp_path / name
-        card = pretrain(pretrain_section("self_supervised"), split, tiny["faces"], outs[name])
+        card = pretrain(pretrain_section("self_supervised"), RunPaths(split, tiny["faces"], outs[name]))
         assert card.pretrain_mode == "self_supervised" and card.method == "self_supervised"
         assert card.val_best_epoch is None and [e["epoch"] for e in card.history] == [0, 1]
     assert_same_weights(outs["a"], outs["again"])
@@ -130,7 +130,9 @@ def test_both_reads_no_unlabelled_or_test_label(tiny, tmp_path):
     outs = []
     for name, split in (("a", tiny["split"]), ("hidden", tiny["hidden_shuffled"])):
         out = tmp_path / name
-        card = pretrain(pretrain_section("both"), split, tiny["faces"], out, metrics=tmp_path / f"{name}.json")
+        card = pretrain(
+            pretrain_section("both"), RunPaths(split, tiny["faces"], out, metrics=tmp_path / f"{name}.json")
+        )
         assert card.pretrain_mode == "both" and card.method == "supervised"
         assert len(card.self_supervised_history) == 2 and len(card.history) == 2
         outs.append(out)
@@ -142,7 +144,8 @@ def test_both_reads_no_unlabelled_or_test_label(tiny, tmp_path):
 
 
 def test_mode_none_skips_but_still_probes_the_random_start(tiny, tmp_path):
-    card = pretrain(pretrain_section("none"), tiny["split"], tiny["faces"], tmp_path / "m", metrics=tmp_path / "m.json")
+    paths = RunPaths(tiny["split"], tiny["faces"], tmp_path / "m", metrics=tmp_path / "m.json")
+    card = pretrain(pretrain_section("none"), paths)
     assert json.loads((tmp_path / "m" / "card.json").read_text()) == {"enabled": False, "format": 1}
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["mode"] == "none" and metrics["val_acc"] is None and 0.0 <= metrics["probe_known_acc"] <= 1.0
@@ -150,7 +153,7 @@ def test_mode_none_skips_but_still_probes_the_random_start(tiny, tmp_path):
 
 
 def test_supervised_mode_writes_no_self_supervised_field(tiny, tmp_path):
-    card = pretrain(pretrain_section("supervised"), tiny["split"], tiny["faces"], tmp_path / "m")
+    card = pretrain(pretrain_section("supervised"), RunPaths(tiny["split"], tiny["faces"], tmp_path / "m"))
     raw = json.loads((tmp_path / "m" / "card.json").read_text())
     assert raw["pretrain_mode"] == "supervised" and "self_supervised_history" not in raw
     assert card.method == "supervised"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from owdfa.model_io import load_state, params_hash, save_model_dir
 from owdfa.numerics import describe as describe_numerics
 from owdfa.train_config import (
     PretrainPlan,
+    TrainConfig,
     TrainData,
     pretrain_plan,
     self_supervised_run,
@@ -32,6 +34,19 @@ from owdfa.train_config import (
     with_method_optimizer,
 )
 from owdfa.training import TrainResult, run_training
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a pretrain or train run reads and writes: the stage's command-line paths."""
+
+    split: Path
+    faces: Path
+    out: Path  # the model directory
+    init: Path | None = None  # train: the pretrain model directory it starts from
+    live: Path | None = None  # train: the dvclive curves
+    checkpoints: Path | None = None  # the resume state of an interrupted run
+    metrics: Path | None = None  # pretrain: the starting features' known-class accuracy (JSON)
 
 
 def load_train_data(split_dir: Path, faces_dir: Path) -> tuple[TrainData, dict[str, Any]]:
@@ -83,21 +98,21 @@ def _card(
     )
 
 
-def pretrain(
-    section: Section,
-    split_dir: Path,
-    faces_dir: Path,
-    out: Path,
-    checkpoints: Path | None = None,
-    metrics: Path | None = None,
-) -> ModelCard | SkippedPretraining:
+def pretrain(section: Section, paths: RunPaths) -> ModelCard | SkippedPretraining:
     """The starting weights of every train run of a protocol, by `pretrain.mode` (`PretrainPlan`).
 
-    With `checkpoints`, an interrupted run resumes from its last epoch (SimCLR's phase keeps its own
-    in `self_supervised/` below it until the whole stage has finished). `metrics` receives the
-    starting features' known-class accuracy (`feature_probe`) in every mode, none included. In a
+    With `paths.checkpoints`, an interrupted run resumes from its last epoch (SimCLR's phase keeps its
+    own in `self_supervised/` below it until the whole stage has finished). `paths.metrics` receives
+    the starting features' known-class accuracy (`feature_probe`) in every mode, none included. In a
     multi-process run only rank 0 writes.
     """
+    split_dir, faces_dir, out, checkpoints, metrics = (
+        paths.split,
+        paths.faces,
+        paths.out,
+        paths.checkpoints,
+        paths.metrics,
+    )
     plan = pretrain_plan(section)
     data, classes = load_train_data(split_dir, faces_dir)
     is_main = world_from_env().is_main
@@ -225,26 +240,18 @@ def initial_state(init_dir: Path | None) -> dict | None:
 
 
 def train(
-    section: Section,
-    variant: Section,
-    method_name: str,
-    seed: int,
-    split_dir: Path,
-    faces_dir: Path,
-    init_dir: Path | None,
-    out: Path,
-    live_dir: Path | None,
-    checkpoints: Path | None = None,
+    section: Section, variant: Section, method_name: str, seed: int, paths: RunPaths, config: TrainConfig | None = None
 ) -> ModelCard:
-    """One training run; with `checkpoints`, an interrupted run resumes from its last epoch.
+    """One training run; with `paths.checkpoints`, an interrupted run resumes from its last epoch.
 
-    `section` is the train section; `variant` the run variant `method_name`, resolved
-    (`owdfa.methods.resolve_variant`). Its `optimizer:` overrides, if any, replace the train section's
-    optimiser settings.
+    `section` is the train section (`config` its parsed form, if the caller has it already);
+    `variant` the run variant `method_name`, resolved (`owdfa.methods.resolve_variant`). Its
+    `optimizer:` overrides, if any, replace the train section's optimiser settings.
     In a multi-process run only rank 0 writes the model directory (and the curves, checkpoints).
     """
+    split_dir, faces_dir, init_dir, checkpoints = paths.split, paths.faces, paths.init, paths.checkpoints
     method = method_from_variant(variant)
-    config = with_method_optimizer(train_config(section), variant)
+    config = with_method_optimizer(config or train_config(section), variant)
     data, classes = load_train_data(split_dir, faces_dir)
     result = run_training(
         config,
@@ -252,7 +259,7 @@ def train(
         method,
         seed=seed,
         init_state=initial_state(init_dir),
-        live_dir=live_dir,
+        live_dir=paths.live,
         desc=f"train {classes['protocol']}-{method_name}-{seed}",
         checkpoint_dir=checkpoints,
         fingerprint_extra=_data_identity(classes, faces_dir),
@@ -273,6 +280,6 @@ def train(
         pretrained_from=str(init_dir) if init_dir else None,
     )
     if result.is_main:
-        save_model_dir(out, result.model.state_dict(), card, result.best_val_state)
+        save_model_dir(paths.out, result.model.state_dict(), card, result.best_val_state)
         _finish(checkpoints)
     return card
