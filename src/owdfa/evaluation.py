@@ -44,7 +44,7 @@ from owdfa.model_card import ModelCard
 from owdfa.model_io import WEIGHTS, load_model
 from owdfa.numerics import configure_torch
 from owdfa.numerics import describe as describe_numerics
-from owdfa.uncertainty import mc_dropout_predict, occlusion_uncertainty_maps, uncertainty_summary
+from owdfa.uncertainty import McDropout, mc_dropout_predict, occlusion_uncertainty_maps, uncertainty_summary
 
 METRIC_CONVENTION = "owdfa (All: joint Hungarian; Known: direct; Novel: separate Hungarian) plus gcd_v1/gcd_v2"
 
@@ -126,11 +126,27 @@ def _clean(value: Any) -> Any:
     return round(float(value), 6)
 
 
-def _checkpoint_metrics(model_dir: Path, checkpoint: str, images, rows, targets, num_known, config, device):
+@dataclass(frozen=True)
+class ScoredCheckpoint:
+    """One checkpoint of a model directory on the test images: the model, its card, outputs and metrics."""
+
+    model: Any  # AttributionModel, on the device
+    card: ModelCard
+    logits: np.ndarray
+    features: np.ndarray
+    pred: np.ndarray
+    metrics: dict[str, Any]
+
+
+def _score_checkpoint(
+    model_dir: Path, checkpoint: str, images: np.ndarray, test: TestSet, config: EvaluateConfig, device
+) -> ScoredCheckpoint:
     model, card = load_model(model_dir, checkpoint)
     model.to(device)
-    logits, features, pred = predict(model, images, rows, config.batch_size, device, config.precision)
-    return model, card, logits, features, pred, evaluate_predictions(targets, pred, num_known)
+    logits, features, pred = predict(model, images, test.rows, config.batch_size, device, config.precision)
+    return ScoredCheckpoint(
+        model, card, logits, features, pred, evaluate_predictions(test.targets, pred, test.num_known)
+    )
 
 
 def _all_prototype_metrics(model, images, rows, targets, num_known, config, device) -> dict[str, Any]:
@@ -164,17 +180,16 @@ def evaluate(
             flush=True,
         )
     test = TestSet.of(manifest, classes)
-    metrics, (model, card, logits, features, pred, _) = _score_checkpoints(
-        model_dir, card, images, test, config, device
-    )
+    metrics, scored = _score_checkpoints(model_dir, card, images, test, config, device)
+    model, card, pred = scored.model, scored.card, scored.pred
     trajectory = card.k_trajectory
     metrics.update(_k_metrics(model, manifest, images, test, config, device))
-    confidence = max_softmax(logits)  # of the deterministic prediction, the one every metric above scores
+    confidence = max_softmax(scored.logits)  # of the deterministic prediction, the one every metric above scores
     mc = mc_dropout_predict(model, images, test.rows, config.mc_dropout_passes, config.batch_size, device, config.seed)
     reliability, calibration = _calibration(confidence, mc, pred, test, config)
     metrics["calibration"] = calibration
-    metrics = _clean(metrics)
-    _write_tables(out_dir, predictions_path, metrics, test, pred, confidence, mc, reliability, trajectory, card)
+    analysis = Analysis(test, scored, confidence, mc, reliability, calibration["ece"], _clean(metrics))
+    _write_tables(out_dir, predictions_path, analysis)
     run = {
         "protocol": classes["protocol"],
         "method": card.method,
@@ -199,22 +214,8 @@ def evaluate(
     if card.source is not None:  # only imported models: a trained run's run.json stays as it was
         run["imported"] = {"source": card.source, "trained_on": card.trained_on, "num_active": card.num_active}
     atomic_write_json(out_dir / "run.json", run)
-    _write_figures(
-        out_dir,
-        model,
-        images,
-        card,
-        test,
-        pred,
-        features,
-        confidence,
-        reliability,
-        calibration["ece"],
-        trajectory,
-        config,
-        device,
-    )
-    return metrics
+    _write_figures(out_dir, analysis, images, config, device)
+    return analysis.metrics
 
 
 # Per-epoch statistics worth following across epochs (besides K-hat): each method's own logged
@@ -255,6 +256,23 @@ class TestSet:
             k_true=int(classes["num_classes"]),
             class_names=[c["name"] for c in classes["classes"]],
         )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What evaluate computed on the analysed checkpoint, for its tables and figures."""
+
+    test: TestSet
+    scored: ScoredCheckpoint
+    confidence: np.ndarray  # max softmax of each deterministic prediction
+    mc: McDropout
+    reliability: pd.DataFrame
+    ece: float
+    metrics: dict[str, Any]  # both checkpoints', cleaned for JSON
+
+    @property
+    def trajectory(self) -> list[int]:
+        return self.scored.card.k_trajectory
 
 
 def analysed_checkpoint(card: ModelCard, config: EvaluateConfig) -> str:
@@ -307,7 +325,7 @@ def check_model_fits(
 
 def _score_checkpoints(
     model_dir: Path, card: ModelCard, images, test: TestSet, config: EvaluateConfig, device
-) -> tuple[dict, tuple]:
+) -> tuple[dict[str, Any], ScoredCheckpoint]:
     """Metrics of the last and (when there is one) the val_best checkpoint; the analysed one's outputs."""
     has_val_best = (model_dir / WEIGHTS["val_best"]).is_file()
     chosen = analysed_checkpoint(card, config)
@@ -316,16 +334,15 @@ def _score_checkpoints(
     metrics: dict[str, Any] = {}
     analysed = None
     for checkpoint in ("last", "val_best") if has_val_best else ("last",):
-        result = _checkpoint_metrics(
-            model_dir, checkpoint, images, test.rows, test.targets, test.num_known, config, device
-        )
-        metrics[checkpoint] = result[-1]
-        if result[1].dpp_faithful:
+        scored = _score_checkpoint(model_dir, checkpoint, images, test, config, device)
+        metrics[checkpoint] = scored.metrics
+        if scored.card.dpp_faithful:
             metrics[f"{checkpoint}_all_prototypes"] = _all_prototype_metrics(
-                result[0], images, test.rows, test.targets, test.num_known, config, device
+                scored.model, images, test.rows, test.targets, test.num_known, config, device
             )
         if checkpoint == chosen:
-            analysed = result
+            analysed = scored
+    assert analysed is not None  # `chosen` is last, or val_best which exists
     return metrics, analysed
 
 
@@ -369,9 +386,9 @@ def _calibration(confidence, mc, pred, test: TestSet, config: EvaluateConfig) ->
     }
 
 
-def _write_tables(
-    out_dir, predictions_path, metrics, test: TestSet, pred, confidence, mc, reliability, trajectory, card
-) -> None:
+def _write_tables(out_dir: Path, predictions_path: Path, analysis: Analysis) -> None:
+    test, pred, confidence, mc = analysis.test, analysis.scored.pred, analysis.confidence, analysis.mc
+    trajectory = analysis.trajectory
     predictions = pd.DataFrame(
         {
             "path": test.frame["path"].to_numpy(),
@@ -383,33 +400,22 @@ def _write_tables(
             "aleatoric": np.round(mc.aleatoric, 6),
         }
     )
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(out_dir / "metrics.json", analysis.metrics)
     atomic_write_text(
         out_dir / "confusion.csv",
         plots.confusion_pairs(test.targets, pred, test.class_names).to_csv(index=False, lineterminator="\n"),
     )
-    atomic_write_text(out_dir / "reliability.csv", reliability.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(out_dir / "reliability.csv", analysis.reliability.to_csv(index=False, lineterminator="\n"))
     k_table = pd.DataFrame({"epoch": range(1, len(trajectory) + 1), "k_hat": trajectory})
     atomic_write_text(out_dir / "k_trajectory.csv", k_table.to_csv(index=False, lineterminator="\n"))
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(predictions_path, predictions.to_csv(index=False, lineterminator="\n"))
 
 
-def _write_figures(
-    out_dir,
-    model,
-    images,
-    card,
-    test: TestSet,
-    pred,
-    features,
-    confidence,
-    reliability,
-    ece: float,
-    trajectory,
-    config: EvaluateConfig,
-    device,
-) -> None:
+def _write_figures(out_dir: Path, analysis: Analysis, images: np.ndarray, config: EvaluateConfig, device) -> None:
+    test, scored, confidence, trajectory = analysis.test, analysis.scored, analysis.confidence, analysis.trajectory
+    model, card, pred, features = scored.model, scored.card, scored.pred, scored.features
+    reliability, ece = analysis.reliability, analysis.ece
     key = out_dir.name
     title = f"{key} ({'imported' if card.source is not None else config.checkpoint} checkpoint)"
     targets, known_mask, class_names, num_known = test.targets, test.known_mask, test.class_names, test.num_known
