@@ -47,7 +47,7 @@ def test_training_ignores_hidden_labels(tiny_split, tmp_path, variant):
 
 
 @pytest.mark.slow
-def test_kmeans_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
+def test_estimate_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
     from owdfa.model_io import load_model
 
     faces, split, shuffled = tiny_split

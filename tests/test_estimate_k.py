@@ -377,7 +377,7 @@ class PixelFeatures(torch.nn.Module):
         return {"logits": features[:, :3], "features": features}
 
 
-def test_kmeans_k_estimate_returns_each_chosen_estimator():
+def test_estimate_k_estimate_returns_each_chosen_estimator():
     rng = np.random.default_rng(0)
     num_classes, per_class = 5, 40
     centres = rng.integers(0, 256, size=(num_classes, 4, 4, 3))
