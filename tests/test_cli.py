@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import types
@@ -561,7 +562,7 @@ def test_a_card_that_lies_is_refused_in_one_line_before_any_image_is_read(
 
 
 def _weights(model: AttributionModel, breakage: str) -> dict[str, torch.Tensor]:
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # "no_ffe": these weights, an FFE card
     if breakage in ("float16", "bfloat16"):
         return {k: v.to(getattr(torch, breakage)) if v.is_floating_point() else v for k, v in state.items()}
     if breakage == "int8":
@@ -576,6 +577,8 @@ def _weights(model: AttributionModel, breakage: str) -> dict[str, torch.Tensor]:
         state["num_active"] = torch.tensor(99)
     elif breakage == "extra":
         state["smuggled"] = torch.zeros(3)
+    elif breakage == "huge":  # finite, but logits of such weights overflow to infinite, uniform ones
+        state["prototypes"][0, 0] = 1e30
     return state
 
 
@@ -589,7 +592,9 @@ def _weights(model: AttributionModel, breakage: str) -> dict[str, torch.Tensor]:
         ("inf", "holds NaN or infinite values"),
         ("active_0", "num_active 0 is outside [3, 5]"),
         ("active_99", "num_active 99 is outside [3, 5]"),
-        ("extra", "weights do not match the card's model"),
+        ("extra", "weights do not match the card's model (unexpected smuggled)"),
+        ("huge", "tensor prototypes holds values up to 1e+30; beyond 1e+06 is refused"),
+        ("no_ffe", "card.json: model_options.ffe is true but the weights hold none of its tensors (ffe.*)"),
     ],
 )
 def test_weights_that_lie_are_refused_in_one_line(
@@ -598,11 +603,60 @@ def test_weights_that_lie_are_refused_in_one_line(
     from safetensors.torch import save_file
 
     target = tmp_path / "m"
-    save_model_dir(target, model.state_dict(), make_card())
+    options = {"ffe": breakage == "no_ffe", "patch_features": False}  # no_ffe: the card says FFE, the weights lack it
+    save_model_dir(target, model.state_dict(), make_card(model_options=options))
     save_file({k: v.contiguous() for k, v in _weights(model, breakage).items()}, str(target / "model.safetensors"))
     rc, out, err = call(capsys, "attribute", images / "blank.png", "--model", target)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and str(target) in err and message in err, err
+    # `owdfa info` shows the card and says, with attribute's reason, that the model is invalid
+    rc, out, err = call(capsys, "info", target)
+    assert rc == 2 and "backbone      test_resnet" in out
+    assert err.count("\n") == 1 and err.startswith("error: invalid model: ") and message in err, err
+
+
+def test_a_card_nested_deeper_than_any_card_is_one_line(
+    capsys: pytest.CaptureFixture, images: Path, model: AttributionModel, tmp_path: Path
+) -> None:
+    # valid JSON, 100,000 lists deep: the parser's recursion must not end in a traceback
+    target = tmp_path / "m"
+    save_model_dir(target, model.state_dict(), make_card())
+    card = (target / "card.json").read_text().rstrip().removesuffix("}")
+    deep = "[" * 100_000 + "]" * 100_000
+    for nested in (deep, "[" * 17 + "]" * 17):  # past the parser's limit, and past a card's (16 levels)
+        (target / "card.json").write_text(f'{card}, "history_extra": {nested}}}')
+        for command in (["info", target], ["attribute", images / "blank.png", "--model", target]):
+            rc, out, err = call(capsys, *command)
+            assert rc == 2 and err.count("\n") == 1, err[-500:]
+            assert f"{target}/card.json: nested deeper than a model card is (at most 16 levels)" in err, err
+
+
+def test_a_card_never_makes_attribute_read_a_file_outside_its_directory(
+    capsys: pytest.CaptureFixture, images: Path, model: AttributionModel, tmp_path: Path, monkeypatch
+) -> None:
+    # A stranger's card naming /etc/passwd as the landmark model: dlib is never handed it; the bundled
+    # model is used (with a note), as where the card's file is not here. A file inside the directory is used.
+    from owdfa.data import faces
+
+    opened: list[str] = []
+    real = faces.dlib.shape_predictor
+    monkeypatch.setattr(faces.dlib, "shape_predictor", lambda path: opened.append(path) or real(path))
+    bundled = faces.bundled_predictor_path()
+    target = tmp_path / "m"
+    aligned = {"mode": "aligned", "image_size": SIZE, "predictor": "/etc/passwd"}
+    save_model_dir(target, model.state_dict(), make_card(preprocessing=aligned))
+    rc, out, err = call(capsys, "attribute", images / "astronaut.jpg", "--model", target)
+    assert rc == 0, err
+    assert opened == [str(bundled)], opened
+    assert "the card's predictor /etc/passwd is outside the model directory: not read" in err
+    # a predictor inside the model directory (relative to it) is the card's own
+    shutil.copyfile(bundled, target / "landmarks.dat")  # a copy: a link out of the directory is outside it
+    card = json.loads((target / "card.json").read_text())
+    card["preprocessing"]["predictor"] = "landmarks.dat"
+    (target / "card.json").write_text(json.dumps(card))
+    opened.clear()
+    rc, out, err = call(capsys, "attribute", images / "astronaut.jpg", "--model", target)
+    assert rc == 0 and opened == [str((target / "landmarks.dat").resolve())] and "predictor" not in err, (opened, err)
 
 
 @pytest.mark.slow

@@ -433,3 +433,25 @@ def test_stage_subprocess(tmp_path, hub, dataset):
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
     assert unreachable.stderr.strip().startswith("error: cannot reach the Hub at http://127.0.0.1:")
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_entries_that_may_be_images_are_named_and_fail_the_fetch_unless_accepted(
+    tmp_path, hub, client_env, monkeypatch, capsys
+):
+    # A name longer than the file system takes cannot be written: the dataset would lack an image the
+    # source has, so fetch names it and fails (one line), unless data.hub.accept_skipped says so.
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    long_name = "1_Swap_Deepfakes/000_003/" + "x" * 300 + ".png"
+    hub.files["data/1_Swap_Deepfakes.zip"] = zip_bytes({"1_Swap_Deepfakes/000_003/000.png": png(5), long_name: png(9)})
+    with pytest.raises(DataError) as err:
+        fetch(data_section(tmp_path, classes=[1], predictor=False), tmp_path / "raw")
+    message = one_line(err)
+    assert message.startswith("1 zip entries that may be images were not extracted") and long_name in message
+    assert "data.hub.accept_skipped: true" in message
+    assert f"fetch: skipped 1_Swap_Deepfakes.zip: {long_name}: " in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()  # nothing half-written
+
+    summary = fetch(data_section(tmp_path, classes=[1], predictor=False, accept_skipped=True), tmp_path / "raw")
+    assert summary["classes"] == {"1_Swap_Deepfakes": 1}
+    source = json.loads((tmp_path / "raw" / "SOURCE.json").read_text())
+    assert [entry[0] for entry in source["skipped"]["1_Swap_Deepfakes"]["entries"]] == [long_name]

@@ -91,28 +91,42 @@ def face_settings(card: ModelCard, model_dir: Path, align: str, predictor: Path 
     mode = prep.mode if align == "auto" else align
     if mode != prep.mode and card.preprocessing is not None:
         note(f"--align {mode} overrides the card's {prep.mode} (the model was trained on {prep.mode} faces)")
-    predictor_path = _predictor_path(prep.predictor, predictor) if mode == "aligned" else None
+    predictor_path = _predictor_path(prep.predictor, predictor, model_dir) if mode == "aligned" else None
     return FaceSettings(replace(prep, mode=mode), None if predictor_path is None else str(predictor_path))
 
 
-def _predictor_path(recorded: str | None, given: Path | None) -> Path:
-    """The 68-landmark model: `given`, else the card's when it is here, else face-recognition-models' copy."""
+def _predictor_path(recorded: str | None, given: Path | None, model_dir: Path) -> Path:
+    """The 68-landmark model: `given` (the user's own), else the card's if it is a file inside the model
+    directory, else face-recognition-models' copy.
+
+    A card is input from elsewhere: a path it names outside its own directory is never read (the
+    training machine's path, or any file on this disk), only noted.
+    """
     from owdfa.data.faces import bundled_predictor_path
 
+    inside = _inside_model_dir(recorded, model_dir) if recorded not in (None, "auto") else None
     if given is not None:
         path = given
-    elif recorded in (None, "auto") or not Path(recorded).is_file():
+    elif inside is not None and inside.is_file():
+        path = inside
+    else:
         path = bundled_predictor_path()
         if recorded not in (None, "auto"):
-            note(f"the card's predictor {recorded} is not here: using face-recognition-models' copy")
-    else:
-        path = Path(recorded)
+            where = "is not here" if inside is not None else "is outside the model directory: not read"
+            note(f"the card's predictor {display_name(str(recorded))} {where}; using face-recognition-models' copy")
     if path is None or not path.is_file():
         raise DataError(
             f"68-landmark predictor not found ({path or 'face-recognition-models not installed'});"
             " give --predictor PATH"
         )
     return path
+
+
+def _inside_model_dir(recorded: str, model_dir: Path) -> Path | None:
+    """`recorded` (relative: to the model directory) if it resolves inside the model directory, else None."""
+    candidate = (model_dir / recorded).resolve()
+    root = model_dir.resolve()
+    return candidate if candidate != root and root in candidate.parents else None
 
 
 def make_aligner(settings: FaceSettings) -> FaceAligner:
@@ -258,6 +272,11 @@ def run_attribution(
                 continue
             index = np.asarray(slots, dtype=np.int64)
             logits, _, pred = predict(model, batch, index, batch_size, device)
+            if not np.isfinite(logits).all():  # weights that pass the load checks can still overflow
+                first = pending[int(np.argmin(np.isfinite(logits).all(axis=1)))].path
+                raise DataError(
+                    f"the model's logits are not finite (they overflow) on {first}: its weights are unusable"
+                )
             confidence = max_softmax(logits)  # the evaluate stage's confidence
             mc = None
             if mc_predict is not None:

@@ -301,17 +301,31 @@ def _check_import_target(out: Path, force: bool) -> None:
 
 
 def cmd_info(model_dir: Path, fmt: str) -> int:
-    """Show the card; a card that `owdfa attribute` would refuse is shown too, with what is wrong (status 2)."""
-    from owdfa.model_card import inspect_card
+    """Show the card; a model that `owdfa attribute` would refuse is shown too, said invalid and why (status 2).
+
+    The same checks as attribute's: the card's fields, then each checkpoint's weights against the card
+    (`attribution.load_checked_model`: dtypes, magnitudes, the architecture's tensors, a strict load).
+    """
+    from owdfa.attribution import load_checked_model
+    from owdfa.model_card import ModelCard, inspect_card
+    from owdfa.model_io import WEIGHTS
 
     inspection = inspect_card(model_dir)
     if fmt == "json":
         print(json.dumps(inspection.raw, indent=2))  # as written; JSON escapes every control character
     else:
         print(info_text(model_dir, inspection.card))
-    if inspection.problem is None:
+    problem = inspection.problem
+    if problem is None and isinstance(inspection.card, ModelCard):
+        for checkpoint in (name for name, file in WEIGHTS.items() if name == "last" or (model_dir / file).is_file()):
+            try:
+                load_checked_model(model_dir, checkpoint)
+            except DataError as exc:
+                problem = str(exc)
+                break
+    if problem is None:
         return 0
-    print(f"error: {display_name(inspection.problem)} (owdfa attribute refuses this model)", file=sys.stderr)
+    print(f"error: invalid model: {display_name(problem)} (owdfa attribute refuses this model)", file=sys.stderr)
     return 2
 
 

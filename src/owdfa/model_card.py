@@ -30,6 +30,8 @@ from owdfa.data.face_preprocessing import RANGES, FacePreprocessing
 from owdfa.errors import ConfigError, DataError
 
 CARD_FILE = "card.json"
+MAX_CARD_BYTES = 64 << 20  # far above any card written here (the embedded benchmark's: ~10 KB)
+MAX_CARD_DEPTH = 16  # a card's deepest value (history records in a list in the card) is 3 levels down
 CARD_FORMAT = 1
 MAX_PROTOTYPES = 10_000
 MODEL_OPTIONS = ("ffe", "patch_features")
@@ -174,18 +176,36 @@ def card_json(card: ModelCard | SkippedPretraining | Mapping[str, Any]) -> str:
 
 
 def read_card_json(model_dir: Path) -> dict[str, Any]:
-    """card.json as parsed, unchecked but for being a JSON object of this format."""
+    """card.json as parsed, unchecked but for being a JSON object of this format, of bounded size and depth."""
     path = model_dir / CARD_FILE
     if not path.is_file():
         raise DataError(f"{model_dir}: not a model directory ({CARD_FILE} missing)")
+    size = path.stat().st_size
+    if size > MAX_CARD_BYTES:
+        raise DataError(f"{path}: {size} bytes; a model card is at most {MAX_CARD_BYTES} bytes")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path}: malformed model card (not JSON)") from None
+    except RecursionError:  # the parser's own limit, far deeper than a card
+        raise DataError(f"{path}: nested deeper than a model card is (at most {MAX_CARD_DEPTH} levels)") from None
+    if _depth(raw) > MAX_CARD_DEPTH:
+        raise DataError(f"{path}: nested deeper than a model card is (at most {MAX_CARD_DEPTH} levels)")
     found = raw.get("format") if isinstance(raw, dict) else None
     if found != CARD_FORMAT:
         raise DataError(f"{path}: unsupported model card format {found!r}")
     return raw
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in parsed JSON, without recursion (a hostile card may nest deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def read_card(model_dir: Path) -> ModelCard | SkippedPretraining:

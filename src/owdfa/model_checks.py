@@ -17,10 +17,13 @@ if TYPE_CHECKING:
     from owdfa.model_card import ModelCard
 
 COUNT_BUFFERS = ("num_active", "num_batches_tracked")  # the only integer tensors of a saved model
+# No trained tensor comes near this (the pipeline's largest, BatchNorm statistics, stay below 1e3);
+# beyond it products of weights and features overflow float32 into infinite, uniform logits.
+MAX_MAGNITUDE = 1e6
 
 
 def check_weights(state: dict[str, Any], card: ModelCard, path: Path) -> None:
-    """Every tensor float32 (the count buffers int64) and finite, the active-prototype count in range.
+    """Every tensor float32 (the count buffers int64), finite and within MAX_MAGNITUDE; the active count in range.
 
     Names and shapes are the strict load's to check (`owdfa.model_io.build_model`): that load would
     silently cast another precision, so the dtypes are checked here, on the file's own tensors.
@@ -36,6 +39,10 @@ def check_weights(state: dict[str, Any], card: ModelCard, path: Path) -> None:
             )
         if want == torch.float32 and not bool(torch.isfinite(tensor).all()):
             raise DataError(f"{path}: tensor {name} holds NaN or infinite values")
+        largest = float(tensor.abs().max()) if want == torch.float32 and tensor.numel() else 0.0
+        if largest > MAX_MAGNITUDE:
+            limit = f"beyond {MAX_MAGNITUDE:g} is refused"
+            raise DataError(f"{path}: tensor {name} holds values up to {largest:.3g}; {limit}")
     prototypes = state.get("prototypes")
     if prototypes is None or prototypes.ndim != 2:
         raise DataError(f"{path}: no prototypes matrix (tensor prototypes, classes x features)")

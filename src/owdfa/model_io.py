@@ -61,16 +61,39 @@ def load_state(model_dir: Path, checkpoint: str = "last") -> dict[str, torch.Ten
 
 def build_model(card: ModelCard, state: dict[str, torch.Tensor], model_dir: Path) -> AttributionModel:
     """The card's model holding `state`, loaded strictly: every name and shape must match."""
-    model = AttributionModel(
-        card.backbone, card.num_prototypes, pretrained=False, dropout=card.dropout, **(card.model_options or {})
-    )
+    options = card.model_options or {}
+    model = AttributionModel(card.backbone, card.num_prototypes, pretrained=False, dropout=card.dropout, **options)
+    _check_same_tensors(model, state, options, model_dir)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise DataError(f"{model_dir}: weights do not match the card's model ({first})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "load_state_dict failed"
+        raise DataError(f"{model_dir}: weights do not match the card's model ({detail})") from None
     model.eval().to(memory_format=torch.channels_last)  # as it was trained (and the inputs arrive)
     return model
+
+
+def _check_same_tensors(model: AttributionModel, state: dict, options: dict[str, bool], model_dir: Path) -> None:
+    """The weights hold exactly the tensors of the card's model; an architectural option they contradict
+    is named (`model_options.ffe` is true, but there are no FFE tensors), any other difference listed."""
+    wanted = set(model.state_dict())
+    missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if not missing and not unexpected:
+        return
+    for option, prefix in AttributionModel.OPTION_TENSORS.items():
+        said = str(options.get(option, False)).lower()
+        if missing and all(name.startswith(prefix) for name in missing) and not unexpected:
+            problem = f"is {said} but the weights hold none of its tensors ({prefix}*)"
+        elif unexpected and all(name.startswith(prefix) for name in unexpected) and not missing:
+            problem = f"is {said} but the weights hold its tensors ({prefix}*)"
+        else:
+            continue
+        raise DataError(f"{model_dir / CARD_FILE}: model_options.{option} {problem}")
+    shown = [f"missing {name}" for name in missing[:2]] + [f"unexpected {name}" for name in unexpected[:2]]
+    more = len(missing) + len(unexpected) - len(shown)
+    listed = ", ".join(shown) + (f" and {more} more" if more else "")
+    raise DataError(f"{model_dir}: weights do not match the card's model ({listed})")
 
 
 def load_model(model_dir: Path, checkpoint: str = "last") -> tuple[AttributionModel, ModelCard]:

@@ -39,6 +39,16 @@ class ExtractReport:
     bytes: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def lost(self) -> list[tuple[str, str]]:
+        """The skipped entries that may have been data (not macOS forks or dotfiles, which never are)."""
+        return [(name, reason) for name, reason in self.skipped if reason not in NOT_DATA]
+
+
+MACOS_FORK = "macOS resource fork (__MACOSX)"
+HIDDEN_FILE = "hidden file"
+NOT_DATA = frozenset({MACOS_FORK, HIDDEN_FILE})  # skip reasons of entries no dataset consists of
+
 
 def entry_problem(name: str, external_attr: int) -> str | None:
     """Why an entry must not be extracted, or None if it is safe (directories included)."""
@@ -53,9 +63,9 @@ def entry_problem(name: str, external_attr: int) -> str | None:
     if ".." in parts:
         return "'..' path component"
     if any(p == _MACOS_FOLDER for p in parts):
-        return "macOS resource fork (__MACOSX)"
+        return MACOS_FORK
     if any(p.startswith(".") for p in parts):
-        return "hidden file"
+        return HIDDEN_FILE
     if "\0" in normalised:
         return "NUL in name"
     if any(len(os.fsencode(p)) > MAX_NAME_BYTES for p in parts):

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from owdfa.config import Section, check_keys, load_section
+from owdfa.data.archive import ExtractReport
 from owdfa.data.index import IMAGE_SUFFIXES
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 from owdfa.data.synthetic import METHODS, SyntheticConfig, images_for, write_benchmark
@@ -31,7 +32,6 @@ from owdfa.io import atomic_directory
 SOURCES = ("synthetic", "hub", "folder")
 FOLDER_KEYS = ("path",)
 _CLASS_FOLDER = re.compile(r"^(\d+)_(.+)$")
-_SKIPPED_SHOWN = 20  # skipped zip entries listed per class in SOURCE.json (all are counted)
 
 
 def synthetic_config(section: Section) -> SyntheticConfig:
@@ -87,6 +87,7 @@ def _fetch_hub(section: Section, out: Path) -> dict:
     fetched = download(config)
     with atomic_directory(out) as tmp:
         reports = unpack(config, fetched, tmp)
+        _check_skipped(reports, config.accept_skipped, section.key("accept_skipped"))
         classes = {folder: count_images(tmp / folder) for folder in config.folders}
         summary = {
             "source": "hub",
@@ -101,7 +102,7 @@ def _fetch_hub(section: Section, out: Path) -> dict:
                 folder: {
                     "count": len(report.skipped),
                     "reasons": dict(Counter(reason for _, reason in report.skipped)),
-                    "entries": [list(entry) for entry in report.skipped[:_SKIPPED_SHOWN]],
+                    "entries": [list(entry) for entry in report.skipped],
                 }
                 for folder, report in reports.items()
                 if report.skipped
@@ -109,6 +110,27 @@ def _fetch_hub(section: Section, out: Path) -> dict:
         }
         _write_source(tmp, summary)  # a function of the data only: no warnings, which depend on the network
     return {**summary, "warnings": list(fetched.warnings)}
+
+
+def _check_skipped(reports: dict[str, ExtractReport], accepted: bool, key: str) -> None:
+    """Name every skipped zip entry on stderr; fail if any may have been an image, unless `accepted`.
+
+    A source whose image could not be written must not give a dataset that silently lacks it.
+    """
+    lost = 0
+    first = ""
+    for folder, report in reports.items():
+        for name, reason in report.skipped:
+            print(f"fetch: skipped {folder}.zip: {display_name(name)}: {reason}", file=sys.stderr)
+        if report.lost and not first:
+            name, reason = report.lost[0]
+            first = f"{folder}.zip: {display_name(name)}: {reason}"
+        lost += len(report.lost)
+    if lost and not accepted:
+        raise DataError(
+            f"{lost} zip entries that may be images were not extracted (the first: {first}; all are listed above); "
+            f"to fetch without them set {key}: true"
+        )
 
 
 # --------------------------------------------------------------------------------------------

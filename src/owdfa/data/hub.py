@@ -80,6 +80,9 @@ class HubConfig:
     predictor: bool = param()
     max_extracted_bytes: int = param(key="max_extracted_gb", read=_extracted_bytes)  # per zip
     download_dir: Path = param(read=_download_dir)
+    # true: a fetch that had to skip zip entries which may be images (names too long or too deep for
+    # the file system, unsafe paths, links, duplicates) still succeeds; SOURCE.json lists them
+    accept_skipped: bool = param(False, optional=True)
 
     def validate(self, section: Section) -> None:
         if not _REPO_ID.match(self.repo_id):

@@ -19,6 +19,8 @@ the weights and an offline evaluation sees the classifier that training saw.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,9 @@ class AttributionModel(nn.Module):
     @property
     def options(self) -> dict[str, bool]:
         return {"ffe": self.ffe is not None, "patch_features": self.patch_necks is not None}
+
+    # each architectural option (`options`, a card's `model_options`) -> the prefix of its tensors
+    OPTION_TENSORS: ClassVar[dict[str, str]] = {"ffe": "ffe.", "patch_features": "patch_necks."}
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0,1] float NCHW -> ImageNet-normalised float."""
