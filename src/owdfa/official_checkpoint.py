@@ -422,6 +422,11 @@ def _refused(path: Path, name: str) -> DataError:
     return DataError(f"{path}: refused to unpickle {name} (only tensors and plain data are read)")
 
 
+# What reading a damaged record raises; NotImplementedError and RuntimeError: flags torch.save never
+# sets (encryption, patched data) on a flipped bit.
+UNREADABLE_RECORD = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError)
+
+
 def _read_zip_pickle(path: Path) -> bytes:
     """The zip's `data.pkl`, after the archive's structure and every record's CRC are checked."""
     with open(path, "rb") as handle:
@@ -436,6 +441,8 @@ def _read_zip_pickle(path: Path) -> bytes:
         if head[:1] == b"\x80":
             raise DataError(f"{path}: a legacy (pre-zip) torch pickle; only torch.save's zip format is read") from None
         raise DataError(f"{path}: not a PyTorch checkpoint (not a zip archive)") from None
+    except (zipfile.LargeZipFile, EOFError, UnicodeDecodeError, ValueError, NotImplementedError) as exc:
+        raise DataError(f"{path}: truncated or corrupt checkpoint (damaged zip directory: {one_line(exc)})") from None
     except OSError as exc:
         raise DataError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
     with archive:
@@ -451,7 +458,7 @@ def _read_zip_pickle(path: Path) -> bytes:
         try:
             damaged = archive.testzip()
             data = archive.read(pickles[0])
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        except (*UNREADABLE_RECORD, OSError) as exc:
             raise DataError(f"{path}: truncated or corrupt checkpoint ({one_line(exc)})") from None
         if damaged is not None:
             raise DataError(f"{path}: corrupt checkpoint (CRC mismatch in {damaged})")

@@ -81,13 +81,18 @@ def entry_problem(name: str, external_attr: int) -> str | None:
     return None
 
 
+# What zipfile raises on opening a damaged archive: besides BadZipFile, a central directory may hold a
+# name that is not the UTF-8 its flag promises, or claim a zip version zipfile does not implement.
+DAMAGED_ZIP = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, ValueError, NotImplementedError)
+
+
 def extract_zip(zip_path: Path, dest: Path, max_bytes: int) -> ExtractReport:
     """Extract `zip_path` into `dest`; refuse the archive (DataError) if it is corrupt or too big."""
     zip_path = Path(zip_path)
     dest = Path(dest)
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+    except DAMAGED_ZIP as exc:
         raise DataError(f"{zip_path}: not a zip file or truncated ({exc}); delete it and fetch again") from None
     except OSError as exc:
         raise DataError(f"{zip_path}: cannot read ({exc.strerror or exc})") from None
