@@ -18,24 +18,24 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from owdfa.config import Section
 from owdfa.errors import ConfigError, DataError
 from owdfa.io import atomic_directory, atomic_write_json
-
-if TYPE_CHECKING:
-    from owdfa.methods.base import Method
 
 METHOD_KEY = "method"  # a variant's method: a registered class's `name`
 BASE_KEY = "base"  # a variant this one differs from
 MAX_BASE_DEPTH = 32  # bases deeper than any sensible ablation tree are a mistake (or a cycle)
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file name and part of a stage name
 
-METHODS: dict[str, type[Method]] = {}  # a variant's `method:` -> its class; filled by `@register_method`
+# A variant's `method:` -> its class (a subclass of owdfa.methods.base.Method, which imports this
+# module: the registry names no class of its own, so the import runs one way); `@register_method` fills it.
+METHODS: dict[str, Any] = {}
+MethodClass = TypeVar("MethodClass", bound=type)
 
 
-def register_method(cls: type[Method]) -> type[Method]:
+def register_method(cls: MethodClass) -> MethodClass:
     """Class decorator: make a method class available to run variants as `method: <cls.name>`."""
     if not cls.name or cls.name in METHODS:
         raise ValueError(f"{cls.__name__}: method name {cls.name!r} is empty or already registered")
@@ -86,7 +86,7 @@ def _merged(base: dict[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def method_from_variant(variant: Section) -> Method:
+def method_from_variant(variant: Section) -> Any:
     """The method object of a resolved variant (its `method:` picks the class, the rest are its fields)."""
     if variant.has("loss") and not variant.has(METHOD_KEY):  # params of owdfa before the rename
         raise ConfigError(variant.key("loss"), f"renamed: a variant names its method with `{METHOD_KEY}:`")
@@ -94,7 +94,7 @@ def method_from_variant(variant: Section) -> Method:
     return METHODS[method].from_section(variant)
 
 
-def build_method(variant: str, methods: Section) -> Method:
+def build_method(variant: str, methods: Section) -> Any:
     """Instantiate the run variant `variant` of the variants `methods` (bases resolved)."""
     return method_from_variant(resolve_variant(methods, variant))
 
