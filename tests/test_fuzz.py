@@ -319,6 +319,7 @@ CHECKPOINT_PAYLOADS = st.sampled_from(
 @example(payload={"state_dict": {"w": torch.zeros(2)}}, flips=[(1024, 64)])  # found: strong encryption flag
 @example(payload={"state_dict": {"w": torch.zeros(2)}}, flips=[(1024, 32)])  # found: patched data flag
 @example(payload={"state_dict": {"w": torch.zeros(2)}}, flips=[(1024, 1)])  # found: encrypted (RuntimeError)
+@example(payload={"hook": _Runs()}, flips=[(19688, 12), (19688, 101)])  # found: a newline in a record's name
 def test_official_checkpoint_reads_data_or_gives_one_error_and_never_runs_code(
     payload: Any, flips: list[tuple[int, int]]
 ) -> None:

@@ -454,14 +454,14 @@ def _read_zip_pickle(path: Path) -> bytes:
             raise DataError(f"{path}: not a torch.save checkpoint (no data.pkl record in the zip)")
         compressed = next((i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
         if compressed is not None:
-            raise DataError(f"{path}: {compressed} is compressed; torch.save never compresses (refused)")
+            raise DataError(f"{path}: {display_name(compressed)} is compressed; torch.save never compresses (refused)")
         try:
             damaged = archive.testzip()
             data = archive.read(pickles[0])
         except (*UNREADABLE_RECORD, OSError) as exc:
             raise DataError(f"{path}: truncated or corrupt checkpoint ({one_line(exc)})") from None
         if damaged is not None:
-            raise DataError(f"{path}: corrupt checkpoint (CRC mismatch in {damaged})")
+            raise DataError(f"{path}: corrupt checkpoint (CRC mismatch in {display_name(damaged)})")
     return data
 
 
