@@ -63,22 +63,26 @@ def main() -> None:
         calibration, wall = run(name, "ci", CI_EXAMPLES)
         phases = [float(t) for t in PHASE.findall(calibration.stdout)]
         per_example = (sum(phases) if phases else wall) / CI_EXAMPLES
-        examples = max(CI_EXAMPLES, int((share - wall) / max(per_example, 1e-4)))  # the rest of its share
-        done, seconds = run(name, "long", examples)
-        counts = [tuple(map(int, m)) for m in STATS.findall(done.stdout)]
-        passing, failing, invalid = (sum(c[i] for c in counts) for i in range(3)) if counts else (0, 0, 0)
-        ok = done.returncode == 0
+        totals = {"asked": 0, "passing": 0, "failing": 0, "invalid": 0, "runs": 0}
+        spent, ok, tail = wall, True, ""
+        while ok and spent < share:  # runs of new random examples until the target's share is spent
+            examples = max(CI_EXAMPLES, int((share - spent) / max(per_example, 1e-4)))
+            done, seconds = run(name, "long", examples)
+            counts = [tuple(map(int, m)) for m in STATS.findall(done.stdout)]
+            passing, failing, invalid = (sum(c[i] for c in counts) for i in range(3)) if counts else (0, 0, 0)
+            phases = [float(t) for t in PHASE.findall(done.stdout)]
+            per_example = max(sum(phases) if phases else seconds, 1e-3) / max(passing + invalid, 1)
+            for key, value in (("asked", examples), ("passing", passing), ("failing", failing), ("invalid", invalid)):
+                totals[key] += value
+            totals["runs"] += 1
+            spent += seconds
+            ok = done.returncode == 0
+            tail = "" if ok else done.stdout[-3000:]
         failed |= not ok
-        report["targets"][name] = {
-            "asked": examples,
-            "passing": passing,
-            "failing": failing,
-            "invalid": invalid,
-            "seconds": round(seconds, 1),
-            "ok": ok,
-            **({} if ok else {"output_tail": done.stdout[-3000:]}),
-        }
-        print(f"{name}: {passing} passing, {failing} failing, {invalid} invalid in {seconds:.0f} s", flush=True)
+        found = {"output_tail": tail} if tail else {}
+        report["targets"][name] = {**totals, "seconds": round(spent, 1), "ok": ok, **found}
+        line = f"{totals['passing']} passing, {totals['failing']} failing, {totals['invalid']} invalid"
+        print(f"{name}: {line} in {spent:.0f} s ({totals['runs']} runs)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

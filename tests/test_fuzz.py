@@ -214,6 +214,7 @@ def _keys(section: dict[str, Any]) -> list[str]:
 
 @given(case=_params_changes())
 @example(case=("train", {"epochs": float("inf")}))
+@example(case=("evaluate", {"uncertainty_maps": {"\n": None}}))  # found: a key with a newline, a two-line error
 def test_params_section_gives_a_config_or_one_error(case: tuple[str, dict[str, Any]]) -> None:
     name, data = case
     try:

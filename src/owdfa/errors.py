@@ -12,13 +12,24 @@ class OwdfaError(Exception):
     """An error caused by input the user controls; its message is shown as is."""
 
 
+def printable(text: str) -> str:
+    """`text` as one printable line: where it holds a control character (a key from a hostile file can),
+    every non-ASCII character escaped as Python writes it, so an error stays one line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 class ConfigError(OwdfaError):
     """A params.yaml value is missing, of the wrong type or impossible."""
 
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
-        self.problem = problem  # without the file: readers of other files name theirs (`<dir>/card.json: <key>: ...`)
-        super().__init__(f"params.yaml: {key}: {problem}")
+        self.problem = problem
+        super().__init__(f"params.yaml: {self.located}")
+
+    @property
+    def located(self) -> str:
+        """`<key>: <problem>`, printable: a reader of another file prefixes it with that file's name."""
+        return f"{printable(self.key)}: {printable(self.problem)}"
 
 
 class DataError(OwdfaError):

@@ -103,7 +103,7 @@ class ModelCard:
         try:
             return cls(**_fields(Section(raw, "card"), lenient=False))
         except ConfigError as exc:
-            raise DataError(f"{where}: {exc.key}: {exc.problem}") from None
+            raise DataError(f"{where}: {exc.located}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields (without `format`), None left out but for WRITTEN_WHEN_NULL (module docstring)."""

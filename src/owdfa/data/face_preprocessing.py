@@ -72,7 +72,7 @@ class FacePreprocessing:
         try:
             return cls.from_section(Section(raw, "preprocessing"))
         except ConfigError as exc:
-            raise DataError(f"{where}: {exc.key}: {exc.problem}") from None
+            raise DataError(f"{where}: {exc.located}") from None
 
     @classmethod
     def from_section(cls, record: Section, extra_keys: tuple[str, ...] = ()) -> FacePreprocessing:
