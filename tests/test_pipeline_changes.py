@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import yaml
 from helpers.tiny_pipeline import (
     EVALUATE_STAGES,
     PRETRAIN_STAGES,
@@ -59,9 +60,12 @@ def test_a_method_variant_key_reruns_only_that_variants_runs(tiny_repo: TinyRepo
 
 
 def test_editing_a_base_reruns_the_variants_built_on_it_and_no_other(tiny_repo: TinyRepo) -> None:
-    # `cal` rewritten as a difference from `cal_abl3` (which is `cal` without ACR) resolves to the same
-    # settings, so no run re-runs; an edit of the base then reaches `cal`'s runs, not `baseline`'s.
-    as_difference = {"methods.cal": {"base": "cal_abl3", "acr": True}}
+    # `cal_abl3` written out in full (cal's settings without ACR) and `cal` rewritten as a difference
+    # from it resolve to the same settings, so no run re-runs; an edit of the base then reaches `cal`'s
+    # runs, not `baseline`'s.
+    cal = yaml.safe_load(tiny_repo.baseline_params)["methods"]["cal"]
+    assert "base" not in cal
+    as_difference = {"methods.cal_abl3": {**cal, "acr": False}, "methods.cal": {"base": "cal_abl3", "acr": True}}
     with tiny_repo.params(as_difference):
         assert rerun_variants(tiny_repo) == set()
     with tiny_repo.params({**as_difference, "methods.cal_abl3.ccr_weight": 0.3}):

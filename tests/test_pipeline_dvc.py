@@ -173,7 +173,7 @@ def test_killed_repro_resumes_training(tiny_repo: TinyRepo) -> None:
         ({"run.protocols": ["p9"]}, "split@p9", "'p9'"),
         ({"train.epochs": -1}, "train@p1-baseline-0", "train.epochs"),
         ({"data.source": "hub"}, "fetch", "data.source"),
-        ({"methods.cal.base": "cal_abl9"}, "variants", "methods.cal.base"),
+        ({"methods.cal_dpp.base": "cal_abl9"}, "variants", "methods.cal_dpp.base"),
     ],
     ids=["split-budget", "unknown-protocol", "negative-epochs", "hub-source", "unknown-base"],
 )
