@@ -8,6 +8,7 @@ checked against Python's own import machinery, and on a hand-listed case.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -85,7 +86,9 @@ def test_closure_covers_what_python_imports(module: str) -> None:
         "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
         "if (n == 'owdfa' or n.startswith('owdfa.')) and getattr(m, '__file__', None))))"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    # This checkout's src/ first: the closure is computed from its files, whichever checkout is installed.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     ran = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(out.stdout)}
     assert ran <= set(module_closure(module)), sorted(ran - set(module_closure(module)))
 
