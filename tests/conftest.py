@@ -36,6 +36,7 @@ HEAVIEST_FIRST = (
     "test_numerics.py",
     "test_official_cli.py",
     "test_pipeline_folder.py",
+    "test_full_disk.py",
     "test_checkpoints.py",
     "test_ddp.py",
     "test_cli.py",

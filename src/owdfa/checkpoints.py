@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm import tqdm
 
 from owdfa.import_closure import REPO_ROOT, module_closure
-from owdfa.io import atomic_write_text
+from owdfa.io import atomic_write_text, writing
 from owdfa.numerics import describe as describe_numerics
 
 if TYPE_CHECKING:
@@ -218,10 +218,17 @@ def save_checkpoint(
     }
     final = directory / f"epoch-{len(history):04d}.safetensors"
     tmp = directory / f".{final.name}.tmp"
-    save_file(tensors, str(tmp), metadata={"owdfa": json.dumps(meta)})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+    data = save(tensors, metadata={"owdfa": json.dumps(meta)})
+    with writing(final):  # a full disk: one line, the previous checkpoint kept, no partial file left
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     _fsync_dir(directory)
     clear_checkpoints(directory, keep=final)
     return final

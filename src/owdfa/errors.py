@@ -34,3 +34,7 @@ class ConfigError(OwdfaError):
 
 class DataError(OwdfaError):
     """An input file or folder is missing, unreadable or inconsistent."""
+
+
+class OutputError(OwdfaError):
+    """An output could not be written: a full disk, a file-size limit, a read-only folder."""

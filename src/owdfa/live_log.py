@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from owdfa.io import atomic_write_text
+from owdfa.io import atomic_write_text, writing
 
 
 def log_record(live: Any, record: dict[str, Any]) -> None:
-    for k, v in record.items():
-        if k != "epoch":
-            live.log_metric(k, round(float(v), 6))
-    live.next_step()
+    with writing(Path(live.dir)):  # dvclive appends to its files: a refused write names the folder
+        for k, v in record.items():
+            if k != "epoch":
+                live.log_metric(k, round(float(v), 6))
+        live.next_step()
+
+
+def close_live(live: Any) -> None:
+    with writing(Path(live.dir)):
+        live.end()
 
 
 def open_live(live_dir: Path | None, history: list[dict[str, Any]]):
@@ -25,10 +31,15 @@ def open_live(live_dir: Path | None, history: list[dict[str, Any]]):
     """
     if live_dir is None:
         return None
+    options = {"dir": str(live_dir), "dvcyaml": None, "save_dvc_exp": False, "report": None}
+    with writing(Path(live_dir)):
+        return _open(options, Path(live_dir), history)
+
+
+def _open(options: dict[str, Any], live_dir: Path, history: list[dict[str, Any]]) -> Any:
     from dvclive import Live
 
-    options = {"dir": str(live_dir), "dvcyaml": None, "save_dvc_exp": False, "report": None}
-    if history and trim_live(Path(live_dir), history):
+    if history and trim_live(live_dir, history):
         live = Live(resume=True, **options)
         for k, v in history[-1].items():  # the summary of the last kept epoch, not of a dropped one
             if k != "epoch":

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from owdfa.errors import DataError
 from owdfa.io import atomic_directory
@@ -40,10 +40,12 @@ def save_model_dir(
     A mapping as `card` is written as it is: a hand-made card (the tests make broken ones this way).
     """
     with atomic_directory(out) as tmp:
+        # Serialised in memory and written by Python: a refused write is an OSError, which
+        # atomic_directory names (safetensors' own file writer reports it as a string).
         if state is not None:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS["last"]))
+            (tmp / WEIGHTS["last"]).write_bytes(save({k: v.contiguous() for k, v in state.items()}))
         if val_best_state is not None:
-            save_file({k: v.contiguous() for k, v in val_best_state.items()}, str(tmp / WEIGHTS["val_best"]))
+            (tmp / WEIGHTS["val_best"]).write_bytes(save({k: v.contiguous() for k, v in val_best_state.items()}))
         (tmp / CARD_FILE).write_text(card_json(card))
 
 

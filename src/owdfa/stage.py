@@ -1,7 +1,9 @@
 """Running an entry point (a stage script, the `owdfa` command): user mistakes become one line on stderr.
 
 One rule for both: an `OwdfaError` (and whatever else the caller names) prints `error: <message>` and
-gives exit status 2, an interrupt prints `error: interrupted` and gives 130; never a traceback.
+gives exit status 2, as does a write the disk refuses (full, a file-size limit, read-only) where no
+code nearer the write named its output; an interrupt prints `error: interrupted` and gives 130;
+never a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from owdfa.errors import OwdfaError
+from owdfa.io import write_failure
 
 
 def exit_status(main: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (OwdfaError,)) -> int:
@@ -18,6 +21,11 @@ def exit_status(main: Callable[[], int | None], errors: tuple[type[BaseException
         return int(main() or 0)
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if (message := write_failure(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

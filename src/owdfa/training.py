@@ -39,7 +39,7 @@ from owdfa.data.views import single_view, strong_view, weak_view
 from owdfa.devices import autocast, batch_images, describe_device, effective_precision, pick_device
 from owdfa.distributed import World, device_for, prepare_model, process_group, world_from_env
 from owdfa.inference import predict
-from owdfa.live_log import log_record, open_live
+from owdfa.live_log import close_live, log_record, open_live
 from owdfa.methods.base import Method, StepInput
 from owdfa.models import AttributionModel
 from owdfa.numerics import configure_torch
@@ -287,7 +287,7 @@ def run_training(
                     + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
                 )
         if live is not None:
-            live.end()
+            close_live(live)
         world.barrier()
     return TrainResult(
         model=model.cpu(),

@@ -167,7 +167,7 @@ def align(
     failures: Counter[str] = Counter()
     with atomic_directory(out) as tmp:
         partial = tmp / f".{IMAGES_FILE}.partial"
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
+        images = _new_array(partial, (len(rows), size, size, 3))
         bar = tqdm(
             total=len(jobs),
             desc=f"align ({settings.mode})",
@@ -221,6 +221,18 @@ def align(
     return summary
 
 
+def _new_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A uint8 .npy file mapped for writing, its blocks reserved on the disk first.
+
+    A mapped file is sparse until written: on a full disk the page that finds no block kills the
+    process with SIGBUS. Reserved up front, a full disk is an OSError here (one line, by the caller).
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    return array
+
+
 def _finish_images(partial: Path, final: Path, kept: int, shape: tuple[int, int, int]) -> None:
     """Rename the full-length array, or copy its first `kept` rows when images were skipped."""
     source = np.load(partial, mmap_mode="r")
@@ -228,7 +240,7 @@ def _finish_images(partial: Path, final: Path, kept: int, shape: tuple[int, int,
         del source
         os.replace(partial, final)
         return
-    target = np.lib.format.open_memmap(final, mode="w+", dtype=np.uint8, shape=(kept, *shape))
+    target = _new_array(final, (kept, *shape))
     step = 1024
     for start in range(0, kept, step):
         target[start : start + step] = source[start : min(start + step, kept)]
