@@ -35,6 +35,7 @@ from owdfa.methods.base import Supervised
 from owdfa.metrics import evaluate_predictions, per_class_acc
 from owdfa.model_io import load_model
 from owdfa.train_config import TrainData, train_config
+from owdfa.train_state import RunOptions
 from owdfa.training import run_training
 from owdfa.training_stages import load_train_data
 
@@ -55,7 +56,12 @@ def upper_bound(train_section: Section, split_dir: Path, faces_dir: Path, seed: 
         num_classes=data.num_classes,
     )
     result = run_training(
-        config, oracle, Supervised(), num_prototypes=data.num_classes, seed=seed, desc=f"oracle {classes['protocol']}"
+        config,
+        oracle,
+        Supervised(),
+        num_prototypes=data.num_classes,
+        seed=seed,
+        options=RunOptions(desc=f"oracle {classes['protocol']}"),
     )
     test = manifest[manifest["split"] == "test"]
     _, _, pred = predict(result.model, data.images, test["row"].to_numpy(np.int64), 256, pick_device("auto"))

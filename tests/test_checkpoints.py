@@ -29,6 +29,7 @@ from owdfa.methods.base import Baseline, Method
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
 from owdfa.train_config import TrainConfig
+from owdfa.train_state import RunOptions
 from owdfa.training import TrainResult, run_training
 
 
@@ -111,10 +112,12 @@ def test_interrupted_run_resumes_bit_for_bit(name, tmp_path):
     data = tiny_data()
     whole = run_training(CONFIG, data, METHODS[name](), seed=0)
     with pytest.raises(Interrupted):
-        run_training(CONFIG, data, interrupt_at(METHODS[name](), 2), seed=0, checkpoint_dir=tmp_path)
+        run_training(
+            CONFIG, data, interrupt_at(METHODS[name](), 2), seed=0, options=RunOptions(checkpoint_dir=tmp_path)
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-0002.safetensors"]
     method = METHODS[name]()
-    resumed = run_training(CONFIG, data, method, seed=0, checkpoint_dir=tmp_path)
+    resumed = run_training(CONFIG, data, method, seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     assert_same(resumed, whole)
     if name == "cal_dpp":
         reference = METHODS[name]()
@@ -125,17 +128,17 @@ def test_interrupted_run_resumes_bit_for_bit(name, tmp_path):
 @pytest.mark.slow
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path, capsys):
     data = tiny_data()
-    run_training(CONFIG, data, Baseline(), seed=0, checkpoint_dir=tmp_path)
+    run_training(CONFIG, data, Baseline(), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     other = TrainConfig(**{**CONFIG.__dict__, "lr": 1e-3})
     fresh = run_training(other, data, Baseline(), seed=0)
     capsys.readouterr()
-    result = run_training(other, data, Baseline(), seed=0, checkpoint_dir=tmp_path)
+    result = run_training(other, data, Baseline(), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     assert "is from a different run" in capsys.readouterr().out
     assert_same(result, fresh)
     # Same params, other method hyper-parameter or seed: also another run.
     capsys.readouterr()
-    run_training(other, data, Baseline(distill_weight=0.3), seed=0, checkpoint_dir=tmp_path)
-    run_training(other, data, Baseline(distill_weight=0.3), seed=1, checkpoint_dir=tmp_path)
+    run_training(other, data, Baseline(distill_weight=0.3), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
+    run_training(other, data, Baseline(distill_weight=0.3), seed=1, options=RunOptions(checkpoint_dir=tmp_path))
     assert capsys.readouterr().out.count("is from a different run") == 2
 
 
@@ -143,10 +146,10 @@ def test_half_written_or_damaged_files_are_skipped(tmp_path):
     data = tiny_data()
     whole = run_training(CONFIG, data, CPL(), seed=0)
     with pytest.raises(Interrupted):
-        run_training(CONFIG, data, interrupt_at(CPL(), 3), seed=0, checkpoint_dir=tmp_path)
+        run_training(CONFIG, data, interrupt_at(CPL(), 3), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     (tmp_path / ".epoch-0004.safetensors.tmp").write_bytes(b"killed while writing")
     (tmp_path / "epoch-0009.safetensors").write_bytes(b"\x00" * 100)  # not a checkpoint of ours
-    resumed = run_training(CONFIG, data, CPL(), seed=0, checkpoint_dir=tmp_path)
+    resumed = run_training(CONFIG, data, CPL(), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     assert_same(resumed, whole)
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-0004.safetensors"]
 
@@ -155,7 +158,11 @@ def test_checkpoint_is_safetensors_with_json(tmp_path):
     from owdfa.checkpoints import read_checkpoint
 
     run_training(
-        TrainConfig(**{**CONFIG.__dict__, "epochs": 1}), tiny_data(), cal_dpp(), seed=0, checkpoint_dir=tmp_path
+        TrainConfig(**{**CONFIG.__dict__, "epochs": 1}),
+        tiny_data(),
+        cal_dpp(),
+        seed=0,
+        options=RunOptions(checkpoint_dir=tmp_path),
     )
     found = read_checkpoint(tmp_path / "epoch-0001.safetensors")
     assert found.meta["epochs_done"] == 1 and len(found.meta["history"]) == 1
@@ -172,28 +179,36 @@ def test_curves_continue_exactly(tmp_path, monkeypatch, lose_live_dir):
     With the curve folder gone (DVC removes non-persistent outputs), it is rewritten from the history.
     """
     import owdfa.live_log as live_log
-    import owdfa.training as training
+    from owdfa.checkpoints import Checkpointer
 
     monkeypatch.chdir(tmp_path)
     data = tiny_data()
-    run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "whole")
-    save = training.save_checkpoint
+    run_training(CONFIG, data, Baseline(), seed=0, options=RunOptions(live_dir=tmp_path / "whole"))
+    save = Checkpointer.save
 
-    def killed_at_third(directory, fingerprint, **kwargs):
-        if len(kwargs["history"]) == 3:
+    def killed_at_third(checkpointer, state):
+        if len(state.history) == 3:
             raise Interrupted
-        return save(directory, fingerprint, **kwargs)
+        return save(checkpointer, state)
 
-    monkeypatch.setattr(training, "save_checkpoint", killed_at_third)
+    monkeypatch.setattr(Checkpointer, "save", killed_at_third)
     with pytest.raises(Interrupted):
-        run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck")
-    monkeypatch.setattr(training, "save_checkpoint", save)
+        run_training(
+            CONFIG,
+            data,
+            Baseline(),
+            seed=0,
+            options=RunOptions(live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck"),
+        )
+    monkeypatch.setattr(Checkpointer, "save", save)
     assert (tmp_path / "live" / "plots" / "metrics" / "lr.tsv").read_text().count("\n") == 4  # header + 3 epochs
     if lose_live_dir:
         shutil.rmtree(tmp_path / "live")
     trims = []
     trim = live_log.trim_live
     monkeypatch.setattr(live_log, "trim_live", lambda *args: trims.append(trim(*args)) or trims[-1])
-    run_training(CONFIG, data, Baseline(), seed=0, live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck")
+    run_training(
+        CONFIG, data, Baseline(), seed=0, options=RunOptions(live_dir=tmp_path / "live", checkpoint_dir=tmp_path / "ck")
+    )
     assert trims == ([False] if lose_live_dir else [True])  # dvclive resume=True / rewritten from history
     assert files_of(tmp_path / "live") == files_of(tmp_path / "whole")

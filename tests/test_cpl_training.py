@@ -29,6 +29,7 @@ from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
 from owdfa.samplers import BalancedSampler, LabelledShareSampler, build_sampler, least_drawn_class
 from owdfa.train_config import TrainConfig, TrainData, with_method_optimizer
+from owdfa.train_state import RunOptions
 from owdfa.training import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,10 +250,10 @@ def test_cpl_run_resumes_bit_for_bit_with_the_balanced_sampler(tmp_path):
 
     method.on_epoch_end = stop_at_second
     with pytest.raises(Stop):
-        run_training(config, data, method, seed=0, checkpoint_dir=tmp_path)
+        run_training(config, data, method, seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     found = checkpoints.read_checkpoint(tmp_path / "epoch-0001.safetensors")
     assert "sampler/orders" in found.tensors and found.meta["sampler"]["counts"]
-    resumed = run_training(config, data, CPL(), seed=0, checkpoint_dir=tmp_path)
+    resumed = run_training(config, data, CPL(), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     assert resumed.history == whole.history
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key

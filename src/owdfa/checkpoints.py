@@ -26,12 +26,10 @@ from tqdm import tqdm
 from owdfa.import_closure import REPO_ROOT, module_closure
 from owdfa.io import atomic_write_text, writing
 from owdfa.numerics import describe as describe_numerics
+from owdfa.train_state import Best, RunSpec, TrainState
 
 if TYPE_CHECKING:
     from owdfa.distributed import World
-    from owdfa.methods.base import Method
-    from owdfa.samplers import Sampler
-    from owdfa.train_config import TrainConfig, TrainData
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")
@@ -75,24 +73,15 @@ def _code_bytes() -> bytes:
     return h.digest()
 
 
-def run_fingerprint(
-    config: TrainConfig,
-    data: TrainData,
-    method: Method,
-    seed: int,
-    num_prototypes: int,
-    init_state: dict[str, torch.Tensor] | None,
-    world: World,
-    device: torch.device,
-    extra: dict[str, Any] | None = None,
-) -> str:
+def run_fingerprint(spec: RunSpec, world: World, device: torch.device) -> str:
     """What makes two runs the same run: config, method params, seed, data, init weights, code, versions.
 
     The cache images are sampled (shape plus 64 evenly spaced rows) rather than hashed whole, which
-    would read gigabytes for OWDFA-40; callers add what names the cache (`extra`).
+    would read gigabytes for OWDFA-40; `spec.data_identity` names the cache.
     """
     import timm
 
+    data, method = spec.data, spec.method
     images = data.images
     sample = np.linspace(0, len(images) - 1, num=min(64, len(images)), dtype=np.int64) if len(images) else []
     arrays = [
@@ -105,13 +94,13 @@ def run_fingerprint(
     ]
     return _sha(
         {
-            "config": asdict(config),
+            "config": asdict(spec.config),
             "method": {
                 "class": type(method).__name__,
                 **{f.name: getattr(method, f.name) for f in (fields(method) if is_dataclass(method) else ())},
             },
-            "seed": seed,
-            "num_prototypes": num_prototypes,
+            "seed": spec.seed,
+            "num_prototypes": spec.num_prototypes,
             "num_known": data.num_known,
             "num_classes": data.num_classes,
             "images": [list(images.shape), str(images.dtype)],
@@ -119,10 +108,10 @@ def run_fingerprint(
             "device": device.type,
             "numerics": describe_numerics(device.type),  # an exact-mode run never continues a native one
             "versions": [torch.__version__, timm.__version__, np.__version__],
-            "extra": extra or {},
+            "extra": spec.data_identity or {},
         },
         *(np.ascontiguousarray(a).tobytes() for a in arrays),
-        _tensor_bytes(init_state),
+        _tensor_bytes(spec.init_state),
         _code_bytes(),
     )
 
@@ -166,20 +155,7 @@ def _join(prefix: str, tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -
     return {**rest, **{k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}}
 
 
-def save_checkpoint(
-    directory: Path,
-    fingerprint: str | None,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    gen: torch.Generator,
-    method: Method,
-    sampler: Sampler,
-    history: list[dict[str, Any]],
-    best: tuple[float, dict[str, torch.Tensor] | None, int | None],
-    device: torch.device,
-) -> Path:
+def save_checkpoint(directory: Path, fingerprint: str | None, state: TrainState, device: torch.device) -> Path:
     """Everything the next epochs depend on, as one safetensors file (tensors) with JSON metadata.
 
     Written under a temporary name, flushed to disk and renamed, so a kill at any moment leaves the
@@ -187,31 +163,31 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    best_acc, best_state, best_epoch = best
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if best_state is not None:
-        tensors.update({f"best/{k}": v.contiguous() for k, v in best_state.items()})
-    optim = optimizer.state_dict()
+    history, best = state.history, state.best
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in state.model.state_dict().items()}
+    if best.state is not None:
+        tensors.update({f"best/{k}": v.contiguous() for k, v in best.state.items()})
+    optim = state.optimizer.state_dict()
     optim_rest: dict[str, Any] = {}
-    for index, state in optim["state"].items():
-        t, rest = _split(f"optim/{index}", state)
+    for index, param_state in optim["state"].items():
+        t, rest = _split(f"optim/{index}", param_state)
         tensors.update(t)
         optim_rest[str(index)] = rest
-    rng_tensors, rng_meta = _rng_state(gen, device)
+    rng_tensors, rng_meta = _rng_state(state.generator, device)
     tensors.update(rng_tensors)
-    method_tensors, method_rest = _split("method", method.state_dict())
+    method_tensors, method_rest = _split("method", state.method.state_dict())
     tensors.update(method_tensors)
-    sampler_tensors, sampler_rest = _split("sampler", sampler.state_dict())
+    sampler_tensors, sampler_rest = _split("sampler", state.sampler.state_dict())
     tensors.update(sampler_tensors)
     meta = {
         "format": CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
         "epochs_done": len(history),
         "history": history,
-        "best_acc": best_acc,
-        "best_epoch": best_epoch,
+        "best_acc": best.acc,
+        "best_epoch": best.epoch,
         "optimizer": {"param_groups": optim["param_groups"], "state": optim_rest},
-        "scheduler": scheduler.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
         "rng": rng_meta,
         "method": method_rest,
         "sampler": sampler_rest,
@@ -316,28 +292,46 @@ def load_checkpoint(directory: Path, fingerprint: str | None, note: str | None =
     return None
 
 
-def restore(
-    found: Checkpoint,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    gen: torch.Generator,
-    method: Method,
-    sampler: Sampler,
-    device: torch.device,
-) -> tuple[list[dict[str, Any]], float, dict[str, torch.Tensor] | None, int | None]:
+def restore(found: Checkpoint, state: TrainState, device: torch.device) -> None:
+    """Put a checkpoint's state into `state` (built afresh, as for a new run), history and best included."""
     tensors, meta = found.tensors, found.meta
-    model.load_state_dict(_join("model", tensors, {}), strict=True)
-    fresh_groups = optimizer.state_dict()["param_groups"]
+    state.model.load_state_dict(_join("model", tensors, {}), strict=True)
+    fresh_groups = state.optimizer.state_dict()["param_groups"]
     groups = []
     for fresh, saved in zip(fresh_groups, meta["optimizer"]["param_groups"], strict=True):
         # JSON turned tuples (Adam's betas) into lists; give them back their type.
         groups.append({k: tuple(v) if isinstance(fresh.get(k), tuple) else v for k, v in saved.items()})
-    state = {int(i): _join(f"optim/{i}", tensors, rest) for i, rest in meta["optimizer"]["state"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    scheduler.load_state_dict(meta["scheduler"])
-    method.load_state_dict(_join("method", tensors, meta["method"]))
-    sampler.load_state_dict(_join("sampler", tensors, meta["sampler"]))
-    _set_rng_state(tensors, meta["rng"], gen, device)
-    best_state = _join("best", tensors, {}) or None
-    return list(meta["history"]), float(meta["best_acc"]), best_state, meta["best_epoch"]
+    optim_state = {int(i): _join(f"optim/{i}", tensors, rest) for i, rest in meta["optimizer"]["state"].items()}
+    state.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+    state.scheduler.load_state_dict(meta["scheduler"])
+    state.method.load_state_dict(_join("method", tensors, meta["method"]))
+    state.sampler.load_state_dict(_join("sampler", tensors, meta["sampler"]))
+    _set_rng_state(tensors, meta["rng"], state.generator, device)
+    state.history = list(meta["history"])
+    state.best = Best(float(meta["best_acc"]), _join("best", tensors, {}) or None, meta["best_epoch"])
+
+
+@dataclass(frozen=True)
+class Checkpointer:
+    """A run's checkpoints: one folder, one run fingerprint, built once per run.
+
+    `resume` fills a fresh `TrainState` from the newest checkpoint of this very run (if any);
+    `save` writes the state after each epoch.
+    """
+
+    directory: Path
+    fingerprint: str
+    device: torch.device
+
+    @classmethod
+    def for_run(cls, directory: Path, spec: RunSpec, world: World, device: torch.device) -> Checkpointer:
+        return cls(Path(directory), run_fingerprint(spec, world, device), device)
+
+    def resume(self, state: TrainState, note: str | None = None) -> bool:
+        found = load_checkpoint(self.directory, self.fingerprint, note=note)
+        if found is not None:
+            restore(found, state, self.device)
+        return found is not None
+
+    def save(self, state: TrainState) -> Path:
+        return save_checkpoint(self.directory, self.fingerprint, state, self.device)

@@ -27,14 +27,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from owdfa.checkpoints import load_checkpoint, restore, run_fingerprint, save_checkpoint
+from owdfa.checkpoints import Checkpointer
 from owdfa.data.views import single_view, strong_view, weak_view
 from owdfa.devices import autocast, batch_images, describe_device, effective_precision, pick_device
 from owdfa.distributed import World, device_for, prepare_model, process_group, world_from_env
@@ -45,6 +44,7 @@ from owdfa.models import AttributionModel
 from owdfa.numerics import configure_torch
 from owdfa.samplers import Sampler, build_sampler
 from owdfa.train_config import TrainConfig, TrainData, check_divisible
+from owdfa.train_state import Best, RunOptions, RunSpec, TrainState
 
 
 @dataclass
@@ -193,20 +193,18 @@ def run_training(
     data: TrainData,
     method: Method,
     *,
-    num_prototypes: int | None = None,
     seed: int,
+    num_prototypes: int | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
-    live_dir: Path | None = None,
-    desc: str = "train",
-    checkpoint_dir: Path | None = None,
-    fingerprint_extra: dict[str, Any] | None = None,
-    section_name: str = "train",
+    options: RunOptions | None = None,
 ) -> TrainResult:
-    """Train; with `checkpoint_dir`, resume from the newest checkpoint of this very run, if any.
+    """Train; with `options.checkpoint_dir`, resume from the newest checkpoint of this very run, if any.
 
     Under a launcher (WORLD_SIZE > 1) this process is one rank of a data-parallel run.
     """
+    options = options or RunOptions()
     world = world_from_env()
+    section_name, desc = options.section_name, options.desc
     check_divisible(config.batch_size, world.size, section_name, f"the {world.size} training processes")
     seed_everything(seed)
     configure_torch()  # compute threads, deterministic kernels, subnormals: owdfa.numerics
@@ -217,70 +215,55 @@ def run_training(
         model = _build_model(config, method, num_prototypes, init_state, world, device, section_name)
         params = [p for p in model.parameters() if p.requires_grad] + method.make_head(model.feature_dim, device)
         optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-        gen = torch.Generator().manual_seed(seed)
-        sampler = build_sampler(data, config, method)
+        state = TrainState(
+            model=model,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma),
+            generator=torch.Generator().manual_seed(seed),
+            method=method,
+            sampler=build_sampler(data, config, method),
+        )
         step = TrainStep(
             forward=torch.compile(model) if config.compile else model,
             method=method,
             optimizer=optimizer,
             params=params,
-            sampler=sampler,
+            sampler=state.sampler,
             host=HostBatches(data.images, device),
-            gen=gen,
+            gen=state.generator,
             config=config,
             num_known=data.num_known,
             device=device,
             world=world,
         )
-
-        history: list[dict[str, Any]] = []
-        best_acc, best_state, best_epoch = -1.0, None, None
-        fingerprint = None
-        if checkpoint_dir is not None:
-            fingerprint = run_fingerprint(
-                config, data, method, seed, num_prototypes, init_state, world, device, fingerprint_extra
-            )
-            found = load_checkpoint(checkpoint_dir, fingerprint, note=desc if world.is_main else None)
-            if found is not None:
-                history, best_acc, best_state, best_epoch = restore(
-                    found, model, optimizer, scheduler, gen, method, sampler, device
-                )
+        checkpointer = None
+        if options.checkpoint_dir is not None:
+            spec = RunSpec(config, data, method, seed, num_prototypes, init_state, options.data_identity)
+            checkpointer = Checkpointer.for_run(options.checkpoint_dir, spec, world, device)
+            checkpointer.resume(state, note=desc if world.is_main else None)
         world.check_same(model)
-        start_epoch = len(history)
+        start_epoch = len(state.history)
         if world.is_main:
             tqdm.write(f"{desc}: {describe_device(device, config.precision, world)}")
             if start_epoch:
-                tqdm.write(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {checkpoint_dir}")
-        live = open_live(live_dir, history) if world.is_main else None
+                tqdm.write(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {options.checkpoint_dir}")
+        live = open_live(options.live_dir, state.history) if world.is_main else None
         for epoch in range(start_epoch, config.epochs):
             label = f"{desc} epoch {epoch + 1}/{config.epochs}"
-            record = _train_epoch(step, sampler.steps, model, method, optimizer, epoch, label, world)
-            scheduler.step()
+            record = _train_epoch(step, state, epoch, label, world)
+            state.scheduler.step()
             if len(data.val_rows):
                 val_acc = _val_accuracy(model, data, config, device, world)
                 record["val/acc"] = val_acc
-                if val_acc > best_acc:
-                    best_acc, best_epoch = val_acc, epoch
+                if val_acc > state.best.acc:
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    state.best = Best(val_acc, best_state, epoch)
             record["epoch"] = epoch
-            history.append(record)
+            state.history.append(record)
             if live is not None:
                 log_record(live, record)
-            if checkpoint_dir is not None and world.is_main:
-                save_checkpoint(
-                    checkpoint_dir,
-                    fingerprint,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    gen=gen,
-                    method=method,
-                    sampler=sampler,
-                    history=history,
-                    best=(best_acc, best_state, best_epoch),
-                    device=device,
-                )
+            if checkpointer is not None and world.is_main:
+                checkpointer.save(state)
             if world.is_main:
                 tqdm.write(
                     f"{desc} epoch {epoch + 1}/{config.epochs}: "
@@ -291,9 +274,9 @@ def run_training(
         world.barrier()
     return TrainResult(
         model=model.cpu(),
-        history=history,
-        best_val_state=best_state,
-        best_val_epoch=best_epoch,
+        history=state.history,
+        best_val_state=state.best.state,
+        best_val_epoch=state.best.epoch,
         device=str(device) if not world.active else f"{device.type} x{world.size}",
         precision=effective_precision(device, config.precision),
         is_main=world.is_main,
@@ -319,17 +302,9 @@ def _build_model(
     return model
 
 
-def _train_epoch(
-    step: TrainStep,
-    steps: int,
-    model: AttributionModel,
-    method: Method,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    label: str,
-    world: World,
-) -> dict[str, Any]:
+def _train_epoch(step: TrainStep, state: TrainState, epoch: int, label: str, world: World) -> dict[str, Any]:
     """One epoch of steps; the record of its mean loss terms, learning rate and method statistics."""
+    model, method, optimizer, steps = state.model, state.method, state.optimizer, state.sampler.steps
     model.train()
     method.on_epoch_start(epoch)
     sums: dict[str, float] = {}

@@ -33,6 +33,7 @@ from owdfa.train_config import (
     train_config,
     with_method_optimizer,
 )
+from owdfa.train_state import RunOptions
 from owdfa.training import TrainResult, run_training
 
 
@@ -132,10 +133,12 @@ def pretrain(section: Section, paths: RunPaths) -> ModelCard | SkippedPretrainin
             SimCLR(temperature=plan.self_supervised.temperature, projection_dim=plan.self_supervised.projection_dim),
             num_prototypes=data.num_known,
             seed=plan.seed,
-            desc=f"pretrain {classes['protocol']} (self-supervised)",
-            checkpoint_dir=None if checkpoints is None else checkpoints / SELF_SUPERVISED_DIR,
-            fingerprint_extra=identity,
-            section_name=section.name,
+            options=RunOptions(
+                desc=f"pretrain {classes['protocol']} (self-supervised)",
+                section_name=section.name,
+                checkpoint_dir=None if checkpoints is None else checkpoints / SELF_SUPERVISED_DIR,
+                data_identity=identity,
+            ),
         )
         init_state = starting_weights(ssl_result.model.state_dict())
     result = ssl_result
@@ -147,10 +150,12 @@ def pretrain(section: Section, paths: RunPaths) -> ModelCard | SkippedPretrainin
             num_prototypes=data.num_known,
             seed=plan.seed,
             init_state=init_state,
-            desc=f"pretrain {classes['protocol']}",
-            checkpoint_dir=checkpoints,
-            fingerprint_extra=identity,
-            section_name=section.name,
+            options=RunOptions(
+                desc=f"pretrain {classes['protocol']}",
+                section_name=section.name,
+                checkpoint_dir=checkpoints,
+                data_identity=identity,
+            ),
         )
     card = _card(
         result,
@@ -259,11 +264,13 @@ def train(
         method,
         seed=seed,
         init_state=initial_state(init_dir),
-        live_dir=paths.live,
-        desc=f"train {classes['protocol']}-{method_name}-{seed}",
-        checkpoint_dir=checkpoints,
-        fingerprint_extra=_data_identity(classes, faces_dir),
-        section_name=section.name,
+        options=RunOptions(
+            desc=f"train {classes['protocol']}-{method_name}-{seed}",
+            section_name=section.name,
+            live_dir=paths.live,
+            checkpoint_dir=checkpoints,
+            data_identity=_data_identity(classes, faces_dir),
+        ),
     )
     card = _card(
         result,
