@@ -213,13 +213,76 @@ def chunk_size(image_size: int) -> int:
     return max(1, min(CHUNK_IMAGES, CHUNK_BYTES // (image_size * image_size * 3)))
 
 
-def run_attribution(
+@dataclass(frozen=True)
+class Attributor:
+    """A checked model directory, ready to attribute images: its model on the device, card and face settings.
+
+    `load` checks the card and the weights before any image is read; `run` attributes files and
+    folders (`attribute` does both in one call; `owdfa attribute` also reports `settings.mode`).
+    """
+
+    model_dir: Path
+    model: AttributionModel
+    card: ModelCard
+    settings: FaceSettings
+    aligner: FaceAligner
+    device: torch.device
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        checkpoint: str = "last",
+        align: str = "auto",
+        predictor: Path | None = None,
+        device: str = "auto",
+    ) -> Attributor:
+        """`align`: auto (the card's face mode), resize, crop or aligned; `device`: auto, cpu or cuda."""
+        import torch
+
+        from owdfa.devices import pick_device
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DataError("device cuda: CUDA is not available on this machine")
+        model, card = load_checked_model(model_dir, checkpoint)
+        settings = face_settings(card, model_dir, align, predictor)
+        aligner = make_aligner(settings)
+        target = pick_device(device)
+        model.to(target)
+        return cls(model_dir, model, card, settings, aligner, target)
+
+    def run(
+        self, paths: Sequence[Path], *, batch_size: int = 64, mc_dropout: int = 0, seed: int = 0, progress: bool = False
+    ) -> list[Row]:
+        """One Row per image found (and per path that yields none, with its error), in input order.
+
+        `mc_dropout` passes (0: none) add epistemic and aleatoric uncertainties, masks seeded by `seed`.
+        """
+        if batch_size < 1 or mc_dropout < 0:
+            raise ValueError(f"batch_size must be >= 1 and mc_dropout >= 0, got {batch_size} and {mc_dropout}")
+        mc_predict = None
+        if mc_dropout:
+            try:
+                from owdfa.uncertainty import mc_dropout_predict as mc_predict
+            except ImportError:
+                raise DataError("MC dropout needs owdfa.uncertainty, which this installation lacks") from None
+            if float(self.model.dropout.p) == 0.0:
+                note("the model has no dropout (p = 0): MC-dropout uncertainties are all 0")
+        return _attribute_jobs(
+            self,
+            collect_inputs(paths),
+            batch_size=batch_size,
+            mc_predict=mc_predict,
+            mc_passes=mc_dropout,
+            seed=seed,
+            progress=progress,
+        )
+
+
+def _attribute_jobs(
+    attributor: Attributor,
     jobs: list[tuple[str, str | None]],
-    model: AttributionModel,
-    aligner: FaceAligner,
-    names: dict[int, str],
-    num_known: int,
-    device: Any,
     *,
     batch_size: int,
     mc_predict: Any = None,
@@ -238,6 +301,8 @@ def run_attribution(
     from owdfa.data.faces import decode_rgb
     from owdfa.inference import max_softmax, predict
 
+    model, aligner, device = attributor.model, attributor.aligner, attributor.device
+    names, num_known = class_names(attributor.card), attributor.card.num_known
     detecting = aligner.mode != "resize"
     tty = sys.stderr.isatty()
     show = progress and (tty or len(jobs) >= PROGRESS_MIN_IMAGES)
@@ -299,77 +364,6 @@ def run_attribution(
                     row.epistemic = _round(mc.epistemic[i])
                     row.aleatoric = _round(mc.aleatoric[i])
     return rows
-
-
-@dataclass(frozen=True)
-class Attributor:
-    """A checked model directory, ready to attribute images: its model on the device, card and face settings.
-
-    `load` checks the card and the weights before any image is read; `run` attributes files and
-    folders (`attribute` does both in one call; `owdfa attribute` also reports `settings.mode`).
-    """
-
-    model_dir: Path
-    model: AttributionModel
-    card: ModelCard
-    settings: FaceSettings
-    aligner: FaceAligner
-    device: torch.device
-
-    @classmethod
-    def load(
-        cls,
-        model_dir: Path,
-        *,
-        checkpoint: str = "last",
-        align: str = "auto",
-        predictor: Path | None = None,
-        device: str = "auto",
-    ) -> Attributor:
-        """`align`: auto (the card's face mode), resize, crop or aligned; `device`: auto, cpu or cuda."""
-        import torch
-
-        from owdfa.devices import pick_device
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DataError("device cuda: CUDA is not available on this machine")
-        model, card = load_checked_model(model_dir, checkpoint)
-        settings = face_settings(card, model_dir, align, predictor)
-        aligner = make_aligner(settings)
-        target = pick_device(device)
-        model.to(target)
-        return cls(model_dir, model, card, settings, aligner, target)
-
-    def run(
-        self, paths: Sequence[Path], *, batch_size: int = 64, mc_dropout: int = 0, seed: int = 0, progress: bool = False
-    ) -> list[Row]:
-        """One Row per image found (and per path that yields none, with its error), in input order.
-
-        `mc_dropout` passes (0: none) add epistemic and aleatoric uncertainties, masks seeded by `seed`.
-        """
-        if batch_size < 1 or mc_dropout < 0:
-            raise ValueError(f"batch_size must be >= 1 and mc_dropout >= 0, got {batch_size} and {mc_dropout}")
-        mc_predict = None
-        if mc_dropout:
-            try:
-                from owdfa.uncertainty import mc_dropout_predict as mc_predict
-            except ImportError:
-                raise DataError("MC dropout needs owdfa.uncertainty, which this installation lacks") from None
-            if float(self.model.dropout.p) == 0.0:
-                note("the model has no dropout (p = 0): MC-dropout uncertainties are all 0")
-        return run_attribution(
-            collect_inputs(paths),
-            self.model,
-            self.aligner,
-            class_names(self.card),
-            self.card.num_known,
-            self.device,
-            batch_size=batch_size,
-            mc_predict=mc_predict,
-            mc_passes=mc_dropout,
-            seed=seed,
-            progress=progress,
-        )
 
 
 def attribute(
