@@ -111,6 +111,9 @@ def test_an_entry_point_turns_a_refused_write_nobody_named_into_one_line(capsys)
 
     with pytest.raises(FileNotFoundError):  # not a disk's refusal: a traceback, as for any other bug
         exit_status(a_bug)
+    # `owdfa` names OSError among its errors (an unreadable model directory): a full disk still says so
+    assert exit_status(full_disk, errors=(OSError,)) == 2
+    assert capsys.readouterr().err == f"error: cannot write an output: No space left on device {hint}\n"
 
 
 def test_outputs_get_the_modes_a_plain_write_would_give(tmp_path: Path) -> None:

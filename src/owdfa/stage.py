@@ -19,13 +19,11 @@ def exit_status(main: Callable[[], int | None], errors: tuple[type[BaseException
     """Run `main` and return its exit status (None: 0), turning `errors` into one line and status 2."""
     try:
         return int(main() or 0)
-    except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if (message := write_failure(exc)) is None:
+    except (*errors, OSError) as exc:
+        message = write_failure(exc) if isinstance(exc, OSError) else None
+        if message is None and not isinstance(exc, errors):
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
