@@ -31,7 +31,7 @@ import numpy as np
 from common import cpu_name, merge_into
 from PIL import Image
 
-from owdfa.config import Section
+from owdfa.core.config import Section
 from owdfa.data.align import align, available_cores
 from owdfa.data.index import IndexRow, write_index
 

@@ -29,7 +29,7 @@ import yaml
 from common import merge_into
 from torch.utils.flop_counter import FlopCounterMode
 
-from owdfa.config import Section
+from owdfa.core.config import Section
 from owdfa.methods import build_method
 from owdfa.models import AttributionModel
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from owdfa.io import atomic_write_json
+from owdfa.core.io import atomic_write_json
 
 
 def merge_into(path: Path, key: str, report: dict[str, Any]) -> None:

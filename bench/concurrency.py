@@ -2,7 +2,7 @@
 
 For each candidate policy: one job alone, then `--jobs` (default 2) jobs started together, and with
 `--busy` one job next to jobs - 1 single-threaded busy loops. A job is a fresh Python process (it
-calls `owdfa.numerics.pin()` first, as the stages do, then loads torch) that times real CAL
+calls `owdfa.core.numerics.pin()` first, as the stages do, then loads torch) that times real CAL
 training steps (`bench/train.py`'s `training_step`, the params' CAL variant) after a warm-up; a
 timed run stops early after `--max-seconds` (libgomp's default spin can take seconds per step).
 Reported per candidate: ms per step alone and together, slowdown (together / alone), throughput
@@ -24,7 +24,7 @@ libgomp default 225 / 1315 / 0.34, GOMP_SPINCOUNT=1000 267 / 455 / 1.16, 2000 24
 10000 224 / 616 / 0.72, PASSIVE 290 / 441 / 1.30, 1 thread each 394 / 428 / 1.72. Next to one busy
 loop: default 1331, 2000 472. No value keeps a job alone within 5 % of today and 2 jobs at once no
 slower than in turn. So a lone run keeps libgomp's default, and jobs side by side get GOMP_SPINCOUNT=2000
-(`owdfa.numerics.SHARED_CORES_WAIT_POLICY`, which `owdfa grid -j J>1` gives its queue workers), the
+(`owdfa.core.numerics.SHARED_CORES_WAIT_POLICY`, which `owdfa grid -j J>1` gives its queue workers), the
 longest spin that still runs 2 jobs at once no slower than in turn (a user's own OMP_WAIT_POLICY or
 GOMP_SPINCOUNT wins).
 
@@ -61,8 +61,8 @@ from typing import Any
 
 from common import cpu_name, merge_into
 
-from owdfa.config import Section
-from owdfa.numerics import DEFAULT_THREADS, SHARED_CORES_WAIT_POLICY, WAIT_VARIABLES, Numerics, pin
+from owdfa.core.config import Section
+from owdfa.core.numerics import DEFAULT_THREADS, SHARED_CORES_WAIT_POLICY, WAIT_VARIABLES, Numerics, pin
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPINCOUNT = 300_000  # libgomp's spin when no wait variable is set (its env.c)
@@ -110,9 +110,9 @@ def worker(args: argparse.Namespace) -> None:
     import yaml
     from train import synthetic_data, training_step
 
-    from owdfa.numerics import configure_torch
-    from owdfa.train_config import TrainConfig
-    from owdfa.training import seed_everything
+    from owdfa.core.numerics import configure_torch
+    from owdfa.train.config import TrainConfig
+    from owdfa.train.loop import seed_everything
 
     configure_torch()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -328,7 +328,7 @@ def main() -> None:
             f"{row['together_ms_per_step']:>13.1f}{row['slowdown']:>10.2f}{row['vs_serial']:>11.2f}{today}"
             + (f"{row['busy_ms_per_step']:>9.1f}{row['busy_slowdown']:>8.2f}" if busy else "")
         )
-    print("  * = what owdfa.numerics.pin() sets; vs serial >= 1: together is no slower than one after another")
+    print("  * = what owdfa.core.numerics.pin() sets; vs serial >= 1: together is no slower than one after another")
     if busy:
         print(f"  busy: one job next to {args.jobs - 1} busy loop(s); busy x = its ms per step / alone")
 

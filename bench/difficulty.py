@@ -18,26 +18,26 @@ import json
 import time
 from pathlib import Path
 
-from owdfa.numerics import pin_from_params
+from owdfa.core.numerics import pin_from_params
 
 pin_from_params(Path("params.yaml"))
 
 import numpy as np
 from sklearn.cluster import KMeans
 
-from owdfa.config import Section, load_params
+from owdfa.core.config import Section, load_params
+from owdfa.core.devices import pick_device
+from owdfa.core.io import atomic_write_json
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
-from owdfa.devices import pick_device
-from owdfa.inference import predict
-from owdfa.io import atomic_write_json
+from owdfa.evaluate.metrics import evaluate_predictions, per_class_acc
 from owdfa.methods.base import Supervised
-from owdfa.metrics import evaluate_predictions, per_class_acc
-from owdfa.model_io import load_model
-from owdfa.train_config import TrainData, train_config
-from owdfa.train_state import RunOptions
-from owdfa.training import run_training
-from owdfa.training_stages import load_train_data
+from owdfa.modeldir.io import load_model
+from owdfa.models.inference import predict
+from owdfa.train.config import TrainData, train_config
+from owdfa.train.loop import run_training
+from owdfa.train.stages import load_train_data
+from owdfa.train.state import RunOptions
 
 
 def upper_bound(train_section: Section, split_dir: Path, faces_dir: Path, seed: int) -> dict[str, float]:

@@ -151,12 +151,12 @@ def check_model(sizes: Sizes) -> dict[str, Any]:
     import torch
     from train import sync, synthetic_data, training_step
 
-    from owdfa.config import Section
-    from owdfa.data.views import AugmentConfig
+    from owdfa.core.config import Section
+    from owdfa.core.numerics import configure_torch
     from owdfa.methods import build_method
-    from owdfa.numerics import configure_torch
-    from owdfa.train_config import TrainConfig
-    from owdfa.training import seed_everything
+    from owdfa.train.config import TrainConfig
+    from owdfa.train.loop import seed_everything
+    from owdfa.train.views import AugmentConfig
 
     device = torch.device(sizes.device)
     data = synthetic_data(4 * sizes.batch_size, sizes.image_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from common import merge_into
 
-from owdfa.metrics import evaluate_predictions
+from owdfa.evaluate.metrics import evaluate_predictions
 
 
 def main() -> None:

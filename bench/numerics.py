@@ -1,7 +1,7 @@
 """What exact mode costs: the embedded benchmark's CAL training step under each numerics pin.
 
 Each set-up runs in its own process (the libraries read their pins when they load): no pin (the
-libraries choose, as `numerics.reproducible: false`), each pin of `owdfa.numerics` alone, and all of
+libraries choose, as `numerics.reproducible: false`), each pin of `owdfa.core.numerics` alone, and all of
 them (exact mode). The thread count is the same everywhere (`--threads`, default 2 = numerics.threads),
 so only the kernels differ; what a fixed thread count costs on a machine with more cores is the ratio
 of its core count to `threads`, at most. Rounds take turns over the set-ups; each rate is the best of
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import cpu_name, merge_into
 
-from owdfa.numerics import EXACT_ISA, THREAD_VARIABLES
+from owdfa.core.numerics import EXACT_ISA, THREAD_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE, EXACT = "none (reproducible: false)", "all (exact mode)"
@@ -41,11 +41,11 @@ def child(steps: int, image_size: int, batch_size: int, backbone: str | None) ->
     import yaml
     from train import synthetic_data, training_step
 
-    from owdfa.config import Section
+    from owdfa.core.config import Section
+    from owdfa.core.numerics import configure_torch
     from owdfa.methods import build_method
-    from owdfa.numerics import configure_torch
-    from owdfa.train_config import TrainConfig
-    from owdfa.training import seed_everything
+    from owdfa.train.config import TrainConfig
+    from owdfa.train.loop import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     config = TrainConfig(backbone=backbone or section["backbone"], dropout=section["dropout"], batch_size=batch_size)

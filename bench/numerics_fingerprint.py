@@ -1,6 +1,6 @@
 """Which kernel gives other bits on another CPU: a fingerprint of exact mode on this machine.
 
-Exact mode (`owdfa.numerics`) pins ATen, oneDNN, MKL and OpenBLAS to AVX2 kernels and 2 threads so
+Exact mode (`owdfa.core.numerics`) pins ATen, oneDNN, MKL and OpenBLAS to AVX2 kernels and 2 threads so
 that every x86-64 machine trains the same weights. On 2026-12-03 an AMD EPYC (Zen 1, AVX2 only)
 reproduced every data stage of the committed `dvc.lock` but trained other `pretrain@p1` weights
 than the Intel Xeon (AVX-512, AMX) that made it: some kernel still depends on the machine. This
@@ -8,7 +8,7 @@ script runs, in exact mode and on seeded inputs, what the pipeline runs and hash
 
 * every module of the default CAL network (`train.backbone` with FFE, BNNeck and prototypes) in a
   training-mode forward pass, in call order, then every parameter's gradient after one backward;
-* three training steps of the loop itself (`owdfa.training.TrainStep`) for the baseline and CAL;
+* three training steps of the loop itself (`owdfa.train.loop.TrainStep`) for the baseline and CAL;
 * NumPy's (OpenBLAS) matrix product and a few reductions, as evaluation uses them.
 
 It also records which oneDNN implementation ran each primitive (`ONEDNN_VERBOSE`) and the cache
@@ -16,9 +16,9 @@ sizes oneDNN sees. Run it on two machines and `--compare` names the first probe 
 a convolution whose oneDNN implementation also differs points at oneDNN's CPU-dependent kernel
 choice; a matrix product at MKL.
 
-Each file states what its bits depend on besides the CPU: the numerics version (`owdfa.numerics.
+Each file states what its bits depend on besides the CPU: the numerics version (`owdfa.core.numerics.
 NUMERICS_VERSION`, the generation of exact mode's pins), the library versions, and `code`, a digest
-of the source the probes run (the package files they import but owdfa/numerics.py, whose pins the
+of the source the probes run (the package files they import but owdfa/core/numerics.py, whose pins the
 numerics version names; bench/train.py, this script, and params.yaml's train and methods
 sections). `--check` compares this machine with every committed fingerprint that agrees on all
 three and exits 1 on the first probe that differs, naming both
@@ -45,10 +45,10 @@ from typing import Any
 
 from common import cpu_name
 
-from owdfa.import_closure import import_closure
-from owdfa.io import atomic_write_json
-from owdfa.machine import cpu_identity, machine_slug
-from owdfa.numerics import NUMERICS_VERSION, Numerics, exact_environment
+from owdfa.core.import_closure import import_closure
+from owdfa.core.io import atomic_write_json
+from owdfa.core.machine import cpu_identity, machine_slug
+from owdfa.core.numerics import NUMERICS_VERSION, Numerics, exact_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "reports" / "numerics"
@@ -67,11 +67,11 @@ def network_probes(image_size: int) -> dict[str, str]:
     import torch
     import yaml
 
-    from owdfa.config import Section
+    from owdfa.core.config import Section
+    from owdfa.core.numerics import configure_torch
     from owdfa.methods import build_method
     from owdfa.models import AttributionModel
-    from owdfa.numerics import configure_torch
-    from owdfa.training import seed_everything
+    from owdfa.train.loop import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     seed_everything(0)
@@ -113,11 +113,11 @@ def training_probes(image_size: int) -> dict[str, str]:
     import yaml
     from train import synthetic_data, training_step  # bench/train.py: this script's folder is on sys.path
 
-    from owdfa.config import Section
+    from owdfa.core.config import Section
+    from owdfa.core.numerics import configure_torch
     from owdfa.methods import build_method
-    from owdfa.numerics import configure_torch
-    from owdfa.train_config import TrainConfig
-    from owdfa.training import seed_everything
+    from owdfa.train.config import TrainConfig
+    from owdfa.train.loop import seed_everything
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     config = TrainConfig(backbone=section["backbone"], dropout=section["dropout"], batch_size=BATCH)
@@ -149,7 +149,7 @@ def numpy_probes() -> dict[str, str]:
 
 def child(image_size: int) -> None:
     """Run every probe in this process (its environment holds exact mode's pins); print one JSON line."""
-    from owdfa import numerics
+    from owdfa.core import numerics
 
     numerics.pin(Numerics())
     numerics.configure_torch()
@@ -186,7 +186,7 @@ def code_digest() -> str:
     files = sorted({*(ROOT / f for script in scripts for f in import_closure(script)), *scripts})
     # the pins are what the numerics version names: a pin changed without a new version must show
     # up as a difference of bits, not hide as "other code"
-    files = [f for f in files if f != ROOT / "src" / "owdfa" / "numerics.py"]
+    files = [f for f in files if f != ROOT / "src" / "owdfa" / "core" / "numerics.py"]
     digest_of = hashlib.sha256()
     for file in files:
         digest_of.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")

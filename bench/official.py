@@ -5,7 +5,7 @@ weights, saved as Lightning saves one; `tests/helpers/official_ckpt.py`) stands 
 file, which this machine cannot download. Measured, each as a whole `owdfa` process in exact mode
 (2 threads): `owdfa import` of the local file; `owdfa attribute` of one real photo (dlib crop at
 256 px, as the official pipeline crops); and, in process, the forward passes the evaluate stage makes
-(`owdfa.inference.predict`, batches of 64 at 256 px) as images per second. From that rate, estimated:
+(`owdfa.models.inference.predict`, batches of 64 at 256 px) as images per second. From that rate, estimated:
 the forward time of OWDFA-40's P1 test split (17,800 images) and of the evaluate stage's whole
 forward work (the test split plus the 71,200 training images GCD's K estimator clusters). The best
 of `--repeats` runs each. Merges {"official": ...} into reports/bench.json.
@@ -46,9 +46,9 @@ def forward_rate(model_dir: Path, batches: int, repeats: int) -> float:
     import numpy as np
     import torch
 
-    from owdfa.inference import predict
-    from owdfa.model_io import load_model
-    from owdfa.numerics import configure_torch
+    from owdfa.core.numerics import configure_torch
+    from owdfa.modeldir.io import load_model
+    from owdfa.models.inference import predict
 
     configure_torch()
     model, _ = load_model(model_dir)
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3, help="batches of 64 per forward-rate round")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
     args = parser.parse_args()
-    from owdfa.numerics import Numerics, pin
+    from owdfa.core.numerics import Numerics, pin
 
     pin(Numerics())  # before the checkpoint builder loads torch: the forward rate is exact mode's
     from helpers.official_ckpt import lightning_checkpoint, official_state, save_checkpoint

@@ -1,6 +1,6 @@
 """Training throughput: how close the full CAL step comes to the bare backbone, and input-pipeline headroom.
 
-(a) step efficiency = images/s of the training loop's own step (`owdfa.training.TrainStep` with the
+(a) step efficiency = images/s of the training loop's own step (`owdfa.train.loop.TrainStep` with the
     params' CAL variant: sampler, uint8 batch, both views, FFE, loss, backward, Adam step) / images/s
     of the bare timm backbone's forward+backward on the same two views (precomputed, per-view
     passes, same autocast and memory format). Target >= 0.90. Also shown: the whole attribution
@@ -30,15 +30,15 @@ import torch
 import yaml
 from common import cpu_name, merge_into
 
-from owdfa.config import Section
-from owdfa.data.views import strong_view, weak_view
-from owdfa.devices import autocast, pick_device
+from owdfa.core.config import Section
+from owdfa.core.devices import autocast, pick_device
+from owdfa.core.numerics import configure_torch
 from owdfa.methods import Method, build_method
 from owdfa.models import AttributionModel
-from owdfa.numerics import configure_torch
-from owdfa.samplers import build_sampler
-from owdfa.train_config import TrainConfig, TrainData
-from owdfa.training import HostBatches, TrainStep, seed_everything
+from owdfa.train.config import TrainConfig, TrainData
+from owdfa.train.loop import HostBatches, TrainStep, seed_everything
+from owdfa.train.samplers import build_sampler
+from owdfa.train.views import strong_view, weak_view
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 3

@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.io import atomic_write_json
+from owdfa.core.stage import run_stage
 from owdfa.data.align import align
-from owdfa.io import atomic_write_json
-from owdfa.stage import run_stage
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
-from owdfa.numerics import pin_from_params
-from owdfa.stage import run_stage
+from owdfa.core.config import Section
+from owdfa.core.numerics import pin_from_params
+from owdfa.core.stage import run_stage
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch and NumPy load: the kernels they pick decide the numbers
-    from owdfa.evaluation import evaluate
+    from owdfa.evaluate.evaluation import evaluate
 
     m = evaluate(
         Section.from_file("evaluate", args.params), args.model, args.split, args.faces, args.out, args.predictions

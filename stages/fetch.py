@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.stage import run_stage
 from owdfa.data.fetch import fetch
-from owdfa.stage import run_stage
 
 
 def main() -> None:

@@ -4,15 +4,15 @@
 `file` is a path in the Hub repo hyzheng/OWDFA_CAL, downloaded at `official.revision` into
 `official.download_dir` and checked against the Hub's sha256, or an existing local .ckpt file (known
 by its path only: after replacing it, `dvc repro -f import_official@<name>`). Either is read without
-running any code it carries and converted by `owdfa.official_checkpoint`; `evaluate_official@<name>`
-then scores the model on its protocol's test split. The params and the import: `owdfa.official_stage`.
+running any code it carries and converted by `owdfa.official.checkpoint`; `evaluate_official@<name>`
+then scores the model on its protocol's test split. The params and the import: `owdfa.official.stage`.
 """
 
 import argparse
 from pathlib import Path
 
-from owdfa.official_stage import import_model
-from owdfa.stage import run_stage
+from owdfa.core.stage import run_stage
+from owdfa.official.stage import import_model
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     card = import_model(args.params, args.name, args.out)
-    from owdfa.official_checkpoint import import_setting
+    from owdfa.official.checkpoint import import_setting
 
     setting = import_setting(card)
     digest = card.source["sha256"][:12]

@@ -4,8 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from owdfa.core.stage import run_stage
 from owdfa.data.index import build_index, write_index
-from owdfa.stage import run_stage
 
 
 def main() -> None:

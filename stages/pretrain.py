@@ -2,16 +2,16 @@
 
 `pretrain.mode`: supervised on the labelled known classes, self_supervised (SimCLR on every training
 image, no label read), both (SimCLR, then supervised), or none. `--metrics` gets the starting
-features' known-class accuracy (`owdfa.feature_probe`) in every mode. `pretrain.nproc` and
+features' known-class accuracy (`owdfa.train.feature_probe`) in every mode. `pretrain.nproc` and
 `--checkpoints` work as in the train stage (see stages/train.py).
 """
 
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
-from owdfa.numerics import pin_from_params
-from owdfa.stage import run_stage
+from owdfa.core.config import Section
+from owdfa.core.numerics import pin_from_params
+from owdfa.core.stage import run_stage
 
 
 def main() -> None:
@@ -24,9 +24,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
-    from owdfa.distributed import relaunch
-    from owdfa.train_config import pretrain_plan
-    from owdfa.training_stages import RunPaths, pretrain
+    from owdfa.core.distributed import relaunch
+    from owdfa.train.config import pretrain_plan
+    from owdfa.train.stages import RunPaths, pretrain
 
     section = Section.from_file("pretrain", args.params)
     plan = pretrain_plan(section)  # checks the params before launching

@@ -4,9 +4,9 @@ official.models: the imported models' names, whose evaluations join the tables).
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
-from owdfa.report import build_report
-from owdfa.stage import run_stage
+from owdfa.core.config import Section
+from owdfa.core.stage import run_stage
+from owdfa.evaluate.report import build_report
 
 
 def main() -> None:

@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.stage import run_stage
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import write_split
-from owdfa.stage import run_stage
 
 
 def main() -> None:

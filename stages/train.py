@@ -14,9 +14,9 @@ params, data and code resumes there and ends with the same weights and curves.
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
-from owdfa.numerics import pin_from_params
-from owdfa.stage import run_stage
+from owdfa.core.config import Section
+from owdfa.core.numerics import pin_from_params
+from owdfa.core.stage import run_stage
 
 
 def main() -> None:
@@ -32,10 +32,10 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     pin_from_params(args.params)  # before torch loads: the kernels it picks decide the numbers
-    from owdfa.distributed import relaunch
+    from owdfa.core.distributed import relaunch
     from owdfa.methods.registry import read_variant
-    from owdfa.train_config import train_config
-    from owdfa.training_stages import RunPaths, train
+    from owdfa.train.config import train_config
+    from owdfa.train.stages import RunPaths, train
 
     section = Section.from_file("train", args.params)
     config = train_config(section)  # checks the params before launching

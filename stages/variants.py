@@ -7,9 +7,9 @@ variant's file, so editing `methods.cal` re-runs the runs of `cal` and of every 
 import argparse
 from pathlib import Path
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.stage import run_stage
 from owdfa.methods.registry import write_variants
-from owdfa.stage import run_stage
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from helpers.tiny_pipeline import TinyRepo, build_once
 
-from owdfa.numerics import Numerics, pin, shared_cores_environment
+from owdfa.core.numerics import Numerics, pin, shared_cores_environment
 
 # pytest-xdist runs the suite in several processes side by side (pyproject's addopts): OpenMP's
-# default spin at every barrier would burn the other worker's time slice (owdfa.numerics,
+# default spin at every barrier would burn the other worker's time slice (owdfa.core.numerics,
 # SHARED_CORES_WAIT_POLICY), so the workers and every process they start wait the short way.
 # Scheduling only: the numbers are the same. A wait policy of the user's own stands.
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from owdfa.core.errors import DataError
 from owdfa.data.archive import entry_problem, extract_zip
-from owdfa.errors import DataError
 
 MB = 1 << 20
 

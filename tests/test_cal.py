@@ -9,8 +9,8 @@ import torch
 from helpers.tiny_run import tiny_data
 from torch import nn
 
-from owdfa.config import Section
-from owdfa.errors import ConfigError
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError
 from owdfa.methods.base import StepInput
 from owdfa.methods.cal import CAL, acr_loss, ccr_loss
 
@@ -275,8 +275,8 @@ def test_dpp_hooks_count_usage_and_prune(faithful):
 
 @pytest.mark.parametrize(("dpp", "ffe"), [(False, False), (True, False), (True, True)])
 def test_run_training_smoke(dpp, ffe):
-    from owdfa.train_config import TrainConfig
-    from owdfa.training import run_training
+    from owdfa.train.config import TrainConfig
+    from owdfa.train.loop import run_training
 
     config = TrainConfig(backbone="test_resnet", epochs=2, batch_size=8, eval_batch_size=8, device="cpu")
     method = _cal(dpp=dpp, ffe=ffe, acr_start_epoch=1, dpp_faithful=False)

@@ -28,9 +28,9 @@ from helpers.tiny_run import (
 from owdfa.methods.base import Baseline, Method
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
-from owdfa.train_config import TrainConfig
-from owdfa.train_state import RunOptions
-from owdfa.training import TrainResult, run_training
+from owdfa.train.config import TrainConfig
+from owdfa.train.loop import TrainResult, run_training
+from owdfa.train.state import RunOptions
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -155,7 +155,7 @@ def test_half_written_or_damaged_files_are_skipped(tmp_path):
 
 
 def test_checkpoint_is_safetensors_with_json(tmp_path):
-    from owdfa.checkpoints import read_checkpoint
+    from owdfa.train.checkpoints import read_checkpoint
 
     run_training(
         TrainConfig(**{**CONFIG.__dict__, "epochs": 1}),
@@ -178,8 +178,8 @@ def test_curves_continue_exactly(tmp_path, monkeypatch, lose_live_dir):
 
     With the curve folder gone (DVC removes non-persistent outputs), it is rewritten from the history.
     """
-    import owdfa.live_log as live_log
-    from owdfa.checkpoints import Checkpointer
+    import owdfa.train.live_log as live_log
+    from owdfa.train.checkpoints import Checkpointer
 
     monkeypatch.chdir(tmp_path)
     data = tiny_data()

@@ -25,13 +25,13 @@ from PIL import Image
 from skimage import data
 
 from owdfa import attribution, cli
-from owdfa.inference import predict
-from owdfa.model_io import save_model_dir
+from owdfa.modeldir.io import save_model_dir
 from owdfa.models import AttributionModel
+from owdfa.models.inference import predict
 
 SIZE = 32
 NAMES = ["Real", "Swap_A", "Reenact_B", "Gan_C", "Diff_D"]
-HAS_UNCERTAINTY = importlib.util.find_spec("owdfa.uncertainty") is not None
+HAS_UNCERTAINTY = importlib.util.find_spec("owdfa.evaluate.uncertainty") is not None
 ROW_KEYS = {"path", "attribution", "known", "cluster", "confidence", "face_found"}
 
 
@@ -292,7 +292,7 @@ def test_matches_the_evaluate_stage_exactly(
     for i, image in enumerate(cache):
         Image.fromarray(image).save(folder / f"face_{i:03d}.png")
         assert np.array_equal(np.asarray(Image.open(folder / f"face_{i:03d}.png")), image)  # lossless
-    # what owdfa.evaluation.evaluate computes and writes to data/predictions/<key>.csv
+    # what owdfa.evaluate.evaluation.evaluate computes and writes to data/predictions/<key>.csv
     logits, _, pred = predict(model, cache, np.arange(len(cache)), 4, torch.device("cpu"))
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     confidence = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
@@ -413,9 +413,9 @@ def test_mc_dropout_wiring(
         n = len(rows)
         return types.SimpleNamespace(epistemic=np.full(n, 0.125), aleatoric=np.arange(n) / 8.0)
 
-    module = types.ModuleType("owdfa.uncertainty")
+    module = types.ModuleType("owdfa.evaluate.uncertainty")
     module.mc_dropout_predict = fake
-    monkeypatch.setitem(sys.modules, "owdfa.uncertainty", module)
+    monkeypatch.setitem(sys.modules, "owdfa.evaluate.uncertainty", module)
     monkeypatch.setattr(attribution, "CHUNK_IMAGES", 4)
     args = ("attribute", images, "--model", model_dir, "--mc-dropout", "3", "--batch-size", "4", "--seed", "5")
     rc, out, _ = call(capsys, *args, "--format", "json")
@@ -431,7 +431,7 @@ def test_mc_dropout_wiring(
     assert out.splitlines()[0].endswith("face_found,epistemic,aleatoric,error")
 
 
-@pytest.mark.skipif(not HAS_UNCERTAINTY, reason="owdfa.uncertainty not written yet")
+@pytest.mark.skipif(not HAS_UNCERTAINTY, reason="owdfa.evaluate.uncertainty not written yet")
 def test_mc_dropout_real(capsys: pytest.CaptureFixture, images: Path, model_dir: Path) -> None:
     base = json.loads(call(capsys, "attribute", images, "--model", model_dir, "--format", "json")[1])
     args = ("attribute", images, "--model", model_dir, "--format", "json", "--mc-dropout", "8")

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from owdfa.config import Section, load_params
+from owdfa.core.config import Section, load_params
+from owdfa.core.errors import ConfigError, OwdfaError
 from owdfa.data.fetch import fetch, synthetic_config
 from owdfa.data.split import split_config
-from owdfa.errors import ConfigError, OwdfaError
 from owdfa.methods import build_method
 from owdfa.methods.base import Baseline
-from owdfa.train_config import train_config
+from owdfa.train.config import train_config
 
 SYNTHETIC = {
     "seed": 2025,
@@ -385,7 +385,7 @@ EVALUATE = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["eva
 
 
 def evaluate_section(data: dict[str, Any]):
-    from owdfa.evaluation import evaluate_config
+    from owdfa.evaluate.evaluation import evaluate_config
 
     return evaluate_config(Section(data, "evaluate"))
 

@@ -1,4 +1,4 @@
-"""The generic params loader (`owdfa.config.load_section`): a dataclass declares its own schema.
+"""The generic params loader (`owdfa.core.config.load_section`): a dataclass declares its own schema.
 
 Toy dataclasses stand in for the stage configs, so each rule (types, bounds, choices, key paths,
 unknown keys, optional keys, custom readers, cross-field checks) is tested once, by hand.
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from owdfa.config import Param, Section, check_keys, load_section, param, param_keys, read_params
-from owdfa.errors import ConfigError
+from owdfa.core.config import Param, Section, check_keys, load_section, param, param_keys, read_params
+from owdfa.core.errors import ConfigError
 
 
 def _upper(section: Section, key: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from owdfa.config import Section
+from owdfa.core.config import Section
 from owdfa.methods import StepInput
 from owdfa.methods import cpl as C
 from owdfa.methods.cpl import CPL
@@ -340,8 +340,8 @@ def test_missing_patch_features_is_an_error():
 
 
 def test_run_training_smoke():
-    from owdfa.train_config import TrainConfig, TrainData
-    from owdfa.training import run_training
+    from owdfa.train.config import TrainConfig, TrainData
+    from owdfa.train.loop import run_training
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)

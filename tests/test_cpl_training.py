@@ -17,20 +17,20 @@ import pytest
 import torch
 import yaml
 
-import owdfa.checkpoints as checkpoints
-import owdfa.train_config as train_config_module
-import owdfa.training as training
-import owdfa.training_stages as training_stages
-from owdfa.config import Section
-from owdfa.errors import ConfigError
+import owdfa.train.checkpoints as checkpoints
+import owdfa.train.config as train_config_module
+import owdfa.train.loop as training
+import owdfa.train.stages as training_stages
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError
 from owdfa.methods import resolve_variant
 from owdfa.methods.base import Baseline, Method, Supervised
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
-from owdfa.samplers import BalancedSampler, LabelledShareSampler, build_sampler, least_drawn_class
-from owdfa.train_config import TrainConfig, TrainData, with_method_optimizer
-from owdfa.train_state import RunOptions
-from owdfa.training import run_training
+from owdfa.train.config import TrainConfig, TrainData, with_method_optimizer
+from owdfa.train.loop import run_training
+from owdfa.train.samplers import BalancedSampler, LabelledShareSampler, build_sampler, least_drawn_class
+from owdfa.train.state import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

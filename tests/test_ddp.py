@@ -21,17 +21,17 @@ from helpers.paths import ROOT
 from helpers.tiny_run import CONFIG, build_tiny_split, stage_command, stage_env, tiny_data, write_tiny_params
 from safetensors.torch import load_file, save_file
 
-from owdfa.config import Section
-from owdfa.distributed import World, prepare_model, process_group
-from owdfa.errors import ConfigError
-from owdfa.inference import predict
+from owdfa.core.config import Section
+from owdfa.core.distributed import World, prepare_model, process_group
+from owdfa.core.errors import ConfigError
+from owdfa.core.numerics import configure_torch
 from owdfa.methods.base import Baseline
 from owdfa.methods.cal import CAL
 from owdfa.methods.cpl import CPL
 from owdfa.models import AttributionModel
-from owdfa.numerics import configure_torch
-from owdfa.train_config import TrainConfig, train_config
-from owdfa.training import forward_loss, run_training, seed_everything
+from owdfa.models.inference import predict
+from owdfa.train.config import TrainConfig, train_config
+from owdfa.train.loop import forward_loss, run_training, seed_everything
 
 METHODS = {"baseline": Baseline, "cal": lambda: CAL(acr_start_epoch=0), "cpl": CPL}
 WORLD = 2

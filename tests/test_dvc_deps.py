@@ -1,4 +1,4 @@
-"""Each DVC stage's code deps are exactly the files its script imports (owdfa.import_closure).
+"""Each DVC stage's code deps are exactly the files its script imports (owdfa.core.import_closure).
 
 A file a stage runs but does not list lets `dvc repro` report stale results as current; a file it
 lists but does not run re-runs it (and everything after it) for nothing. The closure itself is
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from owdfa.import_closure import import_closure, module_closure
+from owdfa.core.import_closure import import_closure, module_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = re.compile(r"python (stages/\w+\.py)")
@@ -54,29 +54,38 @@ def test_every_package_file_is_some_stages_dep_or_the_cli() -> None:
 
 
 def test_closure_of_a_small_stage_by_hand() -> None:
-    # stages/index.py: from owdfa.data.index ... and from owdfa.stage ...;
-    # data/index.py imports data/walk.py (which imports no package module), errors and io.
+    # stages/index.py: from owdfa.data.index ... and from owdfa.core.stage ...; data/index.py imports
+    # data/walk.py (which imports no package module), core/errors.py and core/io.py; each package's
+    # __init__.py runs too. Sorted by path.
     assert import_closure(ROOT / "stages" / "index.py") == [
         "src/owdfa/__init__.py",
+        "src/owdfa/core/__init__.py",
+        "src/owdfa/core/errors.py",
+        "src/owdfa/core/io.py",
+        "src/owdfa/core/stage.py",
         "src/owdfa/data/__init__.py",
         "src/owdfa/data/index.py",
         "src/owdfa/data/walk.py",
-        "src/owdfa/errors.py",
-        "src/owdfa/io.py",
-        "src/owdfa/stage.py",
     ]
 
 
 def test_evaluation_does_not_run_the_training_code() -> None:
     closure = import_closure(ROOT / "stages" / "evaluate.py")
-    assert "src/owdfa/training.py" not in closure and not any("/methods/" in n for n in closure)
-    assert "src/owdfa/estimate_k.py" in closure and "src/owdfa/inference.py" in closure
+    assert "src/owdfa/train/loop.py" not in closure and not any("/methods/" in n for n in closure)
+    assert "src/owdfa/evaluate/estimate_k.py" in closure and "src/owdfa/models/inference.py" in closure
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "module",
-    ["owdfa.training_stages", "owdfa.evaluation", "owdfa.report", "owdfa.data.fetch", "owdfa.data.align", "owdfa.cli"],
+    [
+        "owdfa.train.stages",
+        "owdfa.evaluate.evaluation",
+        "owdfa.evaluate.report",
+        "owdfa.data.fetch",
+        "owdfa.data.align",
+        "owdfa.cli",
+    ],
 )
 def test_closure_covers_what_python_imports(module: str) -> None:
     """A fresh interpreter's own record (sys.modules) after the import: every package file it ran is
@@ -97,15 +106,16 @@ def test_type_checking_blocks_skipped_function_imports_followed(tmp_path: Path) 
     script = tmp_path / "script.py"
     script.write_text(
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from owdfa import training\n"
-        "else:\n    import owdfa.errors\n"
+        "if TYPE_CHECKING:\n    from owdfa.train import loop as training\n"
+        "else:\n    import owdfa.core.errors\n"
         "def main():\n    from owdfa.data import index\n"
     )
     assert import_closure(script) == [
         "src/owdfa/__init__.py",
+        "src/owdfa/core/__init__.py",
+        "src/owdfa/core/errors.py",
+        "src/owdfa/core/io.py",
         "src/owdfa/data/__init__.py",
         "src/owdfa/data/index.py",
         "src/owdfa/data/walk.py",
-        "src/owdfa/errors.py",
-        "src/owdfa/io.py",
     ]

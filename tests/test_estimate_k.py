@@ -12,17 +12,17 @@ import torch
 from scipy.optimize import linear_sum_assignment, minimize_scalar
 from sklearn.cluster import KMeans
 
-from owdfa.config import Section, load_params
-from owdfa.errors import ConfigError
-from owdfa.estimate_k import (
+from owdfa.core.config import Section, load_params
+from owdfa.core.errors import ConfigError
+from owdfa.evaluate.estimate_k import (
     K_ESTIMATORS,
     gcd_estimate_k,
     run_k_estimator,
     ss_kmeans,
     ss_kmeans_folds_estimate_k,
 )
-from owdfa.evaluation import evaluate_config, kmeans_k_estimate
-from owdfa.metrics import cluster_acc
+from owdfa.evaluate.evaluation import evaluate_config, kmeans_k_estimate
+from owdfa.evaluate.metrics import cluster_acc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,7 +264,7 @@ def test_gcd_scores_labelled_rows_only():
 
 def test_gcd_runs_kmeans_as_gcd_ran_it(monkeypatch):
     """Plain k-means with GCD's settings on every row, normalised; float32 features stay float32."""
-    import owdfa.estimate_k as kmeans_k
+    import owdfa.evaluate.estimate_k as kmeans_k
 
     calls = []
 
@@ -410,7 +410,7 @@ def test_kmeans_runs_on_at_most_two_openmp_threads() -> None:
     # threads that order (and so a bit of the centres) can change from run to run, with two it cannot.
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from owdfa.estimate_k import KMEANS_MAX_THREADS, _kmeans_threads_capped
+    from owdfa.evaluate.estimate_k import KMEANS_MAX_THREADS, _kmeans_threads_capped
 
     def openmp_threads() -> set[int]:
         return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "openmp"}

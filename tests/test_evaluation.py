@@ -11,16 +11,16 @@ import pytest
 import yaml
 from helpers.tiny_run import build_tiny_split, train_sections
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.devices import pick_device
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import read_split
-from owdfa.devices import pick_device
-from owdfa.evaluation import evaluate, map_classes
-from owdfa.inference import predict
-from owdfa.metrics import evaluate_predictions
-from owdfa.model_card import ModelCard
-from owdfa.model_io import load_model, load_state, save_model_dir
-from owdfa.training_stages import RunPaths, train
+from owdfa.evaluate.evaluation import evaluate, map_classes
+from owdfa.evaluate.metrics import evaluate_predictions
+from owdfa.modeldir.card import ModelCard
+from owdfa.modeldir.io import load_model, load_state, save_model_dir
+from owdfa.models.inference import predict
+from owdfa.train.stages import RunPaths, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_k_hat_is_the_analysed_checkpoints(faithful_run, tmp_path):
 
 
 def test_method_trajectories_pick_the_methods_own_series():
-    from owdfa.evaluation import method_trajectories
+    from owdfa.evaluate.evaluation import method_trajectories
 
     history = [
         {"epoch": 0, "train/loss": 2.0, "method/tau_novel": 0.1234567, "train/acr_kept_fraction": 0.0},

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError
 from owdfa.data.align import align
 from owdfa.data.face_cache import read_faces
 from owdfa.data.faces import (
@@ -28,7 +29,6 @@ from owdfa.data.faces import (
     template_eyes,
 )
 from owdfa.data.index import IndexRow, write_index
-from owdfa.errors import ConfigError, DataError
 
 ASTRONAUT = data.astronaut()
 FACE_CENTRE = (222.0, 126.0)

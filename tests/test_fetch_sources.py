@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError, OwdfaError
 from owdfa.data.fetch import fetch
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
-from owdfa.errors import ConfigError, DataError, OwdfaError
 
 
 def write(path: Path, data: bytes) -> None:

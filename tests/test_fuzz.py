@@ -30,15 +30,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import OwdfaError
 from owdfa.data.archive import extract_zip
 from owdfa.data.faces import decode_rgb
 from owdfa.data.index import build_index
 from owdfa.data.walk import display_name
-from owdfa.errors import OwdfaError
-from owdfa.model_card import read_card
-from owdfa.model_checks import check_weights
-from owdfa.model_io import load_state
+from owdfa.modeldir.card import read_card
+from owdfa.modeldir.checks import check_weights
+from owdfa.modeldir.io import load_state
 
 settings.register_profile(
     "ci", max_examples=25, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -177,9 +177,9 @@ def test_zip_extracts_inside_its_folder_or_gives_one_error(
 
 def _section_readers() -> dict[str, Any]:
     from owdfa.data.hub import hub_config
-    from owdfa.evaluation import evaluate_config
+    from owdfa.evaluate.evaluation import evaluate_config
     from owdfa.methods import build_method
-    from owdfa.train_config import pretrain_plan, train_config
+    from owdfa.train.config import pretrain_plan, train_config
 
     return {
         "train": train_config,
@@ -324,7 +324,7 @@ CHECKPOINT_PAYLOADS = st.sampled_from(
 def test_official_checkpoint_reads_data_or_gives_one_error_and_never_runs_code(
     payload: Any, flips: list[tuple[int, int]]
 ) -> None:
-    from owdfa.official_checkpoint import read_lightning_checkpoint
+    from owdfa.official.checkpoint import read_lightning_checkpoint
 
     root = workdir()
     marker = Path("/tmp/owdfa-fuzz-ran-code")
@@ -344,7 +344,7 @@ def test_official_checkpoint_reads_data_or_gives_one_error_and_never_runs_code(
 
 def test_a_plain_pickle_is_never_unpickled() -> None:
     """The checkpoint reader's premise, checked directly: a pickle that runs code is refused unopened."""
-    from owdfa.official_checkpoint import read_lightning_checkpoint
+    from owdfa.official.checkpoint import read_lightning_checkpoint
 
     root = workdir()
     try:
@@ -359,7 +359,7 @@ def test_a_plain_pickle_is_never_unpickled() -> None:
 def test_a_zip_whose_directory_names_are_not_utf8_is_one_error_for_both_readers() -> None:
     """The fuzzer's finding as a fixed case: a flipped bit makes an entry's name invalid for the UTF-8
     flag it carries; zipfile raised UnicodeDecodeError, a traceback, from the Hub zip and checkpoint readers."""
-    from owdfa.official_checkpoint import read_lightning_checkpoint
+    from owdfa.official.checkpoint import read_lightning_checkpoint
 
     root = workdir()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from owdfa.grid import GridError, experiment_ref, head_commit
+from owdfa.experiments.grid import GridError, experiment_ref, head_commit
 
 
 def git(repo: Path, env: dict[str, str], *args: str) -> str:
@@ -33,7 +33,7 @@ def test_a_commit_made_while_the_grid_runs_does_not_hide_its_experiment(tmp_path
 
 
 def test_made_under_names_the_numerics_and_cpu_or_says_they_were_not_recorded(tmp_path: Path) -> None:
-    from owdfa.grid import made_under
+    from owdfa.experiments.grid import made_under
 
     (tmp_path / "results-old.md").write_text("| exact mode: AVX2 kernels (oneDNN AVX2, MKL AVX2,STRICT, ...) | 24 |\n")
     assert made_under("old", tmp_path) == "numerics version 1 (MKL's pin held on Intel CPUs only), CPU not recorded"

@@ -28,11 +28,11 @@ from helpers.fake_hub import FakeHub, serve_repo, sha256
 from huggingface_hub import constants, snapshot_download  # noqa: F401
 from PIL import Image
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError
 from owdfa.data.fetch import fetch
 from owdfa.data.hub import HubConfig, hub_config
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
-from owdfa.errors import ConfigError, DataError
 
 REPO_ID = "hyzheng/OWDFA40-Benchmark"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError
 from owdfa.data.index import IndexRow, build_index, read_index, write_index
 from owdfa.data.protocols import (
     BENCHMARK_CLASS_COUNTS,
@@ -24,7 +25,6 @@ from owdfa.data.protocols import (
 )
 from owdfa.data.split import SPLITS, SplitConfig, make_split, read_split, split_config, write_split
 from owdfa.data.synthetic import METHODS
-from owdfa.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------------------------
 # build_index

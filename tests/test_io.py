@@ -1,4 +1,4 @@
-"""Atomic writes (`owdfa.io`) when the disk refuses a write: the old output stays, nothing half-written is
+"""Atomic writes (`owdfa.core.io`) when the disk refuses a write: the old output stays, nothing half-written is
 left, and the error is one line naming the output. The failures are injected in process here; the
 stages under a real file-size limit and a read-only tree are in `test_full_disk.py`."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from owdfa import io as owdfa_io
-from owdfa.errors import OutputError
-from owdfa.io import atomic_directory, atomic_write_bytes, write_failure
-from owdfa.stage import exit_status
+from owdfa.core import io as owdfa_io
+from owdfa.core.errors import OutputError
+from owdfa.core.io import atomic_directory, atomic_write_bytes, write_failure
+from owdfa.core.stage import exit_status
 
 
 def entries(folder: Path) -> list[str]:

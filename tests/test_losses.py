@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from owdfa.config import Section
+from owdfa.core.config import Section
 from owdfa.methods import StepInput, build_method, losses
 from owdfa.methods.base import Baseline, Supervised
 

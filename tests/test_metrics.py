@@ -1,4 +1,4 @@
-"""Hand-computed checks for owdfa.metrics; expected numbers are literals derived in comments."""
+"""Hand-computed checks for owdfa.evaluate.metrics; expected numbers are literals derived in comments."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from owdfa.metrics import (
+from owdfa.evaluate.metrics import (
     METRIC_VARIANTS,
     cluster_acc,
     contingency_matrix,

@@ -14,16 +14,16 @@ from PIL import Image
 
 from owdfa import cli
 from owdfa.attribution import Attributor, attribute
+from owdfa.core.errors import DataError
 from owdfa.data.face_preprocessing import FacePreprocessing, read_preprocessing
-from owdfa.errors import DataError
-from owdfa.model_card import (
+from owdfa.modeldir.card import (
     CardClass,
     ModelCard,
     SkippedPretraining,
     inspect_card,
     read_card,
 )
-from owdfa.model_io import save_model_dir
+from owdfa.modeldir.io import save_model_dir
 
 # What the train stage writes, by hand: sorted keys, 2-space indent, `pretrained_from` and
 # `val_best_epoch` written as null, the preprocessing record nested as in preprocessing.json.
@@ -138,7 +138,7 @@ ALIGNED_RECORD = (
 
 
 def train_card() -> ModelCard:
-    """TRAIN_CARD built as the train stage builds it (`owdfa.training_stages._card`)."""
+    """TRAIN_CARD built as the train stage builds it (`owdfa.train.stages._card`)."""
     return ModelCard(
         backbone="test_resnet",
         num_prototypes=20,
@@ -408,7 +408,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_attribute_from_python_equals_the_command_line(
     capsys: pytest.CaptureFixture, model_dir: Path, photos: Path, tmp_path: Path
 ) -> None:
-    from owdfa.numerics import configure_torch
+    from owdfa.core.numerics import configure_torch
 
     configure_torch()  # as the command line does: the evaluate stage's numerics
     missing = tmp_path / "missing.png"

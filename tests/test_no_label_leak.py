@@ -11,11 +11,11 @@ import pytest
 from helpers.tiny_run import build_tiny_split, shuffled_split, train_sections
 from safetensors.torch import load_file
 
+from owdfa.core.devices import pick_device
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import MANIFEST_FILE
-from owdfa.devices import pick_device
-from owdfa.evaluation import kmeans_k_estimate
-from owdfa.training_stages import RunPaths, train
+from owdfa.evaluate.evaluation import kmeans_k_estimate
+from owdfa.train.stages import RunPaths, train
 
 VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
 
@@ -48,7 +48,7 @@ def test_training_ignores_hidden_labels(tiny_split, tmp_path, variant):
 
 @pytest.mark.slow
 def test_estimate_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
-    from owdfa.model_io import load_model
+    from owdfa.modeldir.io import load_model
 
     faces, split, shuffled = tiny_split
     train(*train_sections("baseline"), "baseline", 0, RunPaths(split, faces, tmp_path / "m"))

@@ -1,4 +1,4 @@
-"""Exact CPU numerics (owdfa.numerics): the params, the pins, and another machine simulated on this one.
+"""Exact CPU numerics (owdfa.core.numerics): the params, the pins, and another machine simulated on this one.
 
 The machine test runs the real pretrain, train (CAL: FFE, convolutions, matrix products) and evaluate
 stages (k-means, metrics) of a tiny config twice: once as this machine is, once as a narrower machine
@@ -21,9 +21,9 @@ import pytest
 import yaml
 from helpers.tiny_run import build_tiny_split, variant_file
 
-from owdfa.config import Section
-from owdfa.errors import ConfigError
-from owdfa.numerics import (
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError
+from owdfa.core.numerics import (
     EXACT_ISA,
     NUMERICS_VERSION,
     SHARED_CORES_WAIT_POLICY,
@@ -84,7 +84,7 @@ def test_pinned_numpy_takes_its_avx2_loops_and_the_pinned_blas_threads() -> None
     probe = (
         "import os, json\n"
         "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-        "from owdfa import numerics\n"
+        "from owdfa.core import numerics\n"
         "numerics.pin(numerics.Numerics())\n"
         "import numpy\n"
         "from numpy._core._multiarray_umath import __cpu_features__ as features\n"
@@ -126,7 +126,7 @@ def test_pin_after_torch_loaded_checks_instead_of_pretending() -> None:
 @pytest.mark.slow
 def test_pin_overrides_a_users_own_caps_and_thread_count() -> None:
     probe = (
-        "from owdfa.numerics import Numerics, configure_torch, pin; pin(Numerics(threads=3)); import torch, json; "
+        "from owdfa.core.numerics import Numerics, configure_torch, pin; pin(Numerics(threads=3)); import torch, json; "
         "configure_torch(); print(json.dumps([torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()]))"
     )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
@@ -137,7 +137,7 @@ def test_pin_overrides_a_users_own_caps_and_thread_count() -> None:
 def pinned_wait(numerics: str, **env: str) -> dict[str, str]:
     """The wait variables after pin() in a fresh process (torch not loaded) started with `env` added."""
     probe = (
-        f"import json, os; from owdfa.numerics import Numerics, pin, WAIT_VARIABLES; pin({numerics}); "
+        f"import json, os; from owdfa.core.numerics import Numerics, pin, WAIT_VARIABLES; pin({numerics}); "
         "print(json.dumps({k: os.environ[k] for k in WAIT_VARIABLES if k in os.environ}))"
     )
     base = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
@@ -179,7 +179,7 @@ def subnormal_probe(before_configure: str) -> dict[str, object]:
     (1e-40, subnormal) over 2**20 elements, which ATen splits over both threads. The count of
     elements left non-zero says which threads flush; the record says what the card will hold."""
     probe = (
-        "import json; from owdfa.numerics import Numerics, configure_torch, describe, pin; pin(Numerics()); "
+        "import json; from owdfa.core.numerics import Numerics, configure_torch, describe, pin; pin(Numerics()); "
         f"import torch; {before_configure}; configure_torch(); x = torch.full((1 << 20,), 1e-20); "
         "print(json.dumps({'kept': int(((x * x) != 0).sum()), 'threads': torch.get_num_threads(), "
         "'record': describe()['subnormals']}))"

@@ -36,10 +36,10 @@ from helpers.official_ckpt import BACKBONE, Hostile, lightning_checkpoint, offic
 # of its first import, and a capsys stream is closed after its test.
 from huggingface_hub import constants, hf_hub_download  # noqa: F401
 
+from owdfa.core.errors import DataError
 from owdfa.data.protocols import OWDFA40_PROTOCOLS
-from owdfa.errors import DataError
-from owdfa.model_card import CardClass, ModelCard
-from owdfa.official_checkpoint import (
+from owdfa.modeldir.card import CardClass, ModelCard
+from owdfa.official.checkpoint import (
     OFFICIAL_NOVEL_ORDER,
     OFFICIAL_REPO_ID,
     OFFICIAL_RUNS,

@@ -16,7 +16,7 @@ from helpers.official_ckpt import Hostile, lightning_checkpoint, official_state,
 from PIL import Image
 from skimage import data
 
-from owdfa.official_checkpoint import OFFICIAL_RUNS
+from owdfa.official.checkpoint import OFFICIAL_RUNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,12 +28,12 @@ from helpers.tiny_owdfa40 import SPLIT_PARAMS, build_owdfa40_split, write_owdfa4
 from helpers.tiny_pipeline import ran_stages
 from helpers.tiny_run import build_tiny_split
 
-from owdfa.config import Section
-from owdfa.errors import DataError
-from owdfa.evaluation import evaluate
-from owdfa.model_card import ModelCard
-from owdfa.official_checkpoint import OFFICIAL_REPO_ID
-from owdfa.report import IMPORTED_SPLIT_CAVEAT
+from owdfa.core.config import Section
+from owdfa.core.errors import DataError
+from owdfa.evaluate.evaluation import evaluate
+from owdfa.evaluate.report import IMPORTED_SPLIT_CAVEAT
+from owdfa.modeldir.card import ModelCard
+from owdfa.official.checkpoint import OFFICIAL_REPO_ID
 
 KNOWN_K_FILE = "protocol1_seed2025.ckpt"  # a local file named as released: protocol and seed from its name
 HUB_FILE = "wok_protocol1/wok_protocol1_seed2026.ckpt"  # unknown K (DPP): 10 x 19 known rows on p1

@@ -92,7 +92,7 @@ def test_an_evaluate_key_changes_only_the_evaluate_stages(tiny_repo: TinyRepo) -
 def test_an_evaluate_only_source_file_reruns_evaluate_and_recomputes_the_metrics(tiny_repo: TinyRepo) -> None:
     metrics = tiny_repo.path / "reports" / "runs" / "p1-cal-0" / "metrics.json"
     before = metrics.stat().st_mtime_ns
-    with edited(tiny_repo, "src/owdfa/estimate_k.py"):
+    with edited(tiny_repo, "src/owdfa/evaluate/estimate_k.py"):
         assert changed_stages(tiny_repo) == EVALUATE_STAGES
         # One of them re-run (with what it needs; each evaluate stage re-runs alike): its metrics are
         # written anew, identical (a comment changed), so dvc rightly keeps `report` downstream.
@@ -103,7 +103,7 @@ def test_an_evaluate_only_source_file_reruns_evaluate_and_recomputes_the_metrics
 
 
 def test_a_training_source_file_reruns_training_not_evaluation(tiny_repo: TinyRepo) -> None:
-    with edited(tiny_repo, "src/owdfa/training.py"):
+    with edited(tiny_repo, "src/owdfa/train/loop.py"):
         assert changed_stages(tiny_repo) == PRETRAIN_STAGES | TRAIN_STAGES
         # One chain re-run, CAL's (the method with the most state): the pretrain and the training run
         # give the same weights, bit for bit, so its evaluation does not have to run again.

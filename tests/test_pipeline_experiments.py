@@ -13,8 +13,8 @@ import pytest
 import yaml
 from helpers.tiny_pipeline import EVALUATE_STAGES, TinyRepo, ran_stages
 
-from owdfa.machine import cpu_identity
-from owdfa.numerics import NUMERICS_VERSION
+from owdfa.core.machine import cpu_identity
+from owdfa.core.numerics import NUMERICS_VERSION
 
 pytestmark = pytest.mark.slow
 

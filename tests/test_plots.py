@@ -13,7 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from owdfa import plots
+from owdfa.evaluate import plots
 
 NAMES5 = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter"]
 NUM_KNOWN5 = 2

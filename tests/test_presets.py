@@ -75,8 +75,8 @@ def test_every_flag_a_preset_mentions_exists_in_params(preset: Path) -> None:
 
 def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
     # CPL's official config: Adam lr 2e-4, weight decay 1e-5, StepLR(10, 0.2), 50 epochs, batch 128, fp32.
-    from owdfa.config import Section
-    from owdfa.train_config import train_config, with_method_optimizer
+    from owdfa.core.config import Section
+    from owdfa.train.config import train_config, with_method_optimizer
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     train = params["train"]
@@ -102,7 +102,7 @@ def test_cpl_preset_trains_with_cpls_official_optimiser() -> None:
 
 def test_cal_preset_reaches_every_cal_variant_through_its_base() -> None:
     # The paper's ACR start (epoch 5 of 50) is set on `cal` alone; the DPP variants are built on it.
-    from owdfa.config import Section
+    from owdfa.core.config import Section
     from owdfa.methods import resolve_variant
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -22,13 +22,13 @@ from helpers.paths import ROOT
 from helpers.tiny_run import build_tiny_split, kill_once_checkpointed, shuffled_split, stage_env, tiny_data
 from safetensors.torch import load_file
 
-from owdfa.config import Section
-from owdfa.errors import ConfigError
-from owdfa.feature_probe import nearest_mean_accuracy
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError
 from owdfa.methods.simclr import SimCLR, nt_xent
-from owdfa.samplers import EveryRowSampler
-from owdfa.train_config import pretrain_plan
-from owdfa.training_stages import RunPaths, label_free, pretrain
+from owdfa.train.config import pretrain_plan
+from owdfa.train.feature_probe import nearest_mean_accuracy
+from owdfa.train.samplers import EveryRowSampler
+from owdfa.train.stages import RunPaths, label_free, pretrain
 
 
 def pretrain_section(mode: str, **changes: object) -> Section:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from owdfa.errors import DataError
-from owdfa.report import build_report, run_key
+from owdfa.core.errors import DataError
+from owdfa.evaluate.report import build_report, run_key
 
 METHODS = ["cal_abl1", "cal"]
 SEEDS = [0, 1]

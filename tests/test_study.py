@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from owdfa.cli import main
-from owdfa.errors import DataError
-from owdfa.study import write_study
+from owdfa.core.errors import DataError
+from owdfa.experiments.study import write_study
 
 
 def method(all_acc: float, novel: float, new: float, std: float = 0.01) -> dict[str, float]:
@@ -169,8 +169,8 @@ def test_a_companion_that_recorded_no_starting_features_is_not_said_to_differ(re
 
 
 def test_a_regime_that_changes_the_training_is_named_by_its_change():
-    from owdfa.grid import Grid
-    from owdfa.study import Regime, training_change
+    from owdfa.experiments.grid import Grid
+    from owdfa.experiments.study import Regime, training_change
 
     def regime(sets: dict) -> Regime:
         return Regime(grid=Grid("regime-x-p1", sets, "x"), probe=0.5, pretrain_val=None, methods={}, trajectories={})

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from owdfa.calibration import expected_calibration_error, matched_correct, reliability_table
-from owdfa.models import AttributionModel
-from owdfa.uncertainty import (
+from owdfa.evaluate.calibration import expected_calibration_error, matched_correct, reliability_table
+from owdfa.evaluate.uncertainty import (
     OCCLUSION_FILL,
     McDropout,
     mc_dropout_predict,
     occlusion_uncertainty_maps,
     uncertainty_summary,
 )
+from owdfa.models import AttributionModel
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 4

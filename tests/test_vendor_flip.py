@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from owdfa.machine import cpu_identity
-from owdfa.numerics import _cpu_flags
+from owdfa.core.machine import cpu_identity
+from owdfa.core.numerics import _cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM_SOURCE = ROOT / "tests" / "helpers" / "cpuid_vendor.c"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from owdfa.data.views import (
+from owdfa.train.views import (
     CPL_BRIGHTNESS_CONTRAST_LIMIT,
     CPL_BRIGHTNESS_CONTRAST_PROB,
     AugmentConfig,

@@ -1,9 +1,9 @@
 """Attributing face images with a trained model directory: the library behind `owdfa attribute`.
 
 A model directory from elsewhere is checked before anything is built from it (its card by
-`owdfa.model_card`, its weights by `owdfa.model_checks`), inputs are collected as `owdfa.data.walk`
+`owdfa.modeldir.card`, its weights by `owdfa.modeldir.checks`), inputs are collected as `owdfa.data.walk`
 allows (links inside, regular files only), and each image goes through the align stage's decoding
-and `FaceAligner` with the card's settings, then `owdfa.inference.predict`, so a prediction here
+and `FaceAligner` with the card's settings, then `owdfa.models.inference.predict`, so a prediction here
 equals the evaluate stage's for the same picture.
 Everything printed is made printable (`display_name`). From Python, `attribute` is the one call
 (`Attributor` when the face mode used matters too); the command line (`owdfa.cli`) only parses
@@ -20,14 +20,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from owdfa.core.errors import DataError, OwdfaError
 from owdfa.data.walk import display_name
-from owdfa.errors import DataError, OwdfaError
 
 if TYPE_CHECKING:  # heavy imports (torch, dlib) wait until they are needed: `owdfa --help` stays fast
     import torch
 
     from owdfa.data.faces import FaceAligner, FaceSettings
-    from owdfa.model_card import ModelCard
+    from owdfa.modeldir.card import ModelCard
     from owdfa.models import AttributionModel
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -45,9 +45,9 @@ def note(message: str) -> None:
 
 def load_checked_model(model_dir: Path, checkpoint: str) -> tuple[AttributionModel, ModelCard]:
     """The card (`ModelCard.read`: every field checked) and its model, anything broken one DataError line."""
-    from owdfa.model_card import ModelCard
-    from owdfa.model_checks import check_weights
-    from owdfa.model_io import WEIGHTS, build_model, load_state
+    from owdfa.modeldir.card import ModelCard
+    from owdfa.modeldir.checks import check_weights
+    from owdfa.modeldir.io import WEIGHTS, build_model, load_state
 
     try:
         card = ModelCard.read(model_dir)  # before anything is built from it
@@ -241,7 +241,7 @@ class Attributor:
         """`align`: auto (the card's face mode), resize, crop or aligned; `device`: auto, cpu or cuda."""
         import torch
 
-        from owdfa.devices import pick_device
+        from owdfa.core.devices import pick_device
 
         if device == "cuda" and not torch.cuda.is_available():
             raise DataError("device cuda: CUDA is not available on this machine")
@@ -264,9 +264,9 @@ class Attributor:
         mc_predict = None
         if mc_dropout:
             try:
-                from owdfa.uncertainty import mc_dropout_predict as mc_predict
+                from owdfa.evaluate.uncertainty import mc_dropout_predict as mc_predict
             except ImportError:
-                raise DataError("MC dropout needs owdfa.uncertainty, which this installation lacks") from None
+                raise DataError("MC dropout needs owdfa.evaluate.uncertainty, which this installation lacks") from None
             if float(self.model.dropout.p) == 0.0:
                 note("the model has no dropout (p = 0): MC-dropout uncertainties are all 0")
         return _attribute_jobs(
@@ -292,14 +292,14 @@ def _attribute_jobs(
 ) -> list[Row]:
     """Decode and align a chunk of files, then predict it as the evaluate stage does (`predict`, same batching).
 
-    `mc_predict` (`owdfa.uncertainty.mc_dropout_predict`) adds MC-dropout uncertainties from `mc_passes`
+    `mc_predict` (`owdfa.evaluate.uncertainty.mc_dropout_predict`) adds MC-dropout uncertainties from `mc_passes`
     passes, masks seeded by `seed` + the chunk number; `progress` allows a bar on stderr.
     """
     import numpy as np
     from tqdm import tqdm
 
     from owdfa.data.faces import decode_rgb
-    from owdfa.inference import max_softmax, predict
+    from owdfa.models.inference import max_softmax, predict
 
     model, aligner, device = attributor.model, attributor.aligner, attributor.device
     names, num_known = class_names(attributor.card), attributor.card.num_known
@@ -391,7 +391,7 @@ def attribute(
     A row's `attribution` is a known class name or `novel-<cluster>`; a file that cannot be read gets
     a row with `error` set. A model directory that fails its checks raises DataError (one line).
     For scores identical to the evaluate stage's, pin its numerics before torch loads
-    (`owdfa.numerics.pin`) and call `owdfa.numerics.configure_torch()`, as the command line does.
+    (`owdfa.core.numerics.pin`) and call `owdfa.core.numerics.configure_torch()`, as the command line does.
     """
     attributor = Attributor.load(
         Path(model_dir),

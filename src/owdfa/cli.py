@@ -12,10 +12,10 @@
 evaluate stage's for the same picture: robust decoding (`owdfa.data.faces.decode_rgb`), the align
 stage's `FaceAligner` with the settings recorded in the card (`preprocessing`, the params'
 `align:` section; a card without it means mode `resize` at the card's `image_size`), then
-`owdfa.inference.predict` (eval mode, argmax over the active prototypes). Folders are searched
+`owdfa.models.inference.predict` (eval mode, argmax over the active prototypes). Folders are searched
 recursively in sorted order for the align stage's image suffixes (dotfiles and `__MACOSX` skipped);
 files named explicitly are always tried. Weights are read from safetensors only: a pickled
-checkpoint is never unpickled (`owdfa.model_io`).
+checkpoint is never unpickled (`owdfa.modeldir.io`).
 
 JSON output (`--format json`) on stdout::
 
@@ -56,13 +56,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from owdfa.attribution import Attributor, Row
+from owdfa.core.errors import DataError, OwdfaError
+from owdfa.core.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
+from owdfa.core.stage import exit_status
 from owdfa.data.walk import display_name
-from owdfa.errors import DataError, OwdfaError
-from owdfa.numerics import DEFAULT_THREADS, Numerics, configure_torch, pin
-from owdfa.stage import exit_status
 
 if TYPE_CHECKING:
-    from owdfa.model_card import CardClass, ModelCard, SkippedPretraining
+    from owdfa.modeldir.card import CardClass, ModelCard, SkippedPretraining
 
 ALIGN_CHOICES = ("auto", "resize", "crop", "aligned")
 MAX_MC_PASSES = 1000  # MC-dropout passes: 100 already gives ~3-digit uncertainties
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--native-numerics",
         action="store_true",
         help="let torch pick the widest CPU kernels: faster on some machines, but scores may differ in the last "
-        "digits from the evaluate stage's (default: exact mode, see owdfa.numerics)",
+        "digits from the evaluate stage's (default: exact mode, see owdfa.core.numerics)",
     )
     imp = commands.add_parser(
         "import",
@@ -236,7 +236,7 @@ def _silence_stdout() -> None:
 
 
 def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
-    from owdfa.grid import load_grids, run_grids
+    from owdfa.experiments.grid import load_grids, run_grids
 
     if not names:
         for grid in load_grids(grids_file).values():
@@ -247,7 +247,7 @@ def cmd_grid(names: list[str], jobs: int, grids_file: Path) -> int:
 
 
 def cmd_study(protocol: str, grids_file: Path) -> int:
-    from owdfa.study import write_study
+    from owdfa.experiments.study import write_study
 
     for path in write_study(protocol, Path.cwd(), grids_file):
         print(path, file=sys.stderr)
@@ -259,7 +259,7 @@ def cmd_study(protocol: str, grids_file: Path) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from owdfa import official_checkpoint as official
+    from owdfa.official import checkpoint as official
 
     if args.list:
         for run in official.OFFICIAL_RUNS:
@@ -282,7 +282,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _check_import_target(out: Path, force: bool) -> None:
     """Never replace a folder that is not a model directory; a model directory only with --force."""
-    from owdfa.model_card import CARD_FILE
+    from owdfa.modeldir.card import CARD_FILE
 
     if not out.exists():
         return
@@ -307,8 +307,8 @@ def cmd_info(model_dir: Path, fmt: str) -> int:
     (`attribution.load_checked_model`: dtypes, magnitudes, the architecture's tensors, a strict load).
     """
     from owdfa.attribution import load_checked_model
-    from owdfa.model_card import ModelCard, inspect_card
-    from owdfa.model_io import WEIGHTS
+    from owdfa.modeldir.card import ModelCard, inspect_card
+    from owdfa.modeldir.io import WEIGHTS
 
     inspection = inspect_card(model_dir)
     if fmt == "json":
@@ -331,8 +331,8 @@ def cmd_info(model_dir: Path, fmt: str) -> int:
 
 def info_text(model_dir: Path, card: ModelCard | SkippedPretraining) -> str:
     """The card, readable; a field a broken card fails on (None there) shows as `?`."""
-    from owdfa.model_card import SkippedPretraining
-    from owdfa.model_io import WEIGHTS
+    from owdfa.modeldir.card import SkippedPretraining
+    from owdfa.modeldir.io import WEIGHTS
 
     if isinstance(card, SkippedPretraining):
         return f"model        {model_dir}\nstatus       pretraining skipped (a card without weights)"

@@ -1,6 +1,6 @@
 """A local HTTP server speaking the Hub's API for one repository, for the real `huggingface_hub` client.
 
-One fake for both of the project's downloads (`owdfa.hub_client`): a dataset repo (OWDFA-40's zips,
+One fake for both of the project's downloads (`owdfa.core.hub_client`): a dataset repo (OWDFA-40's zips,
 the fetch stage) or a model repo (the CAL authors' checkpoints). It serves repo info with file
 metadata (`/api/<type>s/<repo>/revision/<rev>`), the tree listing, and HEAD/GET of
 `[/datasets]/<repo>/resolve/<rev>/<path>` at one commit (`main` resolves to it), with range requests.

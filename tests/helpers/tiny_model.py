@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from owdfa.model_card import CardClass, ModelCard
-from owdfa.model_io import save_model_dir
+from owdfa.modeldir.card import CardClass, ModelCard
+from owdfa.modeldir.io import save_model_dir
 from owdfa.models import AttributionModel
 
 SIZE = 32

@@ -44,7 +44,7 @@ def write_owdfa40_folders(root: Path, per_folder: int = IMAGES_PER_FOLDER, size:
 def build_owdfa40_split(base: Path, protocol: str = "p1", size: int = OFFICIAL_SIZE) -> tuple[Path, Path]:
     """The folder, its index, a `size` px face cache (mode resize) and `protocol`'s split under `base`
     (each made once: further calls reuse what is there); returns (faces, split)."""
-    from owdfa.config import Section
+    from owdfa.core.config import Section
     from owdfa.data.align import align
     from owdfa.data.face_cache import read_faces
     from owdfa.data.index import build_index, write_index

@@ -11,10 +11,10 @@ import numpy as np
 import yaml
 
 from helpers.paths import ROOT
-from owdfa.config import Section
+from owdfa.core.config import Section
 from owdfa.methods import resolve_variant
 from owdfa.methods.registry import write_variants
-from owdfa.train_config import TrainConfig, TrainData
+from owdfa.train.config import TrainConfig, TrainData
 
 
 def build_tiny_split(base: Path) -> tuple[Path, Path]:

@@ -1,1 +1,1 @@
-"""Data: benchmark sources, indexing, protocols, splits, the face cache and training views."""
+"""Data ingest: benchmark sources, indexing, protocols, splits and the face cache (training views: `owdfa.train`)."""

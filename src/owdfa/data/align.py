@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError
+from owdfa.core.io import atomic_directory
 from owdfa.data.face_cache import FACES_FILE, IMAGES_FILE
 from owdfa.data.face_preprocessing import DEFAULTS, MODES, FacePreprocessing
 from owdfa.data.faces import (
@@ -45,8 +47,6 @@ from owdfa.data.faces import (
     run_job,
 )
 from owdfa.data.index import read_index
-from owdfa.errors import ConfigError, DataError
-from owdfa.io import atomic_directory
 
 __all__ = [
     "MODES",

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from owdfa.errors import DataError
+from owdfa.core.errors import DataError
 
 _CHUNK = 1 << 20
 MAX_NAME_BYTES = 255  # one path component, on every common Linux/macOS file system

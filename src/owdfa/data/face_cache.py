@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from owdfa.errors import DataError
+from owdfa.core.errors import DataError
 
 FACES_FILE = "faces.csv"
 IMAGES_FILE = "images.npy"

@@ -1,7 +1,7 @@
 """The align stage's record of its face settings: `preprocessing.json` beside the face cache.
 
 One record, one format: the align stage writes it, training copies it into every model card
-(`owdfa.model_card`, key `preprocessing`), and `owdfa attribute` prepares new images with it, so a
+(`owdfa.modeldir.card`, key `preprocessing`), and `owdfa attribute` prepares new images with it, so a
 new picture is cropped as the training images were. The modes, defaults and bounds of the face
 settings live here, beside the record: the align stage reads its params with them and a record is
 held to them, and a reader of cards (training, evaluate, the CLI) needs none of the aligner's code.
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from owdfa.config import Section
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError
 from owdfa.data.face_cache import PREPROCESSING_FILE
-from owdfa.errors import ConfigError, DataError
 
 MODES = ("resize", "crop", "aligned")
 DEFAULTS = {"upsample": 0, "threshold": 0.0, "margin": 1.2, "padding": 0.25, "predictor": "auto", "workers": 0}

@@ -39,8 +39,8 @@ import dlib
 import numpy as np
 from PIL import Image, ImageOps
 
+from owdfa.core.errors import DataError
 from owdfa.data.face_preprocessing import MODES, FacePreprocessing
-from owdfa.errors import DataError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 

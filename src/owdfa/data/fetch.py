@@ -20,14 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from owdfa.config import Section, check_keys, load_section
+from owdfa.core.config import Section, check_keys, load_section
+from owdfa.core.errors import ConfigError, DataError
+from owdfa.core.io import atomic_directory
 from owdfa.data.archive import ExtractReport
 from owdfa.data.index import IMAGE_SUFFIXES
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 from owdfa.data.synthetic import METHODS, SyntheticConfig, images_for, write_benchmark
 from owdfa.data.walk import display_name, is_hidden, is_inside, link_outside, regular_file_problem, walk_images
-from owdfa.errors import ConfigError, DataError
-from owdfa.io import atomic_directory
 
 SOURCES = ("synthetic", "hub", "folder")
 FOLDER_KEYS = ("path",)

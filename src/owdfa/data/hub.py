@@ -23,12 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from owdfa.config import Section, load_section, param
+from owdfa.core.config import Section, load_section, param
+from owdfa.core.errors import ConfigError, DataError
+from owdfa.core.hub_client import HubRepo, HubUnreachable, hash_file, hub_endpoint, hub_error, is_commit, one_line
+from owdfa.core.io import atomic_write_json
 from owdfa.data.archive import ExtractReport, extract_zip
 from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE, OWDFA40_FOLDERS
-from owdfa.errors import ConfigError, DataError
-from owdfa.hub_client import HubRepo, HubUnreachable, hash_file, hub_endpoint, hub_error, is_commit, one_line
-from owdfa.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from owdfa.core.errors import DataError
+from owdfa.core.io import atomic_write_text
 from owdfa.data.walk import display_name, is_hidden, walk_images
-from owdfa.errors import DataError
-from owdfa.io import atomic_write_text
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 _CLASS_FOLDER = re.compile(r"^(\d+)_(.+)$")

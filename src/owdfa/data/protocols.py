@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from owdfa.errors import ConfigError
+from owdfa.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

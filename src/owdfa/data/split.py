@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from owdfa.config import Section, load_section, param
+from owdfa.core.config import Section, load_section, param
+from owdfa.core.errors import ConfigError, DataError
+from owdfa.core.io import atomic_directory
 from owdfa.data.protocols import BUILT_IN_PROTOCOL_NAMES, Protocol, detect_benchmark, get_protocol
-from owdfa.errors import ConfigError, DataError
-from owdfa.io import atomic_directory
 
 MANIFEST_FILE = "manifest.csv"
 CLASSES_FILE = "classes.json"

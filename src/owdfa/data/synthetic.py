@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from owdfa.config import Section, param
-from owdfa.errors import ConfigError
+from owdfa.core.config import Section, param
+from owdfa.core.errors import ConfigError
 
 REAL_FOLDER = "0_Real_Camera"
 

@@ -11,7 +11,7 @@ a variant picks a method class with `method:` and sets every hyper-parameter of 
 (`cal_no_acr: {base: cal, acr: false}`) and `dvc exp run -S` reaches every switch. A variant
 may also carry an `optimizer:` mapping overriding the train section's lr, weight_decay, lr_step or
 lr_gamma for its runs (methods differ in their official optimiser settings); the training code
-reads it (`owdfa.train_config.with_method_optimizer`), the loss object ignores it.
+reads it (`owdfa.train.config.with_method_optimizer`), the loss object ignores it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from owdfa.config import Param, Section, load_section
+from owdfa.core.config import Param, Section, load_section
 from owdfa.methods import losses
 from owdfa.methods.registry import METHOD_KEY, register_method
 
@@ -50,7 +50,7 @@ class Method:
     name: ClassVar[str] = ""
     uses_unlabelled: ClassVar[bool] = True
     uses_strong_view: ClassVar[bool] = True
-    # How the loop draws batches (owdfa.training.SAMPLERS): "labelled_share" = CAL's sampler (each
+    # How the loop draws batches (owdfa.train.loop.SAMPLERS): "labelled_share" = CAL's sampler (each
     # draw labelled with probability train.labelled_share, with replacement); "class_balanced" =
     # CPL's (alternating unlabelled / least-drawn labelled class). Part of a method's recipe.
     sampler: ClassVar[str] = "labelled_share"

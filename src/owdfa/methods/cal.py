@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from owdfa.config import Section
-from owdfa.errors import ConfigError
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError
 from owdfa.methods import losses
 from owdfa.methods.base import Method, StepInput
 from owdfa.methods.dpp import apply_dpp

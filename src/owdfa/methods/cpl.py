@@ -27,9 +27,9 @@ step from (torch.initial_seed(), step counter), so a run is reproducible from it
 consumes the global RNG. Targets of unlabelled rows are -1 and only rows with target >= 0 are read.
 
 The rest of CPL's recipe lives in the training loop, chosen by this class: its single view is
-`owdfa.data.views.single_view` (flip, random resized crop, albumentations brightness/contrast), its
+`owdfa.train.views.single_view` (flip, random resized crop, albumentations brightness/contrast), its
 batches come from the class-balanced sampler (`sampler = "class_balanced"`,
-`owdfa.samplers.BalancedSampler`), and the `cpl` variant in params.yaml carries the official
+`owdfa.train.samplers.BalancedSampler`), and the `cpl` variant in params.yaml carries the official
 optimiser differences (weight decay 1e-5, StepLR gamma 0.2) as `optimizer:` overrides.
 """
 

@@ -2,7 +2,7 @@
 
 Each method class registers itself (`@register_method`, as timm's models do with `@register_model`)
 under its `name`; importing its module is what registers it, so `owdfa/methods/__init__.py` imports
-every method module statically: the code a training stage runs (`owdfa.import_closure`) then includes
+every method module statically: the code a training stage runs (`owdfa.core.import_closure`) then includes
 every method a variant may name, and a new method is one decorated class plus one import line there.
 
 Runs name *variants* (`methods.<variant>` in params.yaml). A variant either picks a method
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from owdfa.config import Section
-from owdfa.errors import ConfigError, DataError
-from owdfa.io import atomic_directory, atomic_write_json
+from owdfa.core.config import Section
+from owdfa.core.errors import ConfigError, DataError
+from owdfa.core.io import atomic_directory, atomic_write_json
 
 METHOD_KEY = "method"  # a variant's method: a registered class's `name`
 BASE_KEY = "base"  # a variant this one differs from

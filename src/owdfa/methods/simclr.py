@@ -2,7 +2,7 @@
 
 ImageNet weights are what CAL and CPL start from; none exist for the embedded benchmark, so this
 stands in for them: features learnt from every training image, labelled and unlabelled alike,
-without reading a single label (the loop is given the rows only, `owdfa.training_stages`).
+without reading a single label (the loop is given the rows only, `owdfa.train.stages`).
 
 Per step (Chen et al. 2020): two strong views of each drawn image, each through the network in
 its own pass as every method here does; the BNNeck features go through a projection head (a

@@ -1,0 +1,1 @@
+"""Evaluation: the evaluate stage, metrics, K estimators, calibration, uncertainty, figures and the report."""

@@ -1,0 +1,1 @@
+"""Research tooling over the pipeline: experiment grids and the regime study."""

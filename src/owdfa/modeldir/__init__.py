@@ -1,0 +1,1 @@
+"""Model directories: the card, the weights' checks and their reading and writing."""

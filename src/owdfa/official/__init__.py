@@ -1,0 +1,1 @@
+"""The CAL authors' released checkpoints: safe reading, conversion to a model directory, the import stage."""
