@@ -118,8 +118,8 @@ def cuda_test_files(tests: Path = ROOT / "tests") -> list[str]:
 
     Collecting only these, not the whole suite, saves the imports of every other test module.
     """
-    files = sorted(tests.glob("test_*.py"))
-    return [f"{tests.name}/{f.name}" for f in files if any(mark in f.read_text() for mark in CUDA_MARKS)]
+    files = sorted(tests.rglob("test_*.py"))  # tests/ and its folders, one per part of the library
+    return [f.relative_to(tests.parent).as_posix() for f in files if any(mark in f.read_text() for mark in CUDA_MARKS)]
 
 
 def check_tests(sizes: Sizes) -> dict[str, Any]:

@@ -259,7 +259,7 @@ def test_gpu_check_dry_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     parts = report["parts"]
     assert set(parts) == {"tests", "model", "pipeline", "ddp"}
     assert parts["tests"]["counts"].get("skipped", 0) >= 1  # the cuda tests are collected (and skip here)
-    assert "tests/test_ffe.py" in parts["tests"]["files"]
+    assert "tests/models/test_ffe.py" in parts["tests"]["files"]
     assert set(parts["model"]["runs"]) == {"fp32-eager", "fp32-compiled", "bf16-eager", "bf16-compiled"}
     assert all(run["loss_ok"] and run["images_per_s"] > 0 for run in parts["model"]["runs"].values())
     assert parts["pipeline"]["trained_on"] == "cpu" and "last" in parts["pipeline"]["metrics"]

@@ -1,6 +1,6 @@
 """Which files of the owdfa package a script runs: the one source for code dependencies.
 
-A stage's DVC code deps (`dvc.yaml`, checked by tests/test_dvc_deps.py) and the resume fingerprint of
+A stage's DVC code deps (`dvc.yaml`, checked by tests/core/test_dvc_deps.py) and the resume fingerprint of
 a training run (`owdfa.train.loop`) must both name exactly the package files the code imports, directly
 or through other package files. This walks the `import` statements (at any depth of the file, so a
 stage's imports inside `main()` count; not those under `if TYPE_CHECKING:`, which never run) and

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.paths import ROOT as REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 PRESETS = sorted(p for p in (ROOT / "params").glob("*.yaml") if p.name != "grids.yaml")  # grids: owdfa grid
 FLAG = re.compile(r"-S\s+'?([\w.]+)=([^'\s]+)'?")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import ROOT as REPO_ROOT
 
 from owdfa.core.config import Section, load_params
 from owdfa.core.errors import ConfigError, OwdfaError
@@ -381,7 +381,7 @@ def test_fetch_errors(tmp_path, data, key):
 # --------------------------------------------------------------------------------------------
 # evaluate
 
-EVALUATE = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]
+EVALUATE = load_params(REPO_ROOT / "params.yaml")["evaluate"]
 
 
 def evaluate_section(data: dict[str, Any]):

@@ -25,11 +25,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT as REPO_ROOT
 
 from owdfa.core.machine import cpu_identity
 from owdfa.core.numerics import _cpu_flags
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHIM_SOURCE = ROOT / "tests" / "helpers" / "cpuid_vendor.c"
 VENDOR_STRINGS = {"intel": "GenuineIntel", "amd": "AuthenticAMD"}
 # The pipeline's own image size (data.synthetic.image_size, align.image_size). At 32 px one oneDNN

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers.paths import ROOT as REPO_ROOT
 from helpers.tiny_run import build_tiny_split, train_sections
 
 from owdfa.core.config import Section
@@ -22,7 +23,7 @@ from owdfa.modeldir.io import load_model, load_state, save_model_dir
 from owdfa.models.inference import predict
 from owdfa.train.stages import RunPaths, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 @pytest.fixture(scope="module")

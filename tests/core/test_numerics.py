@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.paths import ROOT as REPO_ROOT
 from helpers.tiny_run import build_tiny_split, variant_file
 
 from owdfa.core.config import Section
@@ -39,7 +40,7 @@ from owdfa.core.numerics import (
     summary,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 # What a narrower machine looks like to the libraries (each variable is what that library reads).
 NARROW_MACHINE = {
     "ATEN_CPU_CAPABILITY": "default",

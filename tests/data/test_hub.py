@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.fake_hub import FakeHub, serve_repo, sha256
+from helpers.paths import ROOT as REPO_ROOT
 
 # Imported at collection, not inside a test: the client's log handler binds to the sys.stderr of its first
 # import, and a capsys stream is closed after its test.
@@ -36,7 +37,7 @@ from owdfa.data.protocols import LANDMARK_PREDICTOR_FILE
 
 REPO_ID = "hyzheng/OWDFA40-Benchmark"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 PREDICTOR_SIZE = 1 << 20
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.paths import ROOT as REPO_ROOT
 
 from owdfa.core.import_closure import import_closure, module_closure
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SCRIPT = re.compile(r"python (stages/\w+\.py)")
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import ROOT as REPO_ROOT
 from scipy.optimize import linear_sum_assignment, minimize_scalar
 from sklearn.cluster import KMeans
 
@@ -24,7 +24,7 @@ from owdfa.evaluate.estimate_k import (
 from owdfa.evaluate.evaluation import evaluate_config, kmeans_k_estimate
 from owdfa.evaluate.metrics import cluster_acc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def blobs(num_classes: int, dim: int = 8, per_class: int = 100, std: float = 0.05, seed: int = 0):

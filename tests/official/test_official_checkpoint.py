@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from helpers.fake_hub import FakeHub, serve_repo
 from helpers.official_ckpt import BACKBONE, Hostile, lightning_checkpoint, official_state, save_checkpoint  # noqa: E402
 
-# Imported at collection (as tests/test_hub.py does): the client's log handler binds to the sys.stderr
+# Imported at collection (as tests/data/test_hub.py does): the client's log handler binds to the sys.stderr
 # of its first import, and a capsys stream is closed after its test.
 from huggingface_hub import constants, hf_hub_download  # noqa: F401
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 from helpers.official_ckpt import Hostile, lightning_checkpoint, official_state, save_checkpoint
+from helpers.paths import ROOT as REPO_ROOT
 from PIL import Image
 from skimage import data
 
 from owdfa.official.checkpoint import OFFICIAL_RUNS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.paths import ROOT as REPO_ROOT
 
 import owdfa.train.checkpoints as checkpoints
 import owdfa.train.config as train_config_module
@@ -32,7 +32,7 @@ from owdfa.train.loop import run_training
 from owdfa.train.samplers import BalancedSampler, LabelledShareSampler, build_sampler, least_drawn_class
 from owdfa.train.state import RunOptions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def data_of(labelled: dict[int, list[int]], unlabelled: list[int], size: int = 64) -> TrainData:
