@@ -331,7 +331,7 @@ def cmd_info(model_dir: Path, fmt: str) -> int:
 
 def info_text(model_dir: Path, card: ModelCard | SkippedPretraining) -> str:
     """The card, readable; a field a broken card fails on (None there) shows as `?`."""
-    from owdfa.modeldir.card import SkippedPretraining
+    from owdfa.modeldir.card import MethodCard, PretrainCard, SkippedPretraining
     from owdfa.modeldir.io import WEIGHTS
 
     if isinstance(card, SkippedPretraining):
@@ -344,13 +344,14 @@ def info_text(model_dir: Path, card: ModelCard | SkippedPretraining) -> str:
     checkpoints = [name for name, file in WEIGHTS.items() if (model_dir / file).is_file()]
     k_source = "DPP k_trajectory" if card.estimates_k else "active prototypes"
     method = _shown(card.method)
-    if card.loss and card.loss != method:
+    if isinstance(card, MethodCard) and card.loss and card.loss != method:
         method += f" (loss {card.loss})"
+    pretrain_mode = card.pretrain_mode if isinstance(card, PretrainCard) else None
     lines = [
         ("model", str(model_dir)),
         ("benchmark", f"{_shown(card.benchmark)}, protocol {_shown(card.protocol)}"),
         ("method", f"{method}, seed {_shown(card.seed)}"),
-        *([("pretraining", f"pretrain.mode {card.pretrain_mode}")] if card.pretrain_mode else []),
+        *([("pretraining", f"pretrain.mode {pretrain_mode}")] if pretrain_mode else []),
         (
             "backbone",
             f"{_shown(card.backbone)}, {_shown(card.num_prototypes)} prototypes "

@@ -296,3 +296,27 @@ def test_programming_errors_are_type_errors():
         param(optional=True)
     with pytest.raises(TypeError, match="not a dataclass"):
         load_section(dict, Section({}, "s"))
+
+
+@dataclass(frozen=True)
+class Nullable:
+    """Fields typed `X | None`: null is None, any other value is read as `X` (bounds, choices, readers)."""
+
+    seed: int | None = param(None, optional=True, min=0)
+    mode: str | None = param(None, optional=True, choices=("fast", "exact"))
+    shout: str | None = param(None, optional=True, read=_upper)
+
+
+def test_a_nullable_field_reads_null_as_none_and_anything_else_as_its_type():
+    assert load_section(Nullable, Section({}, "s")) == Nullable()
+    assert load_section(Nullable, Section({"seed": None, "mode": None, "shout": None}, "s")) == Nullable()
+    assert load_section(Nullable, Section({"seed": 3, "mode": "fast", "shout": "hi"}, "s")) == Nullable(3, "fast", "HI")
+    for raw, key, problem in [
+        ({"seed": -1}, "s.seed", "must be >= 0, got -1"),
+        ({"seed": "3"}, "s.seed", "expected an integer, got '3'"),
+        ({"mode": "slow"}, "s.mode", "unknown value 'slow'; choose one of fast, exact"),
+        ({"mode": 3}, "s.mode", "expected a string or null, got 3"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_section(Nullable, Section(raw, "s"))
+        assert (info.value.key, info.value.problem) == (key, problem)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from owdfa.modeldir.card import CardClass, ModelCard
+from owdfa.modeldir.card import CardClass, TrainCard
 from owdfa.modeldir.io import save_model_dir
 from owdfa.models import AttributionModel
 
@@ -17,9 +17,9 @@ NAMES = ("Real", "Swap_A", "Reenact_B", "Gan_C", "Diff_D")
 NUM_KNOWN = 3
 
 
-def tiny_card(**changes: Any) -> ModelCard:
+def tiny_card(**changes: Any) -> TrainCard:
     """A train stage's card for `tiny_model()`: 3 known classes of 5, resize preprocessing not recorded."""
-    card = ModelCard(
+    card = TrainCard(
         backbone="test_resnet",
         num_prototypes=len(NAMES),
         num_active=len(NAMES),
@@ -53,7 +53,7 @@ def tiny_model(seed: int = 0) -> AttributionModel:
     return model.eval()
 
 
-def save_tiny_model_dir(out: Path, card: ModelCard | None = None) -> Path:
+def save_tiny_model_dir(out: Path, card: TrainCard | None = None) -> Path:
     model = tiny_model()
     save_model_dir(out, model.state_dict(), card or tiny_card(), val_best_state=model.state_dict())
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,13 @@ from owdfa.core.errors import DataError
 from owdfa.data.face_preprocessing import FacePreprocessing, read_preprocessing
 from owdfa.modeldir.card import (
     CardClass,
+    ImportedCard,
+    MethodCard,
     ModelCard,
+    PretrainCard,
     SkippedPretraining,
+    TrainCard,
+    card_kind,
     inspect_card,
     read_card,
 )
@@ -137,9 +142,9 @@ ALIGNED_RECORD = (
 )
 
 
-def train_card() -> ModelCard:
+def train_card() -> TrainCard:
     """TRAIN_CARD built as the train stage builds it (`owdfa.train.stages._card`)."""
-    return ModelCard(
+    return TrainCard(
         backbone="test_resnet",
         num_prototypes=20,
         num_active=2,
@@ -192,19 +197,13 @@ def test_the_train_stages_card_is_written_as_by_hand(tmp_path: Path) -> None:
     assert again.k_trajectory == [20, 2] and again.k_hat == 2 and again.estimates_k and not again.dpp_faithful
 
 
+def common_fields(card: ModelCard) -> dict[str, Any]:
+    """The fields every kind of card has, as `card` holds them."""
+    return {field.name: getattr(card, field.name) for field in fields(ModelCard)}
+
+
 def test_a_pretrain_card_records_enabled_and_no_train_fields(tmp_path: Path) -> None:
-    card = replace(
-        train_card(),
-        enabled=True,
-        method="supervised",
-        loss=None,
-        method_params=None,
-        method_state=None,
-        model_options=None,
-        pretrained_from=None,
-        num_prototypes=1,
-        num_active=1,
-    )
+    card = PretrainCard(**{**common_fields(train_card()), "method": "supervised", "num_prototypes": 1, "num_active": 1})
     written = json.loads(card.to_json())
     assert written["enabled"] is True and "pretrained_from" not in written and "loss" not in written
     assert written["val_best_epoch"] is None and "preprocessing" in written  # recorded even when null
@@ -218,7 +217,9 @@ def test_a_pretrain_card_records_enabled_and_no_train_fields(tmp_path: Path) -> 
 def test_an_imported_card_records_no_pretrained_from(tmp_path: Path) -> None:
     # `pretrained_from: null` means "trained from scratch" on a train stage's card only; an imported
     # model's card (one with `source`, no `enabled`) leaves it out as any other None field
-    card = replace(train_card(), source={"filename": "protocol1_seed2025.ckpt", "sha256": "0" * 64}, seed=None)
+    method_fields = {field.name: getattr(train_card(), field.name) for field in fields(MethodCard)}
+    card = ImportedCard(**method_fields, source={"filename": "protocol1_seed2025.ckpt", "sha256": "0" * 64})
+    card = replace(card, seed=None)
     written = json.loads(card.to_json())
     assert "pretrained_from" not in written and "seed" not in written and written["source"] == card.source
     assert written["val_best_epoch"] is None and "preprocessing" in written  # recorded even when null
@@ -302,6 +303,67 @@ def test_each_bad_field_is_one_line_naming_the_key(tmp_path: Path, change: dict[
     assert "params.yaml" not in text
     inspection = inspect_card(target)  # `owdfa info`: the card as far as it goes, and the same problem
     assert inspection.problem == text and inspection.card.protocol == "p1"
+
+
+# --------------------------------------------------------------------------------------------
+# the kinds: told apart by their tag keys, each with only its own fields
+
+
+def test_the_kind_is_read_from_the_tag_keys() -> None:
+    train = json.loads(TRAIN_CARD)
+    assert card_kind(train) is TrainCard
+    assert card_kind({**train, "enabled": True}) is PretrainCard
+    assert card_kind({**train, "source": {"sha256": "0" * 64}}) is ImportedCard
+    assert card_kind({**train, "source": None}) is TrainCard  # a null tag is no tag
+
+
+def pretrain_raw() -> dict[str, Any]:
+    common = json.loads(TRAIN_CARD)
+    for key in ("loss", "method_params", "method_state", "model_options", "pretrained_from"):
+        del common[key]
+    return {**common, "enabled": True, "pretrain_mode": "both", "self_supervised_history": [{"epoch": 0}]}
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({**pretrain_raw(), "loss": "cal"}, "card.loss: unexpected in a pretrain stage's card (enabled: true)"),
+        ({**pretrain_raw(), "pretrained_from": None}, "card.pretrained_from: unexpected in a pretrain stage's card"),
+        ({**pretrain_raw(), "pretrain_mode": "none"}, "card.pretrain_mode: unknown value 'none'"),
+        ({**pretrain_raw(), "self_supervised_history": {}}, "card.self_supervised_history: expected a list"),
+        ({**json.loads(TRAIN_CARD), "pretrain_mode": "both"}, "card.pretrain_mode: unexpected in a train stage's card"),
+        ({**json.loads(TRAIN_CARD), "source": "hub"}, "card.source: expected a mapping"),
+        (
+            {**json.loads(TRAIN_CARD), "source": {"sha256": "0" * 64}},
+            "card.pretrained_from: unexpected in an imported model's card (source)",
+        ),
+    ],
+)
+def test_each_kind_has_only_its_own_fields(tmp_path: Path, raw: dict[str, Any], message: str) -> None:
+    target = write_raw(tmp_path / "m", raw)
+    with pytest.raises(DataError) as refused:
+        ModelCard.read(target)
+    assert str(refused.value).startswith(f"{target}/card.json: {message}"), str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert inspect_card(target).problem == str(refused.value)
+
+
+def test_a_pretrain_card_read_back(tmp_path: Path) -> None:
+    card = ModelCard.read(write_raw(tmp_path / "m", pretrain_raw()))
+    assert isinstance(card, PretrainCard) and card.enabled is True and card.pretrain_mode == "both"
+    assert card.self_supervised_history == [{"epoch": 0}] and card.options == {} and card.k_trajectory == [2]
+    assert card.to_json() == card_json_of(pretrain_raw())
+
+
+def card_json_of(raw: dict[str, Any]) -> str:
+    return json.dumps({"format": 1, **raw}, indent=2, sort_keys=True) + "\n"
+
+
+def test_only_the_kinds_are_cards() -> None:
+    common = common_fields(train_card())
+    for abstract in (ModelCard, MethodCard):
+        with pytest.raises(TypeError, match="not a kind of card; build one of TrainCard, PretrainCard, ImportedCard"):
+            abstract(**common)
 
 
 def test_from_dict_refuses_enabled_false_beside_a_model() -> None:

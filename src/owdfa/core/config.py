@@ -5,7 +5,8 @@ so every lookup that fails names the exact key (`train.epochs: expected an integ
 
 A section becomes a frozen dataclass through one loader, `load_section`: each field is read by its
 annotated type, with its bounds, choices, key path or custom reader given where the field is
-declared (`seed: int = param(2025, min=0)`), so a config class is its own schema.
+declared (`seed: int = param(2025, min=0)`), so a config class is its own schema. A field typed
+`X | None` reads null as None and any other value as `X`.
 """
 
 from __future__ import annotations
@@ -313,10 +314,16 @@ def _read_field(section: Section, field: dataclasses.Field, hint: Any, spec: Par
     key = path.split(".")[-1]
     if holder is None or (spec.optional and not holder.has(key)):
         return _default(field)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    nullable = origin in (typing.Union, types.UnionType) and type(None) in args
+    if nullable and holder.raw(key) is None:  # a field typed `X | None` reads null as None
+        return None
     if spec.read is not None:
         return spec.read(holder, key)
     bounds = {"min": spec.min, "max": spec.max}
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if nullable and set(args) != {str, type(None)} and len(args) == 2:  # `int | None` reads its value as `int`
+        hint = next(arg for arg in args if arg is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         return holder.bool(key)
     if hint is int:
@@ -326,7 +333,8 @@ def _read_field(section: Section, field: dataclasses.Field, hint: Any, spec: Par
     if hint is str:
         return holder.str(key, choices=spec.choices)
     if origin in (typing.Union, types.UnionType) and set(args) == {str, type(None)}:
-        return holder.optional_str(key, default=_MISSING)
+        holder.optional_str(key, default=_MISSING)  # "expected a string or null"
+        return holder.str(key, choices=spec.choices)
     if origin is tuple and args == (int, int):
         return holder.int_pair(key, **bounds)
     if origin is tuple and args == (float, float):

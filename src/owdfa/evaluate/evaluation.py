@@ -42,7 +42,7 @@ from owdfa.evaluate import plots
 from owdfa.evaluate.calibration import expected_calibration_error, matched_correct, reliability_table
 from owdfa.evaluate.metrics import evaluate_predictions, k_error
 from owdfa.evaluate.uncertainty import McDropout, mc_dropout_predict, occlusion_uncertainty_maps, uncertainty_summary
-from owdfa.modeldir.card import ModelCard
+from owdfa.modeldir.card import ImportedCard, MethodCard, ModelCard
 from owdfa.modeldir.io import WEIGHTS, load_model
 from owdfa.models.inference import max_softmax, predict
 
@@ -173,7 +173,7 @@ def evaluate(
     _, images = read_faces(faces_dir)
     card = ModelCard.read(model_dir)
     check_model_fits(card, classes, images.shape[1], model_dir, split_dir, faces_dir)
-    if card.source is not None:
+    if isinstance(card, ImportedCard):
         print(
             f"evaluate {out_dir.name}: an imported model, one checkpoint and no validation-selected epoch: "
             "scored as `last` only",
@@ -193,8 +193,8 @@ def evaluate(
     run = {
         "protocol": classes["protocol"],
         "method": card.method,
-        "loss": card.loss,
-        "method_params": card.method_params,
+        "loss": card.loss if isinstance(card, MethodCard) else None,
+        "method_params": card.method_params if isinstance(card, MethodCard) else None,
         "seed": card.seed,
         "checkpoint": analysed_checkpoint(card, config),
         "val_best_epoch": card.val_best_epoch,
@@ -211,7 +211,7 @@ def evaluate(
     trajectories = method_trajectories(card.history or [])
     if trajectories:  # methods that adapt something per epoch (CAL's ACR threshold)
         run["method_trajectories"] = trajectories
-    if card.source is not None:  # only imported models: a trained run's run.json stays as it was
+    if isinstance(card, ImportedCard):  # only imported models: a trained run's run.json stays as it was
         run["imported"] = {"source": card.source, "trained_on": card.trained_on, "num_active": card.num_active}
     atomic_write_json(out_dir / "run.json", run)
     _write_figures(out_dir, analysis, images, config, device)
@@ -277,7 +277,7 @@ class Analysis:
 
 def analysed_checkpoint(card: ModelCard, config: EvaluateConfig) -> str:
     """`evaluate.checkpoint`, except for an imported model: its one checkpoint, scored as `last`."""
-    return "last" if card.source is not None else config.checkpoint
+    return "last" if isinstance(card, ImportedCard) else config.checkpoint
 
 
 def check_model_fits(
@@ -417,7 +417,7 @@ def _write_figures(out_dir: Path, analysis: Analysis, images: np.ndarray, config
     model, card, pred, features = scored.model, scored.card, scored.pred, scored.features
     reliability, ece = analysis.reliability, analysis.ece
     key = out_dir.name
-    title = f"{key} ({'imported' if card.source is not None else config.checkpoint} checkpoint)"
+    title = f"{key} ({'imported' if isinstance(card, ImportedCard) else config.checkpoint} checkpoint)"
     targets, known_mask, class_names, num_known = test.targets, test.known_mask, test.class_names, test.num_known
     method = str(card.method)
     with atomic_directory(out_dir / "plots") as folder:

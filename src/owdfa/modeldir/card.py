@@ -1,18 +1,30 @@
 """The model card: what a model directory's `card.json` records, typed, in one place.
 
-The pretrain and train stages and `owdfa import` build a `ModelCard` and write it (`owdfa.modeldir.io.save_model_dir`);
-evaluate, `owdfa attribute` and `owdfa info` read it with `ModelCard.read`, which checks every field
-first. A model directory is input from elsewhere (docs/attribution.md, "Trust model"): the backbone must be a
+A card is one of four kinds (a tagged union; the tag is read from keys every card of the kind has, so
+the file carries no extra key and its bytes stay as they were):
+
+* `TrainCard`: a train stage's model (no `enabled`, no `source`);
+* `PretrainCard`: a pretrain stage's model (`enabled: true`);
+* `ImportedCard`: weights made elsewhere, an official checkpoint imported (`source`);
+* `SkippedPretraining`: a pretrain stage run with `pretrain.mode: none` (`enabled: false`), no model.
+
+The first three share `ModelCard`'s fields: what building and using the model needs. Train and imported
+cards also record the method (`MethodCard`). Each kind is a frozen dataclass read by the params
+reader (`owdfa.core.config.read_params`): every field declares its type and bounds where it is
+declared, and the rules between fields are the kind's `validate`.
+
+The stages and `owdfa import` build a card and write it (`owdfa.modeldir.io.save_model_dir`); evaluate,
+`owdfa attribute` and `owdfa info` read it with `ModelCard.read`, which checks every field first. A
+model directory is input from elsewhere (docs/attribution.md, "Trust model"): the backbone must be a
 timm architecture this installation builds offline, counts, sizes and dropout must have their types
 and lie in range, the face preprocessing within the align stage's own (`FacePreprocessing`). Each
 problem is one DataError line naming the file and the key: `<dir>/card.json: card.dropout: ...`.
 
 The file is `{"format": 1, ...fields}`, keys sorted, indented by 2. A field left None is not
-written (`source`, for one: only an imported model has it), except those a training run records
-even when empty: `val_best_epoch` (null: no validation split), `preprocessing` (null: a face cache
-from before it was recorded) and, on a train stage's card (one without `enabled` or `source`),
-`pretrained_from` (null: trained from scratch). A pretrain stage with `mode: none` writes
-`SkippedPretraining`'s card, `{"enabled": false, "format": 1}`.
+written (`seed` of an imported model whose run is unknown), except those a kind records even when
+empty (`WRITTEN_WHEN_NULL`): `val_best_epoch` (null: no validation split) and `preprocessing` (null:
+a face cache from before it was recorded) on every card, `pretrained_from` (null: trained from
+scratch) on a train stage's. A skipped pretraining's card is `{"enabled": false, "format": 1}`.
 """
 
 from __future__ import annotations
@@ -21,11 +33,10 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from owdfa.core.config import Section
+from owdfa.core.config import Section, param, read_params
 from owdfa.core.errors import ConfigError, DataError
 from owdfa.data.face_preprocessing import RANGES, FacePreprocessing
 
@@ -38,7 +49,6 @@ MODEL_OPTIONS = ("ffe", "patch_features")
 NETWORK_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 CLASS_KEYS = ("target", "name", "label", "folder", "known")
 NORMALISATION_KEYS = ("mean", "std")
-WRITTEN_WHEN_NULL = ("val_best_epoch", "preprocessing")
 PRETRAINED_MODES = ("supervised", "self_supervised", "both")  # pretrain.mode none writes SkippedPretraining's card
 
 
@@ -56,38 +66,135 @@ class CardClass:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
 
-@dataclass(frozen=True)
-class ModelCard:
-    """A trained model's card; the six fields without a default are what building the model needs."""
+# --------------------------------------------------------------------------------------------
+# readers of the fields no plain type describes: (the section holding the key, the key) -> the value
 
-    backbone: str  # a timm architecture name
-    num_prototypes: int  # classifier rows
-    num_active: int  # rows in use (DPP prunes them)
-    num_known: int  # prototype ids below it are the known classes
-    dropout: float
-    image_size: int  # of the face cache the model was trained on
-    classes: tuple[CardClass, ...] | None = None
-    num_classes_true: int | None = None
-    benchmark: str | None = None
-    protocol: str | None = None
-    method: str | None = None  # the variant (`cal_dpp`), `supervised` for pretraining
-    loss: str | None = None  # the variant's loss (`cal`); train stage only
-    method_params: dict[str, Any] | None = None
-    method_state: dict[str, Any] | None = None  # what the method learnt besides weights (k_trajectory, ...)
-    model_options: dict[str, bool] | None = None  # of MODEL_OPTIONS
-    seed: int | None = None
-    enabled: bool | None = None  # true on a pretrain stage's card; never written by the train stage
-    pretrain_mode: str | None = None  # a pretrain stage's `pretrain.mode` (supervised, self_supervised, both)
-    normalisation: dict[str, list[float]] | None = None  # the model's input mean and std
-    history: list[dict[str, Any]] | None = None  # per epoch: "epoch", the logged losses, "lr", "val/acc"
-    self_supervised_history: list[dict[str, Any]] | None = None  # pretrain mode both: SimCLR's epochs, before history
-    val_best_epoch: int | None = None  # index into history; None without a validation split
-    trained_on: str | None = None
-    numerics: dict[str, Any] | None = None  # owdfa.core.numerics.describe() of the training run
-    params_hash: str | None = None
-    preprocessing: FacePreprocessing | None = None
-    pretrained_from: str | None = None  # the pretrain model directory; train stage only
-    source: dict[str, Any] | None = None  # weights made elsewhere (an imported official checkpoint): file, sha256, ...
+
+def _backbone(card: Section, key: str) -> str:
+    """A timm architecture this installation builds without the network (a pretrained tag is allowed)."""
+    backbone = card.str(key)
+    if backbone.startswith(NETWORK_BACKBONE_PREFIXES):
+        raise ConfigError(card.key(key), f"{backbone!r} is fetched from the network; refused")
+    import timm
+
+    if not timm.is_model(backbone):
+        raise ConfigError(card.key(key), f"{backbone!r} is not a timm architecture this installation builds")
+    return backbone
+
+
+def _dropout(card: Section, key: str) -> float:
+    dropout = card.float(key, min=0.0)
+    if dropout >= 1.0:
+        raise ConfigError(card.key(key), f"must be < 1, got {dropout}")
+    return dropout
+
+
+def _classes(card: Section, key: str) -> tuple[CardClass, ...]:
+    """The classes; their targets' upper bound depends on the card's counts (`ModelCard.validate`)."""
+    entries = card.raw(key)
+    if not isinstance(entries, list):
+        raise ConfigError(card.key(key), f"expected a list, got {type(entries).__name__}")
+    classes = []
+    for i, raw in enumerate(entries):
+        entry = Section(raw, card.key(f"{key}[{i}]"))
+        classes.append(
+            CardClass(
+                target=entry.int("target", min=0),
+                name=entry.str("name"),
+                label=None if entry.raw("label", None) is None else entry.int("label", min=0),
+                folder=entry.optional_str("folder"),
+                known=None if entry.raw("known", None) is None else entry.bool("known"),
+            )
+        )
+        entry.check_unknown(CLASS_KEYS)
+    return tuple(classes)
+
+
+def _mapping(section: Section, key: str) -> dict[str, Any]:
+    return section.section(key).as_dict()
+
+
+def _normalisation(card: Section, key: str) -> dict[str, list[float]]:
+    record = card.section(key)
+    record.check_unknown(NORMALISATION_KEYS)
+    for name in NORMALISATION_KEYS:
+        values = record.raw(name)
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise ConfigError(record.key(name), "expected a list of numbers")
+    return record.as_dict()
+
+
+def _history(card: Section, key: str) -> list[dict[str, Any]]:
+    history = card.raw(key)
+    if not isinstance(history, list) or not all(isinstance(epoch, dict) for epoch in history):
+        raise ConfigError(card.key(key), "expected a list of mappings (one per epoch)")
+    return history
+
+
+def _preprocessing(card: Section, key: str) -> FacePreprocessing:
+    return FacePreprocessing.from_section(card.section(key))
+
+
+def _model_options(card: Section, key: str) -> dict[str, bool]:
+    options = card.section(key)
+    options.check_unknown(MODEL_OPTIONS)
+    return {name: options.bool(name) for name in options.as_dict()}
+
+
+def _enabled(card: Section, key: str) -> bool:
+    """True on a pretrain stage's card; false marks a skipped pretraining, whose card holds nothing else."""
+    if card.bool(key) is False:
+        raise ConfigError(card.key(key), "false marks a skipped pretraining, whose card holds no model")
+    return True
+
+
+def _absent_or(read: Callable[..., Any] | None = None, **bounds: Any) -> Any:
+    """A card field that may be left out or null (None then): what `param(None, optional=True)` reads."""
+    return param(None, optional=True, read=read, **bounds)
+
+
+# --------------------------------------------------------------------------------------------
+# the kinds
+
+Check = tuple[str, Callable[[], None]]  # (the field it bounds, a check raising ConfigError)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """What every card with a model records; the six fields without a default are what building it needs.
+
+    Not a card by itself: a card is a `TrainCard`, a `PretrainCard` or an `ImportedCard`.
+    """
+
+    KIND: ClassVar[str] = ""  # in error messages: "a train stage's card"
+    WRITTEN_WHEN_NULL: ClassVar[tuple[str, ...]] = ("val_best_epoch", "preprocessing")
+
+    backbone: str = param(read=_backbone)  # a timm architecture name
+    num_prototypes: int = param(min=1, max=MAX_PROTOTYPES)  # classifier rows
+    num_active: int = param(min=1, max=MAX_PROTOTYPES)  # rows in use (DPP prunes them); <= num_prototypes
+    num_known: int = param(min=0, max=MAX_PROTOTYPES)  # prototype ids below it are the known classes
+    dropout: float = param(read=_dropout)
+    image_size: int = param(**RANGES["image_size"])  # of the face cache the model was trained on
+    classes: tuple[CardClass, ...] | None = _absent_or(_classes)
+    num_classes_true: int | None = _absent_or(min=1)
+    benchmark: str | None = _absent_or()
+    protocol: str | None = _absent_or()
+    method: str | None = _absent_or()  # the variant (`cal_dpp`), `supervised` for pretraining
+    seed: int | None = _absent_or(min=0)
+    normalisation: dict[str, list[float]] | None = _absent_or(_normalisation)  # the model's input mean and std
+    history: list[dict[str, Any]] | None = _absent_or(_history)  # per epoch: "epoch", the losses, "lr", "val/acc"
+    val_best_epoch: int | None = _absent_or(min=0)  # index into history; None without a validation split
+    trained_on: str | None = _absent_or()
+    numerics: dict[str, Any] | None = _absent_or(_mapping)  # owdfa.core.numerics.describe() of the training run
+    params_hash: str | None = _absent_or()
+    preprocessing: FacePreprocessing | None = _absent_or(_preprocessing)
+
+    def __post_init__(self) -> None:
+        if type(self) is ModelCard or type(self) is MethodCard:
+            kinds = ", ".join(kind.__name__ for kind in CARD_KINDS)
+            raise TypeError(f"{type(self).__name__} is not a kind of card; build one of {kinds}")
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelCard:
@@ -99,16 +206,58 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str | Path) -> ModelCard:
-        """The card of a parsed card.json (`format` is the file reader's to check); `where` names it in errors."""
+        """The card of a parsed card.json, of the kind its keys tell (`format` is the file reader's to
+        check); `where` names it in errors."""
+        kind = card_kind(raw)
+        section = Section(raw, "card")
         try:
-            return cls(**_fields(Section(raw, "card"), lenient=False))
+            card = kind(**read_params(kind, section))
+            card.validate(section)
+            _check_card_keys(kind, section)
         except ConfigError as exc:
             raise DataError(f"{where}: {exc.located}") from None
+        return card
+
+    def validate(self, card: Section) -> None:
+        """The rules between fields, the first broken one raised."""
+        for _, check in self._checks(card):
+            check()
+
+    def _checks(self, card: Section) -> list[Check]:
+        """Each rule between fields: its field, and a check that is skipped where a field it reads is None."""
+        prototypes = self.num_prototypes
+
+        def at_most(name: str, high: int | None) -> Check:
+            def check() -> None:
+                value = getattr(self, name)
+                if high is not None and value is not None and value > high:
+                    raise ConfigError(card.key(name), f"must be <= {high}, got {value}")
+
+            return name, check
+
+        def class_targets() -> None:
+            # a pretrain model has prototypes for the known classes only; its card lists every class
+            targets = self.num_classes_true or prototypes
+            for i, entry in enumerate(self.classes or ()):
+                if targets is not None and entry.target > targets - 1:
+                    raise ConfigError(card.key(f"classes[{i}].target"), f"must be <= {targets - 1}, got {entry.target}")
+
+        def preprocessing_size() -> None:
+            record = self.preprocessing
+            size = self.image_size
+            if record is not None and size is not None and record.image_size != size:
+                problem = f"{record.image_size} differs from the model's {size}"
+                raise ConfigError(card.key("preprocessing.image_size"), problem)
+
+        return [
+            at_most("num_active", prototypes),
+            at_most("num_known", prototypes),
+            ("classes", class_targets),
+            ("preprocessing", preprocessing_size),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON fields (without `format`), None left out but for WRITTEN_WHEN_NULL (module docstring)."""
-        train_stage = self.enabled is None and self.source is None
-        null_kept = WRITTEN_WHEN_NULL + (("pretrained_from",) if train_stage else ())
+        """The JSON fields (without `format`), None left out but for the kind's WRITTEN_WHEN_NULL."""
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -116,7 +265,7 @@ class ModelCard:
                 value = value.to_dict()
             elif field.name == "classes" and value is not None:
                 value = [entry.to_dict() for entry in value]
-            if value is not None or field.name in null_kept:
+            if value is not None or field.name in self.WRITTEN_WHEN_NULL:
                 out[field.name] = value
         return out
 
@@ -124,15 +273,19 @@ class ModelCard:
         return card_json(self)
 
     @property
+    def options(self) -> dict[str, bool]:
+        """The network's architectural options (`MODEL_OPTIONS`); none set: the plain network."""
+        return {}
+
+    @property
     def k_trajectory(self) -> list[int]:
         """Active prototypes per epoch when the method prunes them (DPP), else the final count alone."""
-        recorded = (self.method_state or {}).get("k_trajectory")
-        return [int(k) for k in recorded] if recorded else [self.num_active]
+        return [self.num_active]
 
     @property
     def estimates_k(self) -> bool:
         """Whether the method recorded a K-hat per epoch (DPP's k_trajectory)."""
-        return bool((self.method_state or {}).get("k_trajectory"))
+        return False
 
     @property
     def k_hat(self) -> int:
@@ -142,7 +295,97 @@ class ModelCard:
     @property
     def dpp_faithful(self) -> bool:
         """Faithful DPP: evaluate also scores the classifier with every prototype row active."""
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainCard(ModelCard):
+    """A pretrain stage's model: the starting weights of a protocol's train runs."""
+
+    KIND: ClassVar[str] = "a pretrain stage's card (enabled: true)"
+
+    enabled: bool = param(True, read=_enabled)  # the tag: always true (false is SkippedPretraining's)
+    pretrain_mode: str | None = _absent_or(choices=PRETRAINED_MODES)  # the stage's `pretrain.mode`
+    self_supervised_history: list[dict[str, Any]] | None = _absent_or(_history)  # mode both: SimCLR's epochs
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodCard(ModelCard):
+    """What a card records of the open-world method that trained the model (train and imported cards)."""
+
+    loss: str | None = _absent_or()  # the variant's method (`cal`)
+    method_params: dict[str, Any] | None = _absent_or(_mapping)
+    method_state: dict[str, Any] | None = _absent_or(_mapping)  # what the method learnt besides weights
+    model_options: dict[str, bool] | None = _absent_or(_model_options)  # of MODEL_OPTIONS
+
+    def _checks(self, card: Section) -> list[Check]:
+        def trajectory() -> None:
+            recorded = (self.method_state or {}).get("k_trajectory")
+            if recorded is None or self.num_prototypes is None:
+                return
+            counts, high = recorded if isinstance(recorded, list) else [None], self.num_prototypes
+            if not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= high for k in counts):
+                raise ConfigError(card.key("method_state.k_trajectory"), f"expected a list of counts in [1, {high}]")
+
+        return [*super()._checks(card), ("method_state", trajectory)]
+
+    @property
+    def options(self) -> dict[str, bool]:
+        return dict(self.model_options or {})
+
+    @property
+    def k_trajectory(self) -> list[int]:
+        recorded = (self.method_state or {}).get("k_trajectory")
+        return [int(k) for k in recorded] if recorded else [self.num_active]
+
+    @property
+    def estimates_k(self) -> bool:
+        return bool((self.method_state or {}).get("k_trajectory"))
+
+    @property
+    def dpp_faithful(self) -> bool:
         return bool((self.method_state or {}).get("dpp_faithful"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainCard(MethodCard):
+    """A train stage's model."""
+
+    KIND: ClassVar[str] = "a train stage's card"
+    WRITTEN_WHEN_NULL: ClassVar[tuple[str, ...]] = (*ModelCard.WRITTEN_WHEN_NULL, "pretrained_from")
+
+    pretrained_from: str | None = _absent_or()  # the pretrain model directory; null: trained from scratch
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportedCard(MethodCard):
+    """Weights made elsewhere (an official checkpoint imported by `owdfa import` or its stage)."""
+
+    KIND: ClassVar[str] = "an imported model's card (source)"
+
+    source: dict[str, Any] = param(read=_mapping)  # the tag: where the weights came from (file, sha256, ...)
+
+
+CARD_KINDS: tuple[type[ModelCard], ...] = (TrainCard, PretrainCard, ImportedCard)
+
+
+def card_kind(raw: Mapping[str, Any]) -> type[ModelCard]:
+    """The kind of card a parsed card.json with a model is, by its tag keys (`enabled`, `source`)."""
+    if raw.get("enabled") is not None:
+        return PretrainCard
+    if raw.get("source") is not None:
+        return ImportedCard
+    return TrainCard
+
+
+def _check_card_keys(kind: type[ModelCard], card: Section) -> None:
+    """Keys of no field are typos; a field of another kind says so."""
+    own = {field.name for field in dataclasses.fields(kind)} | {"format"}
+    for key in sorted(set(card.keys()) - own):
+        other = [k for k in CARD_KINDS if key in {field.name for field in dataclasses.fields(k)}]
+        if other:
+            raise ConfigError(card.key(key), f"unexpected in {kind.KIND}")
+        raise ConfigError(card.key(key), "unknown key (typo?)")
 
 
 @dataclass(frozen=True)
@@ -224,7 +467,23 @@ def inspect_card(model_dir: Path) -> CardInspection:
         return CardInspection(raw, card, _no_model(where) if isinstance(card, SkippedPretraining) else None)
     if raw.get("enabled") is False:
         return CardInspection(raw, SkippedPretraining(), problem)
-    return CardInspection(raw, ModelCard(**_fields(Section(raw, "card"), lenient=True)), problem)
+    return CardInspection(raw, _lenient(card_kind(raw), Section(raw, "card")), problem)
+
+
+def _lenient(kind: type[ModelCard], card: Section) -> ModelCard:
+    """`owdfa info` on a broken card: each field that fails its own check, or a rule between fields, is None."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(kind):
+        try:
+            values.update(read_params(kind, card, names=[field.name]))
+        except ConfigError:
+            values[field.name] = None
+    for name, check in kind(**values)._checks(card):
+        try:
+            check()
+        except ConfigError:
+            values[name] = None
+    return kind(**values)
 
 
 def _no_model(where: Path) -> str:
@@ -238,163 +497,3 @@ def _parse(raw: dict[str, Any], where: Path) -> ModelCard | SkippedPretraining:
             raise DataError(f"{where}: card.{extra[0]}: unexpected in a skipped pretraining's card (enabled: false)")
         return SkippedPretraining()
     return ModelCard.from_dict(raw, where)
-
-
-def _fields(card: Section, lenient: bool) -> dict[str, Any]:
-    """ModelCard's fields, each checked in turn (the first failure raises ConfigError).
-
-    `lenient` (`owdfa info` on a broken card): a field that fails is None instead, and the checks
-    that depend on it use the widest bounds.
-    """
-    fields: dict[str, Any] = {}
-
-    def field(name: str, read: Callable[[], Any]) -> None:
-        try:
-            fields[name] = read()
-        except ConfigError:
-            if not lenient:
-                raise
-            fields[name] = None
-
-    field("backbone", lambda: _backbone(card))
-    field("num_prototypes", lambda: card.int("num_prototypes", min=1, max=MAX_PROTOTYPES))
-    prototypes = fields["num_prototypes"] or MAX_PROTOTYPES
-    field("num_active", lambda: card.int("num_active", min=1, max=prototypes))
-    field("num_known", lambda: card.int("num_known", min=0, max=prototypes))
-    field("image_size", lambda: _image_size(card))
-    field("dropout", lambda: _dropout(card))
-    field("model_options", lambda: _model_options(card))
-    field("num_classes_true", lambda: _optional(card, "num_classes_true", card.int, min=1))
-    # a pretrain model has prototypes for the known classes only, its card lists every class
-    targets = fields["num_classes_true"] or prototypes
-    field("classes", lambda: _classes(card, targets))
-    field("method_state", lambda: _method_state(card, prototypes))
-    field("preprocessing", lambda: _preprocessing(card, fields["image_size"]))
-    for name in ("benchmark", "protocol", "method", "loss", "trained_on", "params_hash", "pretrained_from"):
-        field(name, lambda name=name: card.optional_str(name))
-    field("seed", lambda: _optional(card, "seed", card.int, min=0))
-    field("enabled", lambda: _enabled(card))
-    field("method_params", lambda: _optional(card, "method_params", partial(_mapping, card)))
-    field("numerics", lambda: _optional(card, "numerics", partial(_mapping, card)))
-    field("normalisation", lambda: _optional(card, "normalisation", partial(_normalisation, card)))
-    field("history", lambda: _optional(card, "history", partial(_history, card)))
-    field("self_supervised_history", lambda: _optional(card, "self_supervised_history", partial(_history, card)))
-    field("pretrain_mode", lambda: _optional(card, "pretrain_mode", card.str, choices=PRETRAINED_MODES))
-    field("val_best_epoch", lambda: _optional(card, "val_best_epoch", card.int, min=0))
-    field("source", lambda: _optional(card, "source", partial(_mapping, card)))
-    if not lenient:
-        card.check_unknown([*(f.name for f in dataclasses.fields(ModelCard)), "format"])
-    return fields
-
-
-def _optional(card: Section, key: str, read: Callable[..., Any], **bounds: Any) -> Any:
-    """None when the card leaves `key` out or null, else `read(key, **bounds)`."""
-    return None if card.raw(key, None) is None else read(key, **bounds)
-
-
-def _backbone(card: Section) -> str:
-    """A timm architecture this installation builds without the network (a pretrained tag is allowed)."""
-    backbone = card.str("backbone")
-    if backbone.startswith(NETWORK_BACKBONE_PREFIXES):
-        raise ConfigError(card.key("backbone"), f"{backbone!r} is fetched from the network; refused")
-    import timm
-
-    if not timm.is_model(backbone):
-        raise ConfigError(card.key("backbone"), f"{backbone!r} is not a timm architecture this installation builds")
-    return backbone
-
-
-def _image_size(section: Section) -> int:
-    return section.int("image_size", **RANGES["image_size"])
-
-
-def _dropout(card: Section) -> float:
-    dropout = card.float("dropout", min=0.0)
-    if dropout >= 1.0:
-        raise ConfigError(card.key("dropout"), f"must be < 1, got {dropout}")
-    return dropout
-
-
-def _model_options(card: Section) -> dict[str, bool] | None:
-    if not card.has("model_options"):
-        return None
-    options = card.section("model_options")
-    options.check_unknown(MODEL_OPTIONS)
-    return {key: options.bool(key) for key in options.as_dict()}
-
-
-def _classes(card: Section, num_targets: int) -> tuple[CardClass, ...] | None:
-    entries = card.raw("classes", None)
-    if entries is None:
-        return None
-    if not isinstance(entries, list):
-        raise ConfigError(card.key("classes"), f"expected a list, got {type(entries).__name__}")
-    classes = []
-    for i, raw in enumerate(entries):
-        entry = Section(raw, card.key(f"classes[{i}]"))
-        classes.append(
-            CardClass(
-                target=entry.int("target", min=0, max=num_targets - 1),
-                name=entry.str("name"),
-                label=_optional(entry, "label", entry.int, min=0),
-                folder=entry.optional_str("folder"),
-                known=_optional(entry, "known", entry.bool),
-            )
-        )
-        entry.check_unknown(CLASS_KEYS)
-    return tuple(classes)
-
-
-def _method_state(card: Section, prototypes: int) -> dict[str, Any] | None:
-    if card.raw("method_state", None) is None:
-        return None
-    state = card.section("method_state")
-    trajectory = state.raw("k_trajectory", None)
-    counts = trajectory if isinstance(trajectory, list) else [None]
-    if trajectory is not None and not all(
-        isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= prototypes for k in counts
-    ):
-        raise ConfigError(state.key("k_trajectory"), f"expected a list of counts in [1, {prototypes}]")
-    return state.as_dict()
-
-
-def _preprocessing(card: Section, image_size: int | None) -> FacePreprocessing | None:
-    if card.raw("preprocessing", None) is None:
-        return None
-    record = FacePreprocessing.from_section(card.section("preprocessing"))
-    if image_size is not None and record.image_size != image_size:
-        raise ConfigError(
-            card.key("preprocessing.image_size"), f"{record.image_size} differs from the model's {image_size}"
-        )
-    return record
-
-
-def _enabled(card: Section) -> bool | None:
-    """True on a pretrain stage's card; false marks a skipped pretraining, whose card holds nothing else."""
-    enabled = _optional(card, "enabled", card.bool)
-    if enabled is False:
-        raise ConfigError(card.key("enabled"), "false marks a skipped pretraining, whose card holds no model")
-    return enabled
-
-
-def _mapping(section: Section, key: str) -> dict[str, Any]:
-    return section.section(key).as_dict()
-
-
-def _normalisation(card: Section, key: str) -> dict[str, list[float]]:
-    record = card.section(key)
-    record.check_unknown(NORMALISATION_KEYS)
-    for name in NORMALISATION_KEYS:
-        values = record.raw(name)
-        if not isinstance(values, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in values
-        ):
-            raise ConfigError(record.key(name), "expected a list of numbers")
-    return record.as_dict()
-
-
-def _history(card: Section, key: str) -> list[dict[str, Any]]:
-    history = card.raw(key)
-    if not isinstance(history, list) or not all(isinstance(epoch, dict) for epoch in history):
-        raise ConfigError(card.key(key), "expected a list of mappings (one per epoch)")
-    return history

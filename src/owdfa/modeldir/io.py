@@ -63,7 +63,7 @@ def load_state(model_dir: Path, checkpoint: str = "last") -> dict[str, torch.Ten
 
 def build_model(card: ModelCard, state: dict[str, torch.Tensor], model_dir: Path) -> AttributionModel:
     """The card's model holding `state`, loaded strictly: every name and shape must match."""
-    options = card.model_options or {}
+    options = card.options
     model = AttributionModel(card.backbone, card.num_prototypes, pretrained=False, dropout=card.dropout, **options)
     _check_same_tensors(model, state, options, model_dir)
     try:

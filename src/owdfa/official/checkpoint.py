@@ -48,7 +48,7 @@ from owdfa.core.hub_client import HubRepo, hash_file, hub_endpoint, hub_error, i
 from owdfa.data.face_preprocessing import DEFAULTS, FacePreprocessing
 from owdfa.data.protocols import OWDFA40_FOLDERS, OWDFA40_PROTOCOLS
 from owdfa.data.walk import display_name
-from owdfa.modeldir.card import CardClass, ModelCard
+from owdfa.modeldir.card import CardClass, ImportedCard
 from owdfa.models.prototype import IMAGENET_MEAN, IMAGENET_STD
 
 OFFICIAL_REPO_ID = "hyzheng/OWDFA_CAL"
@@ -486,7 +486,7 @@ class ImportedCheckpoint(NamedTuple):
     """Our model's state dict and the model card the official checkpoint implies."""
 
     state: dict[str, torch.Tensor]
-    card: ModelCard
+    card: ImportedCard
 
 
 def official_key(ours: str) -> str | None:
@@ -653,7 +653,7 @@ def official_card(
     num_prototypes: int,
     num_active: int,
     active_given: bool,
-) -> ModelCard:
+) -> ImportedCard:
     """The model card of an imported official model, written as every card is (`ModelCard.to_json`).
 
     Provenance (Hub repo, commit, file, sha256, the Lightning metadata) is the card's `source`; a field
@@ -677,7 +677,7 @@ def official_card(
             else "not stored in the checkpoint (valid_proto_num is a plain attribute): every row is active, "
             "as the official scripts/evaluate_wok.sh evaluates"
         )
-    return ModelCard(
+    return ImportedCard(
         backbone=backbone,
         num_prototypes=num_prototypes,
         num_active=num_active,
@@ -713,7 +713,7 @@ def _selection_score(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def import_setting(card: ModelCard) -> str:
+def import_setting(card: ImportedCard) -> str:
     """`known K`, or `unknown K, N active prototypes`: what an imported card is, for one summary line."""
     return "known K" if card.method == "cal_official" else f"unknown K, {card.num_active} active prototypes"
 
@@ -726,7 +726,7 @@ def write_model_dir(out: Path, imported: ImportedCheckpoint) -> None:
     save_model_dir(Path(out), imported.state, imported.card)
 
 
-def import_to_model_dir(source: CheckpointFile, out: Path, **options: Any) -> ModelCard:
+def import_to_model_dir(source: CheckpointFile, out: Path, **options: Any) -> ImportedCard:
     """`import_official_checkpoint` then `write_model_dir`; returns the model card."""
     imported = import_official_checkpoint(source, **options)
     write_model_dir(out, imported)

@@ -18,15 +18,10 @@ from owdfa.core.errors import ConfigError
 from owdfa.data.protocols import OWDFA40_PROTOCOLS
 
 if TYPE_CHECKING:
-    from owdfa.modeldir.card import ModelCard
+    from owdfa.modeldir.card import ImportedCard
 
 # A model's name becomes a stage name and a folder name: keep it to plain characters.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _optional_int(section: Section, key: str) -> int | None:
-    """An integer >= 0 or null (`num_active`, `seed`: the converter's own default applies to null)."""
-    return None if section.raw(key) is None else section.int(key, min=0)
 
 
 @dataclass(frozen=True)
@@ -43,8 +38,8 @@ class OfficialModel:
 
     file: str  # a path in the Hub repo (`protocol1/protocol1_seed2025.ckpt`) or an existing local .ckpt
     protocol: str = param(choices=tuple(OWDFA40_PROTOCOLS))  # OWDFA-40's; its split scores the model
-    num_active: int | None = param(None, optional=True, read=_optional_int)  # unknown K: DPP's count (default all)
-    seed: int | None = param(None, optional=True, read=_optional_int)  # default: from the official file name
+    num_active: int | None = param(None, optional=True, min=0)  # unknown K: DPP's count (null or left out: all)
+    seed: int | None = param(None, optional=True, min=0)  # null or left out: from the official file name
     backbone: str | None = param(None, optional=True)  # timm name; default the official resnet50 (tests: test_resnet)
 
 
@@ -60,7 +55,7 @@ def model_settings(params: Path, name: str) -> tuple[OfficialSource, OfficialMod
     return source, load_section(OfficialModel, models.section(name))
 
 
-def import_model(params: Path, name: str, out: Path) -> ModelCard:
+def import_model(params: Path, name: str, out: Path) -> ImportedCard:
     """Fetch (or take) the checkpoint, check it is the protocol's, write the model directory; its card."""
     from owdfa.official import checkpoint as official
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from owdfa.data.split import read_split
 from owdfa.methods import method_from_variant
 from owdfa.methods.base import Supervised
 from owdfa.methods.simclr import SimCLR
-from owdfa.modeldir.card import CardClass, ModelCard, SkippedPretraining, read_card
+from owdfa.modeldir.card import CardClass, ModelCard, PretrainCard, SkippedPretraining, TrainCard, read_card
 from owdfa.modeldir.io import load_state, params_hash, save_model_dir
 from owdfa.train.checkpoints import close_checkpoints
 from owdfa.train.config import (
@@ -35,6 +35,8 @@ from owdfa.train.config import (
 from owdfa.train.feature_probe import feature_probe
 from owdfa.train.loop import TrainResult, run_training
 from owdfa.train.state import RunOptions
+
+CardT = TypeVar("CardT", bound=ModelCard)
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,17 @@ def load_train_data(split_dir: Path, faces_dir: Path) -> tuple[TrainData, dict[s
 
 
 def _card(
-    result: TrainResult, classes: dict[str, Any], config_params: dict[str, Any], faces_dir: Path, **extra: Any
-) -> ModelCard:
-    """What every trained model's card records; `extra`: the stage's own fields (image_size among them)."""
+    kind: type[CardT],
+    result: TrainResult,
+    classes: dict[str, Any],
+    config_params: dict[str, Any],
+    faces_dir: Path,
+    **extra: Any,
+) -> CardT:
+    """What every trained model's card records, as the card `kind`; `extra`: the stage's own fields
+    (image_size among them)."""
     model = result.model
-    return ModelCard(
+    return kind(
         backbone=model.backbone_name,
         num_prototypes=int(model.prototypes.shape[0]),
         num_active=int(model.num_active),
@@ -99,7 +107,7 @@ def _card(
     )
 
 
-def pretrain(section: Section, paths: RunPaths) -> ModelCard | SkippedPretraining:
+def pretrain(section: Section, paths: RunPaths) -> PretrainCard | SkippedPretraining:
     """The starting weights of every train run of a protocol, by `pretrain.mode` (`PretrainPlan`).
 
     With `paths.checkpoints`, an interrupted run resumes from its last epoch (SimCLR's phase keeps its
@@ -158,11 +166,11 @@ def pretrain(section: Section, paths: RunPaths) -> ModelCard | SkippedPretrainin
             ),
         )
     card = _card(
+        PretrainCard,
         result,
         classes,
         section.as_dict(),
         faces_dir,
-        enabled=True,
         pretrain_mode=plan.mode,
         self_supervised_history=None if ssl_result is None or plan.mode == "self_supervised" else ssl_result.history,
         method="supervised" if plan.supervised else SimCLR.name,
@@ -246,7 +254,7 @@ def initial_state(init_dir: Path | None) -> dict | None:
 
 def train(
     section: Section, variant: Section, method_name: str, seed: int, paths: RunPaths, config: TrainConfig | None = None
-) -> ModelCard:
+) -> TrainCard:
     """One training run; with `paths.checkpoints`, an interrupted run resumes from its last epoch.
 
     `section` is the train section (`config` its parsed form, if the caller has it already);
@@ -273,6 +281,7 @@ def train(
         ),
     )
     card = _card(
+        TrainCard,
         result,
         classes,
         {"train": section.as_dict(), "method": variant.as_dict()},
