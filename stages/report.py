@@ -6,7 +6,7 @@ from pathlib import Path
 
 from owdfa.core.config import Section
 from owdfa.core.stage import run_stage
-from owdfa.evaluate.report import build_report
+from owdfa.evaluate.report import ReportedRuns, build_report
 
 
 def main() -> None:
@@ -21,9 +21,8 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     imported = list(Section.from_file("official", args.params).section("models").keys())
-    build_report(
-        args.runs, args.protocols, args.methods, args.seeds, args.out, args.predictions, imported, args.pretrain
-    )
+    runs = ReportedRuns(args.protocols, args.methods, args.seeds, imported)
+    build_report(args.runs, runs, args.out, args.predictions, args.pretrain)
     print(f"report: {args.out / 'results.md'}")
 
 

@@ -31,7 +31,7 @@ from owdfa.methods.cpl import CPL
 from owdfa.models import AttributionModel
 from owdfa.models.inference import predict
 from owdfa.train.config import TrainConfig, train_config
-from owdfa.train.loop import forward_loss, run_training, seed_everything
+from owdfa.train.loop import Placement, StepPosition, forward_loss, run_training, seed_everything
 
 METHODS = {"baseline": Baseline, "cal": lambda: CAL(acr_start_epoch=0), "cpl": CPL}
 WORLD = 2
@@ -73,11 +73,8 @@ def one_step_gradients(method_name: str, world: World) -> dict[str, torch.Tensor
         images[mine],
         strong[mine] if method.uses_strong_view else None,
         targets,
-        epoch=0,
-        num_epochs=2,
-        num_known=3,
-        device=device,
-        world=world,
+        StepPosition(epoch=0, num_epochs=2, num_known=3),
+        Placement(device, world=world),
     )
     loss.backward()
     params = [p for p in model.parameters() if p.requires_grad]

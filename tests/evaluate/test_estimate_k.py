@@ -21,7 +21,7 @@ from owdfa.evaluate.estimate_k import (
     ss_kmeans,
     ss_kmeans_folds_estimate_k,
 )
-from owdfa.evaluate.evaluation import evaluate_config, kmeans_k_estimate
+from owdfa.evaluate.evaluation import evaluate_config, kmeans_k_estimate, training_features
 from owdfa.evaluate.metrics import cluster_acc
 
 ROOT = REPO_ROOT
@@ -391,7 +391,7 @@ def test_estimate_k_estimate_returns_each_chosen_estimator():
     )
     images = np.concatenate([images, np.zeros((20, 4, 4, 3), np.uint8)])
     device = torch.device("cpu")
-    args = (PixelFeatures(), manifest, images, 2, 4.0, 64, device, 0, "fp32")
+    args = (*training_features(PixelFeatures(), manifest, images, 64, device, "fp32"), 2, 4.0, 0)
     # expected: the rule on the training rows only (test rows dropped), val rows labelled,
     # K searched in [2, round(4.0 x 2)]
     train = split != "test"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from owdfa.core.errors import DataError
-from owdfa.evaluate.report import build_report, run_key
+from owdfa.evaluate.report import ReportedRuns, build_report, run_key
 
 METHODS = ["cal_abl1", "cal"]
 SEEDS = [0, 1]
@@ -58,7 +58,7 @@ def runs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_report_tables_and_summary(tmp_path, runs):
     out = tmp_path / "out"
-    summary = build_report(runs[0], ["p1"], METHODS, SEEDS, out, runs[1])
+    summary = build_report(runs[0], ReportedRuns(["p1"], METHODS, SEEDS), out, runs[1])
     cal = summary["p1"]["cal"]
     assert cal["all_acc"] == pytest.approx(0.61) and cal["all_acc_std"] == round(np.std([0.6, 0.62], ddof=1), 6)
     assert cal["val_best_all_acc"] == pytest.approx(0.60)
@@ -88,7 +88,7 @@ def test_k_table_names_both_estimators_when_both_ran(tmp_path, runs):
             metrics = json.loads(path.read_text())
             metrics["k_hat_ss_kmeans_folds"] = 12
             path.write_text(json.dumps(metrics))
-    summary = build_report(runs[0], ["p1"], METHODS, SEEDS, tmp_path / "out", runs[1])
+    summary = build_report(runs[0], ReportedRuns(["p1"], METHODS, SEEDS), tmp_path / "out", runs[1])
     assert summary["p1"]["cal"]["k_hat_ss_kmeans_folds"] == 12 and summary["p1"]["cal"]["k_hat_gcd"] == 9.5
     text = (tmp_path / "out" / "results.md").read_text()
     header = (
@@ -100,8 +100,8 @@ def test_k_table_names_both_estimators_when_both_ran(tmp_path, runs):
 
 def test_report_is_bit_identical_on_a_rerun(tmp_path, runs):
     first, second = tmp_path / "a", tmp_path / "b"
-    build_report(runs[0], ["p1"], METHODS, SEEDS, first, runs[1])
-    build_report(runs[0], ["p1"], METHODS, SEEDS, second, runs[1])
+    build_report(runs[0], ReportedRuns(["p1"], METHODS, SEEDS), first, runs[1])
+    build_report(runs[0], ReportedRuns(["p1"], METHODS, SEEDS), second, runs[1])
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert len(files) == 5  # results.md, metrics.json, trajectories.json, two figures
     for rel in files:
@@ -109,17 +109,17 @@ def test_report_is_bit_identical_on_a_rerun(tmp_path, runs):
 
 
 def test_no_ablation_table_without_ablation_variants(tmp_path, runs):
-    build_report(runs[0], ["p1"], ["cal"], SEEDS, tmp_path / "out")
+    build_report(runs[0], ReportedRuns(["p1"], ["cal"], SEEDS), tmp_path / "out")
     assert "Ablation" not in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_missing_run_is_one_line(tmp_path, runs):
     with pytest.raises(DataError, match=r"p1-cal-7/metrics\.json: missing"):
-        build_report(runs[0], ["p1"], ["cal"], [7], tmp_path / "out")
+        build_report(runs[0], ReportedRuns(["p1"], ["cal"], [7]), tmp_path / "out")
     old = runs[0] / "p1-cal-0" / "metrics.json"
     old.write_text(json.dumps({"all_acc": 0.5}))
     with pytest.raises(DataError, match="older evaluate stage"):
-        build_report(runs[0], ["p1"], ["cal"], [0], tmp_path / "out")
+        build_report(runs[0], ReportedRuns(["p1"], ["cal"], [0]), tmp_path / "out")
 
 
 def test_faithful_dpp_gets_both_classifiers_side_by_side(tmp_path, runs):
@@ -128,7 +128,7 @@ def test_faithful_dpp_gets_both_classifiers_side_by_side(tmp_path, runs):
         metrics = json.loads(path.read_text())
         metrics["last_all_prototypes"] = {**metrics["last"], "all_acc": 0.3, "novel_acc": 0.1, "known_acc": 0.7}
         path.write_text(json.dumps(metrics))
-    build_report(runs[0], ["p1"], METHODS, SEEDS, tmp_path / "out", runs[1])
+    build_report(runs[0], ReportedRuns(["p1"], METHODS, SEEDS), tmp_path / "out", runs[1])
     text = (tmp_path / "out" / "results.md").read_text()
     assert "**Faithful DPP, both classifiers**" in text
     assert "| Method | All ACC, K̂ rows | Novel ACC, K̂ rows | Known ACC, K̂ rows | All ACC, all rows |" in text
@@ -152,7 +152,7 @@ def test_starting_features_and_trajectories(tmp_path, runs):
         json.dumps({"mode": "both", "probe_known_acc": 0.625, "val_acc": None})
     )
     out = tmp_path / "out"
-    summary = build_report(runs_dir, ["p1"], METHODS, SEEDS, out, runs[1], pretrain_dir=pretrain)
+    summary = build_report(runs_dir, ReportedRuns(["p1"], METHODS, SEEDS), out, runs[1], pretrain_dir=pretrain)
     assert summary["starting_features"] == {"p1": {"probe_known_acc": 0.625, "val_acc": None}}
     text = (out / "results.md").read_text()
     assert (
@@ -170,6 +170,8 @@ def test_starting_features_and_trajectories(tmp_path, runs):
 
 
 def test_no_pretrain_metrics_no_starting_features(tmp_path, runs):
-    summary = build_report(runs[0], ["p1"], METHODS, SEEDS, tmp_path / "out", runs[1], pretrain_dir=tmp_path / "none")
+    summary = build_report(
+        runs[0], ReportedRuns(["p1"], METHODS, SEEDS), tmp_path / "out", runs[1], pretrain_dir=tmp_path / "none"
+    )
     assert "starting_features" not in summary
     assert "Starting features" not in (tmp_path / "out" / "results.md").read_text()

@@ -13,6 +13,7 @@ from owdfa.evaluate.calibration import expected_calibration_error, matched_corre
 from owdfa.evaluate.uncertainty import (
     OCCLUSION_FILL,
     McDropout,
+    Occlusion,
     mc_dropout_predict,
     occlusion_uncertainty_maps,
     uncertainty_summary,
@@ -239,7 +240,7 @@ class RegionModel(nn.Module):
 
 def test_occlusion_maps_shape_dtype_finite(model):
     image = _images(1, seed=3)[0]
-    maps = occlusion_uncertainty_maps(model, image, passes=4, window=16, stride=8, device=CPU, seed=0, batch_size=4)
+    maps = occlusion_uncertainty_maps(model, image, Occlusion(16, 8), passes=4, device=CPU, seed=0, batch_size=4)
     assert set(maps) == {"entropy_delta", "epistemic"}
     for value in maps.values():
         assert value.shape == (32, 32) and value.dtype == np.float32
@@ -250,7 +251,7 @@ def test_occlusion_maps_shape_dtype_finite(model):
 def test_occlusion_highlights_the_region_the_model_uses():
     image = _images(1, seed=5)[0]
     model = RegionModel()
-    maps = occlusion_uncertainty_maps(model, image, passes=8, window=4, stride=4, device=CPU, seed=0, batch_size=16)
+    maps = occlusion_uncertainty_maps(model, image, Occlusion(4, 4), passes=8, device=CPU, seed=0, batch_size=16)
     delta = np.abs(maps["entropy_delta"])
     inside = delta[:8, :8]
     assert inside.mean() > 1e-4
@@ -263,8 +264,8 @@ def test_occlusion_highlights_the_region_the_model_uses():
 def test_occlusion_is_independent_of_batch_size_and_deterministic():
     image = _images(1, seed=6)[0]
     model = RegionModel()
-    a = occlusion_uncertainty_maps(model, image, passes=4, window=6, stride=5, device=CPU, seed=2, batch_size=3)
-    b = occlusion_uncertainty_maps(model, image, passes=4, window=6, stride=5, device=CPU, seed=2, batch_size=64)
+    a = occlusion_uncertainty_maps(model, image, Occlusion(6, 5), passes=4, device=CPU, seed=2, batch_size=3)
+    b = occlusion_uncertainty_maps(model, image, Occlusion(6, 5), passes=4, device=CPU, seed=2, batch_size=64)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], atol=1e-6)
 
@@ -274,7 +275,7 @@ def test_occlusion_baseline_matches_mc_dropout_of_the_image():
     # equals the image's own MC-dropout epistemic (row 0, same seed)
     image = np.broadcast_to(np.array(OCCLUSION_FILL, dtype=np.uint8), (16, 16, 3)).copy()
     model = RegionModel()
-    maps = occlusion_uncertainty_maps(model, image, passes=6, window=8, stride=8, device=CPU, seed=9)
+    maps = occlusion_uncertainty_maps(model, image, Occlusion(8, 8), passes=6, device=CPU, seed=9)
     mc = mc_dropout_predict(model, image[None], np.array([0]), passes=6, batch_size=1, device=CPU, seed=9)
     assert np.abs(maps["entropy_delta"]).max() < 1e-6
     np.testing.assert_allclose(maps["epistemic"], np.full((16, 16), mc.epistemic[0]), atol=1e-6)
@@ -295,7 +296,8 @@ def test_occlusion_validation(kwargs):
     args = dict(image=_images(1)[0], passes=2, window=8, stride=8, device=CPU, seed=0)
     args.update(kwargs)
     with pytest.raises(ValueError):
-        occlusion_uncertainty_maps(RegionModel(), **args)
+        occlusion = Occlusion(args.pop("window"), args.pop("stride"))
+        occlusion_uncertainty_maps(RegionModel(), occlusion=occlusion, **args)
 
 
 # --------------------------------------------------------------------------------------------------

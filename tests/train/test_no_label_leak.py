@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from owdfa.core.devices import pick_device
 from owdfa.data.face_cache import read_faces
 from owdfa.data.split import MANIFEST_FILE
-from owdfa.evaluate.evaluation import kmeans_k_estimate
+from owdfa.evaluate.evaluation import kmeans_k_estimate, training_features
 from owdfa.train.stages import RunPaths, train
 
 VARIANTS = ["baseline", "cpl", "cal", "cal_dpp"]
@@ -57,5 +57,6 @@ def test_estimate_k_estimate_ignores_hidden_labels(tiny_split, tmp_path):
     estimates = []
     for split_dir in (split, shuffled):
         manifest = pd.read_csv(split_dir / MANIFEST_FILE, keep_default_na=False)
-        estimates.append(kmeans_k_estimate(model, manifest, images, 7, 2.0, 64, pick_device("cpu"), 0))
+        feats, labels = training_features(model, manifest, images, 64, pick_device("cpu"))
+        estimates.append(kmeans_k_estimate(feats, labels, 7, 2.0, 0))
     assert estimates[0] == estimates[1]

@@ -41,7 +41,13 @@ from owdfa.data.split import read_split
 from owdfa.evaluate import plots
 from owdfa.evaluate.calibration import expected_calibration_error, matched_correct, reliability_table
 from owdfa.evaluate.metrics import evaluate_predictions, k_error
-from owdfa.evaluate.uncertainty import McDropout, mc_dropout_predict, occlusion_uncertainty_maps, uncertainty_summary
+from owdfa.evaluate.uncertainty import (
+    McDropout,
+    Occlusion,
+    mc_dropout_predict,
+    occlusion_uncertainty_maps,
+    uncertainty_summary,
+)
 from owdfa.modeldir.card import ImportedCard, MethodCard, ModelCard
 from owdfa.modeldir.io import WEIGHTS, load_model
 from owdfa.models.inference import max_softmax, predict
@@ -87,30 +93,36 @@ def evaluate_config(section: Section) -> EvaluateConfig:
     return load_section(EvaluateConfig, section)
 
 
-def kmeans_k_estimate(
-    model,
-    manifest: pd.DataFrame,
-    images: np.ndarray,
-    num_known: int,
-    max_factor: float,
-    batch_size: int,
-    device,
-    seed: int,
-    precision: str = "bf16",
-    estimators: tuple[str, ...] | None = None,
-) -> dict[str, int]:
-    """K-hat per estimator (default: all of K_ESTIMATORS) on the model's features of the *training* images.
+def training_features(
+    model, manifest: pd.DataFrame, images: np.ndarray, batch_size: int, device, precision: str = "bf16"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's features of the *training* images and their labels, what the K estimators see.
 
     Labelled and validation images carry their (known) labels; unlabelled ones carry -1. The test
-    split is not used, so no estimate can see held-out labels. Both estimators search K in
-    ``[num_known, max(num_known + 1, round(max_factor * num_known))]`` (GCD's ``max_classes``); ``seed``
-    feeds only ``ss_kmeans_folds``: GCD's k-means is always seeded with ``random_state=0``.
+    split is not used, so no estimate can see held-out labels.
     """
-    from owdfa.evaluate.estimate_k import K_ESTIMATORS, run_k_estimator
-
     train = manifest[manifest["split"].isin(["labelled", "val", "unlabelled"])]
     _, feats, _ = predict(model, images, train["row"].to_numpy(np.int64), batch_size, device, precision)
     labels = np.where(train["split"].to_numpy() == "unlabelled", -1, train["target"].to_numpy(np.int64))
+    return feats, labels
+
+
+def kmeans_k_estimate(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    num_known: int,
+    max_factor: float,
+    seed: int,
+    estimators: tuple[str, ...] | None = None,
+) -> dict[str, int]:
+    """K-hat per estimator (default: all of K_ESTIMATORS) on `training_features`.
+
+    Both estimators search K in ``[num_known, max(num_known + 1, round(max_factor * num_known))]``
+    (GCD's ``max_classes``); ``seed`` feeds only ``ss_kmeans_folds``: GCD's k-means is always seeded
+    with ``random_state=0``.
+    """
+    from owdfa.evaluate.estimate_k import K_ESTIMATORS, run_k_estimator
+
     k_max = max(num_known + 1, int(round(max_factor * num_known)))
     names = K_ESTIMATORS if estimators is None else estimators
     return {name: run_k_estimator(name, feats, labels, num_known, k_max, seed=seed) for name in names}
@@ -351,17 +363,9 @@ def _k_metrics(model, manifest: pd.DataFrame, images, test: TestSet, config: Eva
     k_hat = int(model.num_active)
     out: dict[str, Any] = {"k_hat": k_hat, "k_true": test.k_true, "k_error": k_error(k_hat, test.k_true)}
     if config.k_estimators:
+        feats, labels = training_features(model, manifest, images, config.batch_size, device, config.precision)
         estimates = kmeans_k_estimate(
-            model,
-            manifest,
-            images,
-            test.num_known,
-            config.kmeans_max_factor,
-            config.batch_size,
-            device,
-            config.seed,
-            config.precision,
-            config.k_estimators,
+            feats, labels, test.num_known, config.kmeans_max_factor, config.seed, config.k_estimators
         )
         for name, k_est in estimates.items():
             out[f"k_hat_{name}"], out[f"k_error_{name}"] = k_est, k_error(k_est, test.k_true)
@@ -414,7 +418,7 @@ def _write_tables(out_dir: Path, predictions_path: Path, analysis: Analysis) -> 
 
 def _write_figures(out_dir: Path, analysis: Analysis, images: np.ndarray, config: EvaluateConfig, device) -> None:
     test, scored, confidence, trajectory = analysis.test, analysis.scored, analysis.confidence, analysis.trajectory
-    model, card, pred, features = scored.model, scored.card, scored.pred, scored.features
+    card, pred, features = scored.card, scored.pred, scored.features
     reliability, ece = analysis.reliability, analysis.ece
     key = out_dir.name
     title = f"{key} ({'imported' if isinstance(card, ImportedCard) else config.checkpoint} checkpoint)"
@@ -464,9 +468,7 @@ def _write_figures(out_dir: Path, analysis: Analysis, images: np.ndarray, config
                 ),
                 folder / "tsne.png",
             )
-        _uncertainty_maps(
-            model, images, test.frame, class_names, config, device, title, folder / "uncertainty_maps.png"
-        )
+        _uncertainty_maps(analysis, images, config, device, title, folder / "uncertainty_maps.png")
 
 
 def _group_mean(values: np.ndarray, mask: np.ndarray) -> float | None:
@@ -481,7 +483,7 @@ def map_classes(targets: np.ndarray, count: int) -> np.ndarray:
     return targets[np.unique(np.round(np.linspace(0, len(targets) - 1, count)).astype(np.int64))]
 
 
-def _uncertainty_maps(model, images, test, class_names, config: EvaluateConfig, device, title, path: Path) -> None:
+def _uncertainty_maps(analysis: Analysis, images, config: EvaluateConfig, device, title: str, path: Path) -> None:
     """Occlusion maps of MC-dropout uncertainty for the first `per_class` test images of `classes` classes.
 
     Each map costs a forward pass per patch position, and a figure of 41 classes is both the slowest
@@ -490,16 +492,17 @@ def _uncertainty_maps(model, images, test, class_names, config: EvaluateConfig, 
     """
     if config.maps_per_class == 0:
         return
+    model, test, class_names = analysis.scored.model, analysis.test.frame, analysis.test.class_names
     shown_targets = map_classes(np.unique(test["target"].to_numpy()), config.maps_classes)
     picked = test[test["target"].isin(shown_targets)]
     picked = picked.sort_values(["target", "path"], kind="stable").groupby("target").head(config.maps_per_class)
     size = images.shape[1]
-    window, stride = min(config.map_window, size), min(config.map_stride, size)
+    occlusion = Occlusion(window=min(config.map_window, size), stride=min(config.map_stride, size))
     shown, maps, captions = [], [], []
     for row, target in zip(picked["row"].to_numpy(), picked["target"].to_numpy(), strict=True):
         image = np.asarray(images[row])
         result = occlusion_uncertainty_maps(
-            model, image, config.mc_dropout_passes, window, stride, device, config.seed, config.batch_size
+            model, image, occlusion, config.mc_dropout_passes, device, config.seed, config.batch_size
         )
         shown.append(image)
         maps.append(result["entropy_delta"])

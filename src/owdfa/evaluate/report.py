@@ -24,6 +24,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,17 @@ def _numerics(grid: _Grid) -> list[str]:
     return ["## Numerics", "", verdict, "", *_table(["numerics (owdfa.core.numerics)", "runs"], rows), ""]
 
 
+@dataclass(frozen=True)
+class ReportedRuns:
+    """Which evaluations the report gathers: every protocol x method x seed run (params `run`), and the
+    imported models' (`imported`: names under `official.models`, evaluated into runs/official-<name>/)."""
+
+    protocols: list[str]
+    methods: list[str]
+    seeds: list[int]
+    imported: Sequence[str] = ()
+
+
 class _Grid:
     """Every run's flattened metrics and run info, by protocol and method (a list over seeds).
 
@@ -224,9 +236,8 @@ class _Grid:
     `imported[protocol]` lists those methods, `imported_names[protocol, method]` the models behind each.
     """
 
-    def __init__(
-        self, runs_dir: Path, protocols: list[str], methods: list[str], seeds: list[int], imported: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, runs_dir: Path, runs: ReportedRuns) -> None:
+        protocols, methods, seeds, imported = runs.protocols, runs.methods, runs.seeds, runs.imported
         self.seeds = seeds
         self.values: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.info: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -491,20 +502,19 @@ def _imported_section(grid: _Grid) -> list[str]:
 
 def build_report(
     runs_dir: Path,
-    protocols: list[str],
-    methods: list[str],
-    seeds: list[int],
+    runs: ReportedRuns,
     out_dir: Path,
     predictions_dir: Path | None = None,
-    imported: Sequence[str] = (),
     pretrain_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """`imported`: the names under `official.models`, evaluated into runs_dir/official-<name>/.
+    """results.md, metrics.json and the trajectories of `runs` (evaluated into `runs_dir`) in `out_dir`.
 
-    `pretrain_dir`: the pretrain stages' metrics (<protocol>/metrics.json), the starting features'
-    strength, reported per protocol and under `starting_features` in metrics.json.
+    `predictions_dir`: the per-run prediction CSVs, for the comparison figures. `pretrain_dir`: the
+    pretrain stages' metrics (<protocol>/metrics.json), the starting features' strength, reported per
+    protocol and under `starting_features` in metrics.json.
     """
-    grid = _Grid(runs_dir, protocols, methods, seeds, imported)
+    protocols, methods, seeds = runs.protocols, runs.methods, runs.seeds
+    grid = _Grid(runs_dir, runs)
     starting = _starting_features(pretrain_dir, protocols)
     summary: dict[str, Any] = {}
     for protocol in protocols:

@@ -207,13 +207,24 @@ def _batched(items: list[tuple[int, int] | None], size: int) -> Iterator[list[tu
         yield items[start : start + size]
 
 
+@dataclass(frozen=True)
+class Occlusion:
+    """The occluding patch of `occlusion_uncertainty_maps`: `window` x `window` pixels, moved `stride` at a time."""
+
+    window: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.window, "window")
+        check_positive_int(self.stride, "stride")
+
+
 @torch.no_grad()
 def occlusion_uncertainty_maps(
     model: nn.Module,
     image: np.ndarray,
+    occlusion: Occlusion,
     passes: int,
-    window: int,
-    stride: int,
     device: torch.device,
     seed: int,
     batch_size: int = 64,
@@ -221,7 +232,7 @@ def occlusion_uncertainty_maps(
     """Occlusion sensitivity of the MC-dropout uncertainty of one uint8 HWC image.
 
     A ``window`` x ``window`` patch of `OCCLUSION_FILL` slides with ``stride`` pixels (plus a flush
-    last window per axis); each occluded copy gets MC dropout. Returns H x W float32 maps, a pixel
+    last window per axis; `occlusion`); each occluded copy gets MC dropout. Returns H x W float32 maps, a pixel
     being the mean over the windows that cover it of:
 
     * ``entropy_delta``: predictive entropy of the occluded copy minus that of the original (nats);
@@ -233,8 +244,7 @@ def occlusion_uncertainty_maps(
     reflects the occlusion alone, not Monte Carlo noise.
     """
     passes = check_positive_int(passes, "passes")
-    window = check_positive_int(window, "window")
-    stride = check_positive_int(stride, "stride")
+    window, stride = occlusion.window, occlusion.stride
     batch_size = check_positive_int(batch_size, "batch_size")
     seed = _check_seed(seed)
     img = np.asarray(image)

@@ -628,18 +628,20 @@ def import_official_checkpoint(
     if num_active is not None and not num_known <= num_active <= want_rows:
         raise DataError(f"{path}: num_active {num_active} is outside [{num_known}, {want_rows}]")
     state = convert_official_state(official, backbone=backbone, num_active=num_active, where=path)
+    classifier = PrototypeRows(want_rows, int(state["num_active"]), active_given=num_active is not None)
     card = official_card(
-        source,
-        checkpoint,
-        protocol=protocol,
-        known_k=known_k,
-        seed=seed,
-        backbone=backbone,
-        num_prototypes=want_rows,
-        num_active=int(state["num_active"]),
-        active_given=num_active is not None,
+        source, checkpoint, protocol=protocol, known_k=known_k, seed=seed, backbone=backbone, rows=classifier
     )
     return ImportedCheckpoint(state, card)
+
+
+@dataclass(frozen=True)
+class PrototypeRows:
+    """An imported model's classifier rows: how many, how many in use, and whether that count was given at import."""
+
+    num_prototypes: int
+    num_active: int
+    active_given: bool
 
 
 def official_card(
@@ -650,9 +652,7 @@ def official_card(
     known_k: bool,
     seed: int | None,
     backbone: str,
-    num_prototypes: int,
-    num_active: int,
-    active_given: bool,
+    rows: PrototypeRows,
 ) -> ImportedCard:
     """The model card of an imported official model, written as every card is (`ModelCard.to_json`).
 
@@ -673,14 +673,14 @@ def official_card(
         state["dpp_faithful"] = True  # the official DPP, defects included
         state["num_active_source"] = (
             "given at import"
-            if active_given
+            if rows.active_given
             else "not stored in the checkpoint (valid_proto_num is a plain attribute): every row is active, "
             "as the official scripts/evaluate_wok.sh evaluates"
         )
     return ImportedCard(
         backbone=backbone,
-        num_prototypes=num_prototypes,
-        num_active=num_active,
+        num_prototypes=rows.num_prototypes,
+        num_active=rows.num_active,
         num_known=len(OWDFA40_PROTOCOLS[protocol].known),
         dropout=OFFICIAL_DROPOUT,
         image_size=OFFICIAL_IMAGE_SIZE,

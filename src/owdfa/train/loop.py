@@ -96,26 +96,39 @@ class HostBatches:
         return on_device.permute(0, 3, 1, 2)
 
 
+@dataclass(frozen=True)
+class StepPosition:
+    """Where in training a step is, as a method's loss reads it (CCR's ramp, ACR's schedule, known rows)."""
+
+    epoch: int
+    num_epochs: int
+    num_known: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a step computes: the device, its autocast precision, and this process's place among the ranks."""
+
+    device: torch.device
+    precision: str = "bf16"
+    world: World = field(default_factory=World)
+
+
 def forward_loss(
     forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     method: Method,
     weak: torch.Tensor,
     strong: torch.Tensor | None,
     targets: torch.Tensor,
-    *,
-    epoch: int,
-    num_epochs: int,
-    num_known: int,
-    device: torch.device,
-    precision: str = "bf16",
-    world: World | None = None,
+    position: StepPosition,
+    placement: Placement,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Both views through the network (this rank's rows), outputs gathered, the method's loss.
 
     `targets` are the global batch's; with one process the gathers are identities.
     """
-    world = world or World()
-    with autocast(device, precision):
+    world = placement.world
+    with autocast(placement.device, placement.precision):
         out_w = forward(weak)
         out_s = forward(strong) if strong is not None else None
     step = StepInput(
@@ -125,9 +138,9 @@ def forward_loss(
         features_strong=world.gather(out_s["features"].float()) if out_s is not None else None,
         patches_weak=world.gather(out_w["patch_features"].float()) if "patch_features" in out_w else None,
         targets=targets,
-        epoch=epoch,
-        num_epochs=num_epochs,
-        num_known=num_known,
+        epoch=position.epoch,
+        num_epochs=position.num_epochs,
+        num_known=position.num_known,
     )
     return method.step_loss(step)
 
@@ -173,12 +186,8 @@ class TrainStep:
             weak,
             strong,
             targets,
-            epoch=epoch,
-            num_epochs=config.epochs,
-            num_known=self.num_known,
-            device=self.device,
-            precision=config.precision,
-            world=world,
+            StepPosition(epoch, config.epochs, self.num_known),
+            Placement(self.device, config.precision, world),
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
