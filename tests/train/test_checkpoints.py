@@ -147,7 +147,9 @@ def test_half_written_or_damaged_files_are_skipped(tmp_path):
     whole = run_training(CONFIG, data, CPL(), seed=0)
     with pytest.raises(Interrupted):
         run_training(CONFIG, data, interrupt_at(CPL(), 3), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
-    (tmp_path / ".epoch-0004.safetensors.tmp").write_bytes(b"killed while writing")
+    # half-written: as atomic_write_bytes names its temporary file, and as an earlier version did
+    (tmp_path / ".epoch-0004.safetensors.x81kq2.tmp").write_bytes(b"killed while writing")
+    (tmp_path / ".epoch-0005.safetensors.tmp").write_bytes(b"killed while writing")
     (tmp_path / "epoch-0009.safetensors").write_bytes(b"\x00" * 100)  # not a checkpoint of ours
     resumed = run_training(CONFIG, data, CPL(), seed=0, options=RunOptions(checkpoint_dir=tmp_path))
     assert_same(resumed, whole)

@@ -77,7 +77,12 @@ def writing(destination: Path) -> Iterator[None]:
         raise OutputError(message) from None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """`data` in a temporary sibling renamed onto `path`: a reader sees the old file or the new one.
+
+    `durable`: the file and then its folder are flushed to the disk as well, so that the rename
+    survives a power cut, not only a killed process (a training checkpoint, which a resume trusts).
+    """
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,11 +90,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if durable:
+            _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

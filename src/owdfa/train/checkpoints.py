@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 from dataclasses import asdict, dataclass, fields, is_dataclass
@@ -24,7 +23,7 @@ from safetensors.torch import save
 from tqdm import tqdm
 
 from owdfa.core.import_closure import REPO_ROOT, module_closure
-from owdfa.core.io import atomic_write_text, writing
+from owdfa.core.io import atomic_write_bytes, atomic_write_text
 from owdfa.core.numerics import describe as describe_numerics
 from owdfa.train.state import Best, RunSpec, TrainState
 
@@ -77,7 +76,7 @@ def run_fingerprint(spec: RunSpec, world: World, device: torch.device) -> str:
     """What makes two runs the same run: config, method params, seed, data, init weights, code, versions.
 
     The cache images are sampled (shape plus 64 evenly spaced rows) rather than hashed whole, which
-    would read gigabytes for OWDFA-40; `spec.data_identity` names the cache.
+    would read gigabytes for OWDFA-40; the data's `identity` names the split and the cache.
     """
     import timm
 
@@ -108,7 +107,7 @@ def run_fingerprint(spec: RunSpec, world: World, device: torch.device) -> str:
             "device": device.type,
             "numerics": describe_numerics(device.type),  # an exact-mode run never continues a native one
             "versions": [torch.__version__, timm.__version__, np.__version__],
-            "extra": spec.data_identity or {},
+            "extra": data.identity or {},
         },
         *(np.ascontiguousarray(a).tobytes() for a in arrays),
         _tensor_bytes(spec.init_state),
@@ -158,8 +157,9 @@ def _join(prefix: str, tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -
 def save_checkpoint(directory: Path, fingerprint: str | None, state: TrainState, device: torch.device) -> Path:
     """Everything the next epochs depend on, as one safetensors file (tensors) with JSON metadata.
 
-    Written under a temporary name, flushed to disk and renamed, so a kill at any moment leaves the
-    previous checkpoint intact; then every other checkpoint in the folder is removed.
+    Written under a temporary name, flushed to disk and renamed (`atomic_write_bytes`, durable), so a
+    kill at any moment leaves the previous checkpoint intact, and a full disk one line and no partial
+    file; then every other checkpoint in the folder is removed.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -193,19 +193,7 @@ def save_checkpoint(directory: Path, fingerprint: str | None, state: TrainState,
         "sampler": sampler_rest,
     }
     final = directory / f"epoch-{len(history):04d}.safetensors"
-    tmp = directory / f".{final.name}.tmp"
-    data = save(tensors, metadata={"owdfa": json.dumps(meta)})
-    with writing(final):  # a full disk: one line, the previous checkpoint kept, no partial file left
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    _fsync_dir(directory)
+    atomic_write_bytes(final, save(tensors, metadata={"owdfa": json.dumps(meta)}), durable=True)
     clear_checkpoints(directory, keep=final)
     return final
 
@@ -235,15 +223,8 @@ def close_checkpoints(directory: Path) -> None:
 
 
 def _is_partial(name: str) -> bool:
-    return name.startswith(".epoch-") and name.endswith(".safetensors.tmp")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """A checkpoint's temporary file (`atomic_write_bytes`: `.epoch-NNNN.safetensors.<random>.tmp`), left by a kill."""
+    return name.startswith(".epoch-") and ".safetensors." in name and name.endswith(".tmp")
 
 
 @dataclass

@@ -7,6 +7,7 @@ the resume fingerprint (`owdfa.train.checkpoints`), needs none of the loop's cod
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,9 @@ class TrainData:
     val_targets: np.ndarray
     num_known: int
     num_classes: int
+    # what names the split and the cache (their classes and preprocessing record), for the checkpoint
+    # fingerprint, which samples the images rather than hashing them whole
+    identity: dict[str, Any] | None = None
 
 
 PRETRAIN_MODES = ("none", "supervised", "self_supervised", "both")

@@ -247,7 +247,7 @@ def run_training(
         )
         checkpointer = None
         if options.checkpoint_dir is not None:
-            spec = RunSpec(config, data, method, seed, num_prototypes, init_state, options.data_identity)
+            spec = RunSpec(config, data, method, seed, num_prototypes, init_state)
             checkpointer = Checkpointer.for_run(options.checkpoint_dir, spec, world, device)
             checkpointer.resume(state, note=desc if world.is_main else None)
         world.check_same(model)

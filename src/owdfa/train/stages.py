@@ -71,6 +71,7 @@ def load_train_data(split_dir: Path, faces_dir: Path) -> tuple[TrainData, dict[s
         val_targets=val["target"].to_numpy(np.int64),
         num_known=int(classes["num_known"]),
         num_classes=int(classes["num_classes"]),
+        identity=_data_identity(classes, faces_dir),
     )
     return data, classes
 
@@ -132,7 +133,6 @@ def pretrain(section: Section, paths: RunPaths) -> PretrainCard | SkippedPretrai
             save_model_dir(out, None, SkippedPretraining())
             _finish(checkpoints)
         return SkippedPretraining()
-    identity = _data_identity(classes, faces_dir)
     ssl_result = init_state = None
     if plan.self_supervised is not None:
         ssl_result = run_training(
@@ -145,7 +145,6 @@ def pretrain(section: Section, paths: RunPaths) -> PretrainCard | SkippedPretrai
                 desc=f"pretrain {classes['protocol']} (self-supervised)",
                 section_name=section.name,
                 checkpoint_dir=None if checkpoints is None else checkpoints / SELF_SUPERVISED_DIR,
-                data_identity=identity,
             ),
         )
         init_state = starting_weights(ssl_result.model.state_dict())
@@ -162,7 +161,6 @@ def pretrain(section: Section, paths: RunPaths) -> PretrainCard | SkippedPretrai
                 desc=f"pretrain {classes['protocol']}",
                 section_name=section.name,
                 checkpoint_dir=checkpoints,
-                data_identity=identity,
             ),
         )
     card = _card(
@@ -200,6 +198,7 @@ def label_free(data: TrainData) -> TrainData:
         val_targets=no_rows,
         num_known=data.num_known,
         num_classes=data.num_classes,
+        identity=data.identity,
     )
 
 
@@ -277,7 +276,6 @@ def train(
             section_name=section.name,
             live_dir=paths.live,
             checkpoint_dir=checkpoints,
-            data_identity=_data_identity(classes, faces_dir),
         ),
     )
     card = _card(

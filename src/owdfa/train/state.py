@@ -51,7 +51,6 @@ class RunSpec:
     seed: int
     num_prototypes: int
     init_state: dict[str, torch.Tensor] | None = None
-    data_identity: dict[str, Any] | None = None  # what names the image cache (sampled, not hashed whole)
 
 
 @dataclass(frozen=True)
@@ -62,4 +61,3 @@ class RunOptions:
     section_name: str = "train"  # the params section that errors name
     live_dir: Path | None = None  # dvclive curves
     checkpoint_dir: Path | None = None  # per-epoch checkpoints: a killed run resumes here
-    data_identity: dict[str, Any] | None = None  # see RunSpec
