@@ -359,6 +359,15 @@ def card_json_of(raw: dict[str, Any]) -> str:
     return json.dumps({"format": 1, **raw}, indent=2, sort_keys=True) + "\n"
 
 
+def test_reading_as_a_kind_refuses_another_kind() -> None:
+    assert isinstance(TrainCard.from_dict(json.loads(TRAIN_CARD), "here"), TrainCard)
+    assert isinstance(MethodCard.from_dict(json.loads(TRAIN_CARD), "here"), TrainCard)
+    with pytest.raises(DataError, match=r"^here: a pretrain stage's card \(enabled: true\), not a train stage's card$"):
+        TrainCard.from_dict(pretrain_raw(), "here")
+    with pytest.raises(DataError, match=r"^here: a pretrain stage's card \(enabled: true\), not MethodCard$"):
+        MethodCard.from_dict(pretrain_raw(), "here")
+
+
 def test_only_the_kinds_are_cards() -> None:
     common = common_fields(train_card())
     for abstract in (ModelCard, MethodCard):

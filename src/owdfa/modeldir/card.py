@@ -207,8 +207,11 @@ class ModelCard:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str | Path) -> ModelCard:
         """The card of a parsed card.json, of the kind its keys tell (`format` is the file reader's to
-        check); `where` names it in errors."""
+        check); `where` names it in errors. Called on a kind (`TrainCard.from_dict`), a card of
+        another kind is refused."""
         kind = card_kind(raw)
+        if cls is not ModelCard and not issubclass(kind, cls):
+            raise DataError(f"{where}: {kind.KIND or kind.__name__}, not {cls.KIND or cls.__name__}")
         section = Section(raw, "card")
         try:
             card = kind(**read_params(kind, section))
