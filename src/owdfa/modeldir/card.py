@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from owdfa.core.config import Section, param, read_params
+from owdfa.core.config import Section, load_section, param, read_params
 from owdfa.core.errors import ConfigError, DataError
 from owdfa.data.face_preprocessing import RANGES, FacePreprocessing
 
@@ -47,7 +47,6 @@ CARD_FORMAT = 1
 MAX_PROTOTYPES = 10_000
 MODEL_OPTIONS = ("ffe", "patch_features")
 NETWORK_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
-CLASS_KEYS = ("target", "name", "label", "folder", "known")
 NORMALISATION_KEYS = ("mean", "std")
 PRETRAINED_MODES = ("supervised", "self_supervised", "both")  # pretrain.mode none writes SkippedPretraining's card
 
@@ -56,11 +55,11 @@ PRETRAINED_MODES = ("supervised", "self_supervised", "both")  # pretrain.mode no
 class CardClass:
     """One class of the split the model was trained on, as the split's classes.json lists it."""
 
-    target: int  # the class's id: known classes are 0..num_known-1, novel ones follow
-    name: str
-    label: int | None = None  # the benchmark's label of the class
-    folder: str | None = None
-    known: bool | None = None
+    target: int = param(min=0)  # the class's id: known classes are 0..num_known-1, novel ones follow
+    name: str = param()
+    label: int | None = param(None, optional=True, min=0)  # the benchmark's label of the class
+    folder: str | None = param(None, optional=True)
+    known: bool | None = param(None, optional=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
@@ -94,20 +93,7 @@ def _classes(card: Section, key: str) -> tuple[CardClass, ...]:
     entries = card.raw(key)
     if not isinstance(entries, list):
         raise ConfigError(card.key(key), f"expected a list, got {type(entries).__name__}")
-    classes = []
-    for i, raw in enumerate(entries):
-        entry = Section(raw, card.key(f"{key}[{i}]"))
-        classes.append(
-            CardClass(
-                target=entry.int("target", min=0),
-                name=entry.str("name"),
-                label=None if entry.raw("label", None) is None else entry.int("label", min=0),
-                folder=entry.optional_str("folder"),
-                known=None if entry.raw("known", None) is None else entry.bool("known"),
-            )
-        )
-        entry.check_unknown(CLASS_KEYS)
-    return tuple(classes)
+    return tuple(load_section(CardClass, Section(raw, card.key(f"{key}[{i}]"))) for i, raw in enumerate(entries))
 
 
 def _mapping(section: Section, key: str) -> dict[str, Any]:
