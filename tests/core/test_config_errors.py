@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
 import pytest
+from helpers.params_edit import DELETE, changed
 from helpers.paths import ROOT as REPO_ROOT
 
 from owdfa.core.config import Section, load_params
@@ -65,23 +65,6 @@ def expect_error(key: str, func, *args, **kwargs) -> ConfigError:
     assert info.value.key == key
     assert isinstance(info.value, OwdfaError)
     return info.value
-
-
-def changed(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A deep copy of base with the dotted `path` set to value (or removed when value is DELETE)."""
-    data = copy.deepcopy(base)
-    *parents, last = path.split(".")
-    node = data
-    for part in parents:
-        node = node[part]
-    if value is DELETE:
-        del node[last]
-    else:
-        node[last] = value
-    return data
-
-
-DELETE = object()
 
 
 # --------------------------------------------------------------------------------------------

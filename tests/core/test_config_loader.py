@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import pytest
+from helpers.params_edit import DELETE, changed
 
 from owdfa.core.config import Param, Section, check_keys, load_section, param, param_keys, read_params
 from owdfa.core.errors import ConfigError
@@ -87,19 +88,7 @@ def expect_key(key: str, data: dict, problem: str = "", **kwargs) -> ConfigError
 
 def with_value(path: str, value: object) -> dict:
     """GOOD with the dotted `path` set to `value` (or removed when value is DELETE)."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in GOOD.items()}
-    *parents, last = path.split(".")
-    node = data
-    for part in parents:
-        node = node[part]
-    if value is DELETE:
-        del node[last]
-    else:
-        node[last] = value
-    return data
-
-
-DELETE = object()
+    return changed(GOOD, path, value)
 
 
 def test_every_type_is_read_to_its_annotated_form():
